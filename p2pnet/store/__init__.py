@@ -1,0 +1,1 @@
+"""Persistent stores: sqlite PeerStore, LevelDB DBManager/AppointmentsDBM, DHT value table."""
