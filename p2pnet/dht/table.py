@@ -29,8 +29,8 @@ class KVPRecord:
 
     key: bytes = attrs.field(validator=lambda _i, _a, v: ids.check_key(v, "key"))
     index: bytes = attrs.field(validator=lambda _i, _a, v: ids.check_key(v, "index"))
-    size: int
-    timestamp: float
+    size: int = attrs.field()
+    timestamp: float = attrs.field(converter=float)
     is_original: bool = False
     #: When this node last published or replicated the value (0 = never).
     last_update: float = 0.0
