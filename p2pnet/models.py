@@ -207,6 +207,13 @@ def _check_timestamp(_inst: object, _attr: object, ts: object) -> None:
         raise ValueError("timestamp must be finite and not negative")
 
 
+def _to_float(ts: Any) -> float:
+    try:
+        return float(ts)
+    except OverflowError as e:  # an int beyond the float range
+        raise ValueError("timestamp out of range") from e
+
+
 @attrs.frozen
 class KVPExchangeInfo(Serializable):
     """What a node holds for a (key, index): its size and publication time."""
@@ -219,7 +226,7 @@ class KVPExchangeInfo(Serializable):
     key: bytes = attrs.field(validator=_check_key)
     index: bytes = attrs.field(validator=_check_key)
     size: int = attrs.field(validator=_check_size)
-    timestamp: float = attrs.field(converter=float, validator=_check_timestamp)
+    timestamp: float = attrs.field(converter=_to_float, validator=_check_timestamp)
 
     @classmethod
     def from_kvp_record(cls, record: Any) -> KVPExchangeInfo:

@@ -1,0 +1,502 @@
+# -*- test-case-name: tests.test_dht_network -*-
+"""The DHT node: routing, the five RPCs, iterative lookups, publishing a value.
+
+:class:`DHTNetwork` has bytestag's surface, with Deferreds.  It is transport-free: its
+:attr:`~DHTNetwork.protocol` is a ``DatagramProtocol`` to be bound with
+``reactor.listenUDP`` (see :mod:`p2pnet.dht.service`) or attached to an in-memory
+network (:mod:`p2pnet.sim.memory`).  Every timer runs on the injected clock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from p2pnet import ids
+from p2pnet.dht import codec, rpcs
+from p2pnet.dht.errors import BucketFullError, DHTError, ValueNotFoundError
+from p2pnet.dht.protocol import (
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    Address,
+    DHTProtocol,
+    IRequestHandler,
+    RequestRefused,
+)
+from p2pnet.dht.routing import RoutingTable
+from p2pnet.dht.shortlist import K, NETWORK_PARALLELISM, Shortlist
+from p2pnet.dht.table import IKVPTable, KVPRecord, MemoryKVPTable
+from p2pnet.models import MAX_VALUE_SIZE, Node, NodeList
+
+log = Logger()
+
+NETWORK_ID = b"p2pnet"
+TIME_EXPIRE = 86490.0
+TIME_REFRESH = 3600.0
+TIME_REPLICATE = 3600.0
+TIME_REPUBLISH = 86400.0
+#: Values up to this size travel inside the store request; larger ones are pulled.
+INLINE_MAX = 1024
+#: Bytes per getval chunk, and chunks in flight while fetching a large value.
+CHUNK_SIZE = 16 * 1024
+WINDOW = 8
+#: A contact that failed this many requests in a row leaves the routing table.
+STALE_AFTER = 3
+
+
+def _as_key(key: bytes | str) -> bytes:
+    """A 160-bit key; a ``str`` names a key by the SHA-1 of its UTF-8 form."""
+    if isinstance(key, str):
+        return ids.key_for(key.encode("utf-8"))
+    return ids.check_key(key)
+
+
+@implementer(IRequestHandler)
+class DHTNetwork:
+    """A Kademlia node (k = 20, alpha = 3) speaking the p2pnet DHT protocol."""
+
+    MAX_VALUE_SIZE = MAX_VALUE_SIZE
+    NETWORK_PARALLELISM = NETWORK_PARALLELISM
+    TIME_EXPIRE = TIME_EXPIRE
+    TIME_REFRESH = TIME_REFRESH
+    TIME_REPLICATE = TIME_REPLICATE
+    TIME_REPUBLISH = TIME_REPUBLISH
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        kvp_table: IKVPTable | None = None,
+        node_id: bytes | None = None,
+        network_id: bytes = NETWORK_ID,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
+        k: int = K,
+        alpha: int = NETWORK_PARALLELISM,
+        chunk_size: int = CHUNK_SIZE,
+        window: int = WINDOW,
+        inline_max: int = INLINE_MAX,
+        randbytes: Callable[[int], bytes] | None = None,
+    ) -> None:
+        import os
+
+        self.clock = reactor
+        self._reactor = reactor
+        self._randbytes = randbytes or os.urandom
+        self._key = ids.check_key(node_id) if node_id is not None else ids.random_key(
+            self._randbytes)
+        if not 1 <= len(network_id) <= codec.MAX_NETWORK_ID:
+            raise ValueError("network id must be 1..32 bytes")
+        self.kvp_table: IKVPTable = kvp_table if kvp_table is not None else MemoryKVPTable()
+        self.k = k
+        self.alpha = alpha
+        self.chunk_size = min(chunk_size, rpcs.MAX_CHUNK)
+        self.window = window
+        self.inline_max = inline_max
+        self._routing_table = RoutingTable(self._key, reactor.seconds, k)
+        self.protocol = DHTProtocol(self._key, network_id, self, reactor, timeout, retries,
+                                    tid_source=self._randbytes)
+        self.ping = rpcs.Ping(self)
+        self.find_node = rpcs.FindNode(self)
+        self.find_value = rpcs.FindValue(self)
+        self.store = rpcs.Store(self)
+        self.get_value_rpc = rpcs.GetValue(self)
+        self.get_value = self.get_value_rpc  # the RPC object (fetch); see get_value_of()
+        self._rpcs: dict[codec.RPC, rpcs.RPCCommand] = {
+            r.rpc: r for r in (self.ping, self.find_node, self.find_value, self.store,
+                               self.get_value_rpc)}
+        self._offers: dict[tuple[bytes, bytes], tuple[bytes, int]] = {}
+        self._failures: dict[bytes, int] = {}
+        self._evicting: set[int] = set()
+        self._node_cache: dict[tuple[bytes, str, int], Node] = {}
+        self.stats_stored = 0
+        self.stats_refused = 0
+        self.lookups = 0
+        self.lookup_contacts = 0
+
+    # -- properties ----------------------------------------------------------------
+
+    @property
+    def key(self) -> bytes:
+        """This node's id."""
+        return self._key
+
+    @property
+    def address(self) -> Address:
+        """The (host, port) the protocol is bound to."""
+        host = self.protocol.transport.getHost()  # type: ignore[union-attr]
+        return (host.host, host.port)
+
+    @property
+    def node(self) -> Node:
+        return Node(self._key, *self.address)
+
+    @property
+    def routing_table(self) -> RoutingTable:
+        return self._routing_table
+
+    # -- contacts --------------------------------------------------------------------
+
+    def _node(self, node_id: bytes, address: Address) -> Node:
+        cache_key = (node_id, address[0], address[1])
+        node = self._node_cache.get(cache_key)
+        if node is None:
+            if len(self._node_cache) > 50_000:
+                self._node_cache.clear()
+            node = self._node_cache[cache_key] = Node(node_id, address[0], address[1])
+        return node
+
+    def contact_seen(self, node_id: bytes, address: Address) -> None:
+        """A valid message arrived: the sender goes into (or up) the routing table."""
+        self._failures.pop(node_id, None)
+        try:
+            node = self._node(node_id, address)
+        except (TypeError, ValueError):
+            return
+        try:
+            self._routing_table.node_update(node)
+        except BucketFullError as e:
+            self._evict_or_keep(e)
+
+    def _evict_or_keep(self, e: BucketFullError) -> None:
+        if e.bucket_number in self._evicting:
+            return
+        self._evicting.add(e.bucket_number)
+        bucket = self._routing_table.buckets[e.bucket_number]
+        old: Node = e.node  # type: ignore[assignment]
+
+        def answered(_: object) -> None:
+            bucket.keep_old_node()
+
+        def silent(_: Failure) -> None:
+            bucket.keep_new_node()
+
+        d = self.ping.call(old.address)
+        d.addCallbacks(answered, silent)
+        d.addBoth(lambda _: self._evicting.discard(e.bucket_number))
+
+    def _failed(self, node: Node, failure: Failure) -> Failure:
+        """Count a failed request to ``node``; a stale contact leaves the table."""
+        count = self._failures.get(node.key, 0) + 1
+        self._failures[node.key] = count
+        if count >= STALE_AFTER:
+            self._failures.pop(node.key, None)
+            self._routing_table.remove(node)
+        return failure
+
+    def close_nodes_for(self, key: bytes, requester: bytes | None = None) -> list[Node]:
+        """The k closest contacts to ``key``, leaving out the node that asks."""
+        nodes = self._routing_table.get_close_nodes(key, self.k + 1)
+        return [n for n in nodes if n.key != requester][: self.k]
+
+    def expiry_for(self, key: bytes, now: float) -> float:
+        """When a copy stored here expires: sooner the more nodes lie between us and it."""
+        c = self._routing_table.count_close(key)
+        return now + TIME_EXPIRE / math.exp(c / self.k)
+
+    # -- requests from the protocol ------------------------------------------------------
+
+    def handle_request(self, message: codec.Message, address: Address) -> Any:
+        rpc = self._rpcs.get(message.rpc)
+        if rpc is None:
+            raise RequestRefused(codec.ErrorCode.BAD_REQUEST, "unknown rpc")
+        return rpc.answer(message.body, message.sender, address)
+
+    # -- values being offered to other nodes (served by getval) --------------------------
+
+    def offer(self, key: bytes, index: bytes, value: bytes) -> None:
+        held = self._offers.get((key, index))
+        self._offers[(key, index)] = (value, (held[1] if held else 0) + 1)
+
+    def withdraw(self, key: bytes, index: bytes) -> None:
+        held = self._offers.get((key, index))
+        if held is None:
+            return
+        if held[1] <= 1:
+            del self._offers[(key, index)]
+        else:
+            self._offers[(key, index)] = (held[0], held[1] - 1)
+
+    def offered(self, key: bytes, index: bytes) -> bytes | None:
+        held = self._offers.get((key, index))
+        return held[0] if held else None
+
+    # -- single-node operations (bytestag's surface) -------------------------------------
+
+    def _resolve(self, address: Address) -> defer.Deferred[Address]:
+        host, port = address
+        if isIPAddress(host) or isIPv6Address(host):
+            return defer.succeed((host, int(port)))
+        resolve = getattr(self._reactor, "resolve", None)
+        if resolve is None:
+            return defer.fail(ValueError(f"cannot resolve {host!r} without a reactor"))
+        d: defer.Deferred[str] = resolve(host)
+        return d.addCallback(lambda ip: (ip, int(port)))
+
+    def ping_address(self, address: Address) -> defer.Deferred[tuple[float, Node] | bool]:
+        """Ping an address: fires with ``(round trip seconds, Node)``, or False."""
+        d = self._resolve(address)
+        d.addCallback(self.ping.call)
+        return d.addErrback(lambda _: False)
+
+    def ping_node(self, node: Node) -> defer.Deferred[tuple[float, Node] | bool]:
+        d = self.ping.call(node.address)
+        d.addErrback(self._failed_false, node)
+        return d
+
+    def _failed_false(self, failure: Failure, node: Node) -> bool:
+        self._failed(node, failure)
+        return False
+
+    def find_nodes_from_node(self, node: Node, key: bytes) -> defer.Deferred[NodeList | None]:
+        """Ask ``node`` for the nodes closest to ``key``; None when it does not answer."""
+        d = self.find_node.call(node, key)
+        return d.addErrback(self._failed_none, node)
+
+    def _failed_none(self, failure: Failure, node: Node) -> None:
+        self._failed(node, failure)
+        return None
+
+    def find_value_from_node(self, node: Node, key: bytes, index: bytes | None = None
+                             ) -> defer.Deferred[rpcs.FindValueFromNodeResult | None]:
+        d = self.find_value.call(node, key, index)
+        return d.addErrback(self._failed_none, node)
+
+    def get_value_from_node(self, node: Node, key: bytes, index: bytes,
+                            offset: int = 0, size: int | None = None) -> defer.Deferred[bytes]:
+        """Download a value (from ``offset``) from ``node``; fails on any error."""
+        return self.get_value_rpc.fetch(node.address, key, index, size, offset)
+
+    def store_to_node(self, node: Node, key: bytes, index: bytes, bytes_: bytes,
+                      timestamp: float) -> defer.Deferred[bool]:
+        """Offer a value to ``node``: True when the node holds it afterwards."""
+        d = self.store.call(node, key, index, bytes_, timestamp)
+        d.addCallback(lambda status: status != codec.StoreStatus.REFUSED)
+        return d.addErrback(self._failed_false, node)
+
+    # -- lookups -------------------------------------------------------------------------
+
+    def find_node_shortlist(self, key: bytes) -> defer.Deferred[Shortlist]:
+        """Iterative findnode: the shortlist once the k closest nodes have answered."""
+        return self._lookup(ids.check_key(key), None, find_value=False)
+
+    def find_value_shortlist(self, key: bytes, index: bytes | None = None
+                             ) -> defer.Deferred[Shortlist]:
+        """Iterative findval: also tallies what the holders of the key announced."""
+        return self._lookup(ids.check_key(key), index, find_value=True)
+
+    def _lookup(self, key: bytes, index: bytes | None, find_value: bool
+                ) -> defer.Deferred[Shortlist]:
+        sl = Shortlist(key, self._key, self.k, index)
+        sl.add_nodes(self._routing_table.get_close_nodes(key, self.k))
+        self._routing_table.touch(key)
+        self.lookups += 1
+        done: defer.Deferred[Shortlist] = defer.Deferred()
+        state = {"pumping": False, "again": False}
+
+        def answered(result: Any, node: Node) -> None:
+            if find_value:
+                if result is None:
+                    sl.mark_node(node, active=False)
+                elif result.values is not None:
+                    sl.mark_node(node, True, useful=True, values=result.values)
+                else:
+                    sl.add_nodes(result.nodes)
+                    sl.mark_node(node, True)
+            elif result is None:
+                sl.mark_node(node, active=False)
+            else:
+                sl.add_nodes(result)
+                sl.mark_node(node, True)
+            pump()
+
+        def pump() -> None:
+            if done.called:
+                return
+            if state["pumping"]:
+                state["again"] = True
+                return
+            state["pumping"] = True
+            try:
+                while True:
+                    state["again"] = False
+                    if sl.is_finished():
+                        self.lookup_contacts += sl.contacted
+                        done.callback(sl)
+                        return
+                    for node in sl.get_nodes_for_contacting(self.alpha - sl.in_flight):
+                        if find_value:
+                            d: defer.Deferred[Any] = self.find_value_from_node(node, key, index)
+                        else:
+                            d = self.find_nodes_from_node(node, key)
+                        d.addCallback(answered, node)
+                        d.addErrback(self._lookup_bug, done)
+                    if not state["again"]:
+                        return
+            finally:
+                state["pumping"] = False
+
+        pump()
+        return done
+
+    def _lookup_bug(self, failure: Failure, done: defer.Deferred[Shortlist]) -> None:
+        log.failure("lookup step failed", failure=failure)
+        if not done.called:
+            done.errback(failure)
+
+    # -- publishing and fetching values --------------------------------------------------
+
+    def store_value(self, key: bytes, index: bytes) -> defer.Deferred[int]:
+        """Store a held value to the k closest nodes; fires with how many hold it."""
+        return defer.Deferred.fromCoroutine(self._store_value(key, index))
+
+    async def _store_value(self, key: bytes, index: bytes) -> int:
+        record = self.kvp_table.get_record(key, index)
+        if record is None:
+            raise KeyError((key, index))
+        value: bytes = await self.kvp_table.read(key, index)
+        shortlist = await self.find_node_shortlist(key)
+        targets = shortlist.closest(self.k)
+        sem = defer.DeferredSemaphore(NETWORK_PARALLELISM)
+        results = await defer.gatherResults([
+            sem.run(self.store_to_node, node, key, index, value, record.timestamp)
+            for node in targets])
+        current = self.kvp_table.get_record(key, index)
+        if current is not None and current.timestamp == record.timestamp:
+            await self.kvp_table.update_record(
+                _evolve(current, last_update=self.clock.seconds()))
+        return sum(1 for ok in results if ok)
+
+    def get_value_of(self, key: bytes, index: bytes | None = None) -> defer.Deferred[bytes]:
+        """Find and fetch the value at ``(key, index)`` (the newest one when no index).
+
+        The value is checked against its index (SHA-1) and announced size, then cached
+        at the closest node of the lookup that lacked it.  Fails with
+        :class:`ValueNotFoundError` when no reachable node holds it.
+        """
+        return defer.Deferred.fromCoroutine(self._get_value(key, index))
+
+    async def _get_value(self, key: bytes, index: bytes | None) -> bytes:
+        ids.check_key(key)
+        shortlist = await self.find_value_shortlist(key, index)
+        info = shortlist.get_common_kvp_exchange_info(index)
+        local = self._newest_local(key, index)
+        if local is not None and (info is None or local.timestamp >= info.timestamp):
+            return await self.kvp_table.read(local.key, local.index)
+        if info is None:
+            raise ValueNotFoundError(f"no node holds key {key.hex()}")
+        for node in shortlist.holders(info.index, info.size, info.timestamp):
+            try:
+                value = await self.get_value_from_node(node, key, info.index, size=info.size)
+            except (DHTError, ValueError) as e:
+                log.debug("fetch from {node} failed: {e}", node=node, e=e)
+                continue
+            if len(value) != info.size or ids.key_for(value) != info.index:
+                log.warn("{node} sent a value that does not match its index", node=node)
+                continue
+            self._cache_at(shortlist, key, info, value)
+            return value
+        raise ValueNotFoundError(f"no holder of key {key.hex()} answered")
+
+    def _newest_local(self, key: bytes, index: bytes | None) -> KVPRecord | None:
+        now = self.clock.seconds()
+        held = [r for r in self.kvp_table.records_for_key(key)
+                if not r.is_expired(now) and (index is None or r.index == index)]
+        return max(held, key=lambda r: r.timestamp) if held else None
+
+    def _cache_at(self, shortlist: Shortlist, key: bytes, info: codec.ValueInfo,
+                  value: bytes) -> None:
+        holders = set(shortlist.holders(info.index, info.size, info.timestamp))
+        for node in shortlist.sorted_nodes:
+            if node not in holders:
+                d = self.store_to_node(node, key, info.index, value, info.timestamp)
+                d.addErrback(lambda f: None)
+                return
+
+    def get_value_at(self, key: bytes, index: bytes) -> defer.Deferred[bytes]:
+        """bytestag's ``get_value(key, index)``."""
+        return self.get_value_of(key, index)
+
+    # -- the application layer: put / get -------------------------------------------
+
+    def put(self, key: bytes | str, value: bytes, timestamp: float | None = None
+            ) -> defer.Deferred[int]:
+        """Publish ``value`` under ``key`` from this node; fires with the replica count.
+
+        ``key`` is a 160-bit key, or a ``str`` naming one (SHA-1 of its UTF-8 form).  The
+        value's index is its SHA-1; this node keeps it as an original and republishes it.
+        Older values this node published under the same key are dropped here.
+        """
+        return defer.Deferred.fromCoroutine(self._put(_as_key(key), value, timestamp))
+
+    async def _put(self, key: bytes, value: bytes, timestamp: float | None) -> int:
+        if not isinstance(value, bytes):
+            raise TypeError("value must be bytes")
+        if len(value) > MAX_VALUE_SIZE:
+            raise ValueError(f"value is over {MAX_VALUE_SIZE} bytes")
+        index = ids.key_for(value)
+        ts = self.clock.seconds() if timestamp is None else float(timestamp)
+        for old in self.kvp_table.records_for_key(key):
+            if old.is_original and old.index != index:
+                await self.kvp_table.delete(old.key, old.index)
+        await self.kvp_table.put(KVPRecord(key, index, len(value), ts, is_original=True), value)
+        return await self.store_value(key, index)
+
+    def get(self, key: bytes | str) -> defer.Deferred[bytes]:
+        """The newest value published under ``key`` (see :meth:`put`)."""
+        return self.get_value_of(_as_key(key), None)
+
+    # -- joining -------------------------------------------------------------------------
+
+    def join_network(self, address: Address) -> defer.Deferred[bool]:
+        """Join through a known node: ping it, look ourselves up, refresh far buckets.
+
+        Fires True when the node answered and the routing table is not empty.
+        """
+        return defer.Deferred.fromCoroutine(self._join(address))
+
+    async def _join(self, address: Address) -> bool:
+        pong = await self.ping_address(address)
+        if not pong:
+            return False
+        await self.find_node_shortlist(self._key)
+        await self.refresh_buckets(far_only=True)
+        return self._routing_table.num_contacts > 0
+
+    def refresh_buckets(self, far_only: bool = False, older_than: float | None = None
+                        ) -> defer.Deferred[int]:
+        """Look up a random id in buckets up to our closest neighbour's.
+
+        ``far_only`` refreshes only the buckets farther than the closest neighbour;
+        ``older_than`` only those not looked up for that many seconds.  Fires with the
+        number of lookups made.
+        """
+        closest = self._routing_table.closest_bucket_number()
+        if closest is None:
+            return defer.succeed(0)
+        now = self.clock.seconds()
+        numbers = range(0, closest if far_only else closest + 1)
+        todo = [n for n in numbers
+                if older_than is None
+                or now - self._routing_table.buckets[n].last_lookup >= older_than]
+        lookups = [self.find_node_shortlist(ids.random_key_in_bucket(self._key, n,
+                                                                     self._randbytes))
+                   for n in todo]
+        d = defer.gatherResults(lookups, consumeErrors=True)
+        return d.addCallback(lambda _: len(todo))
+
+    def known_nodes(self) -> Iterable[Node]:
+        return self._routing_table.nodes()
+
+
+def _evolve(record: KVPRecord, **changes: Any) -> KVPRecord:
+    import attrs
+
+    return attrs.evolve(record, **changes)
