@@ -44,14 +44,14 @@ class JSONKeys:
         GET_VALUE = "getval"
 
 
-def _check_host(_inst: object, _attr: object, host: object) -> None:
+def _check_host(_inst: Any, _attr: Any, host: Any) -> None:
     if not isinstance(host, str):
         raise TypeError("host must be str")
     if not host or len(host.encode("utf-8", "surrogatepass")) > MAX_HOST_BYTES:
         raise ValueError("host must be 1..255 bytes")
 
 
-def _check_port(_inst: object, _attr: object, port: object) -> None:
+def _check_port(_inst: Any, _attr: Any, port: Any) -> None:
     if not isinstance(port, int) or isinstance(port, bool):
         raise TypeError("port must be int")
     if not 1 <= port <= 65535:
@@ -193,14 +193,14 @@ class NodeList(list[Node], Serializable):
         self.sort(key=lambda n: n.key_int ^ k)
 
 
-def _check_size(_inst: object, _attr: object, size: object) -> None:
+def _check_size(_inst: Any, _attr: Any, size: Any) -> None:
     if not isinstance(size, int) or isinstance(size, bool):
         raise TypeError("size must be int")
     if not 0 <= size <= MAX_VALUE_SIZE:
         raise ValueError(f"size must be in 0..{MAX_VALUE_SIZE}")
 
 
-def _check_timestamp(_inst: object, _attr: object, ts: object) -> None:
+def _check_timestamp(_inst: Any, _attr: Any, ts: Any) -> None:
     if not isinstance(ts, float):
         raise TypeError("timestamp must be float")
     if not math.isfinite(ts) or ts < 0:
@@ -268,7 +268,7 @@ class KVPExchangeInfoList(list[KVPExchangeInfo], Serializable):
         )
 
 
-def _check_hashes(_inst: object, _attr: object, hashes: object) -> None:
+def _check_hashes(_inst: Any, _attr: Any, hashes: Any) -> None:
     if not isinstance(hashes, tuple):
         raise TypeError("part hashes must be a tuple")
     if not hashes:
@@ -277,7 +277,7 @@ def _check_hashes(_inst: object, _attr: object, hashes: object) -> None:
         ids.check_key(h, "part hash")
 
 
-def _check_optional_size(_inst: object, _attr: object, size: object) -> None:
+def _check_optional_size(_inst: Any, _attr: Any, size: Any) -> None:
     if size is None:
         return
     if not isinstance(size, int) or isinstance(size, bool):
@@ -286,7 +286,7 @@ def _check_optional_size(_inst: object, _attr: object, size: object) -> None:
         raise ValueError("size cannot be negative")
 
 
-def _check_filename(_inst: object, _attr: object, name: object) -> None:
+def _check_filename(_inst: Any, _attr: Any, name: Any) -> None:
     if name is None:
         return
     if not isinstance(name, tuple):
@@ -314,11 +314,11 @@ class FileInfo(Serializable):
 
     file_hash: bytes = attrs.field(validator=_check_key)
     part_hashes: tuple[bytes, ...] = attrs.field(
-        converter=_tuple_or_same, validator=_check_hashes  # type: ignore[misc]
+        converter=_tuple_or_same, validator=_check_hashes
     )
     size: int | None = attrs.field(default=None, validator=_check_optional_size)
     filename: tuple[str, ...] | None = attrs.field(
-        default=None, converter=_tuple_or_same, validator=_check_filename  # type: ignore[misc]
+        default=None, converter=_tuple_or_same, validator=_check_filename
     )
 
     def to_json_dumpable(self) -> dict[str, Any]:
@@ -356,7 +356,7 @@ class FileInfo(Serializable):
             raise ValueError(str(e)) from e
 
 
-def _check_files(_inst: object, _attr: object, files: object) -> None:
+def _check_files(_inst: Any, _attr: Any, files: Any) -> None:
     if not isinstance(files, tuple):
         raise TypeError("file infos must be a tuple")
     if not files:
@@ -366,12 +366,12 @@ def _check_files(_inst: object, _attr: object, files: object) -> None:
             raise TypeError("expected FileInfo")
 
 
-def _check_comment(_inst: object, _attr: object, comment: object) -> None:
+def _check_comment(_inst: Any, _attr: Any, comment: Any) -> None:
     if comment is not None and not isinstance(comment, str):
         raise TypeError("comment must be str or None")
 
 
-def _check_collection_time(_inst: object, _attr: object, ts: object) -> None:
+def _check_collection_time(_inst: Any, _attr: Any, ts: Any) -> None:
     if ts is None:
         return
     if not isinstance(ts, int) or isinstance(ts, bool):
@@ -390,7 +390,7 @@ class CollectionInfo(Serializable):
     TIMESTAMP: ClassVar[str] = "timestamp"
 
     file_infos: tuple[FileInfo, ...] = attrs.field(
-        converter=_tuple_or_same, validator=_check_files  # type: ignore[misc]
+        converter=_tuple_or_same, validator=_check_files
     )
     comment: str | None = attrs.field(default=None, validator=_check_comment)
     timestamp: int | None = attrs.field(default=None, validator=_check_collection_time)

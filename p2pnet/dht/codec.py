@@ -32,7 +32,6 @@ from __future__ import annotations
 import enum
 import math
 import struct
-from typing import Union
 
 import attrs
 
@@ -154,11 +153,11 @@ class ErrorResponse:
     message: str
 
 
-Body = Union[
-    PingRequest, PingResponse, FindNodeRequest, NodesResponse, FindValueRequest,
-    ValuesResponse, StoreRequest, StoreResponse, GetValueRequest, GetValueResponse,
-    ErrorResponse,
-]
+Body = (
+    PingRequest | PingResponse | FindNodeRequest | NodesResponse | FindValueRequest
+    | ValuesResponse | StoreRequest | StoreResponse | GetValueRequest | GetValueResponse
+    | ErrorResponse
+)
 
 
 @attrs.frozen

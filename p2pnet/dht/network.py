@@ -32,7 +32,7 @@ from p2pnet.dht.protocol import (
     RequestRefused,
 )
 from p2pnet.dht.routing import RoutingTable
-from p2pnet.dht.shortlist import K, NETWORK_PARALLELISM, Shortlist
+from p2pnet.dht.shortlist import NETWORK_PARALLELISM, K, Shortlist
 from p2pnet.dht.table import IKVPTable, KVPRecord, MemoryKVPTable
 from p2pnet.models import MAX_VALUE_SIZE, Node, NodeList
 
@@ -242,14 +242,13 @@ class DHTNetwork:
 
     def ping_address(self, address: Address) -> defer.Deferred[tuple[float, Node] | bool]:
         """Ping an address: fires with ``(round trip seconds, Node)``, or False."""
-        d = self._resolve(address)
+        d: defer.Deferred[Any] = self._resolve(address)
         d.addCallback(self.ping.call)
         return d.addErrback(lambda _: False)
 
     def ping_node(self, node: Node) -> defer.Deferred[tuple[float, Node] | bool]:
-        d = self.ping.call(node.address)
-        d.addErrback(self._failed_false, node)
-        return d
+        d: defer.Deferred[Any] = self.ping.call(node.address)
+        return d.addErrback(self._failed_false, node)
 
     def _failed_false(self, failure: Failure, node: Node) -> bool:
         self._failed(node, failure)
@@ -277,7 +276,7 @@ class DHTNetwork:
     def store_to_node(self, node: Node, key: bytes, index: bytes, bytes_: bytes,
                       timestamp: float) -> defer.Deferred[bool]:
         """Offer a value to ``node``: True when the node holds it afterwards."""
-        d = self.store.call(node, key, index, bytes_, timestamp)
+        d: defer.Deferred[Any] = self.store.call(node, key, index, bytes_, timestamp)
         d.addCallback(lambda status: status != codec.StoreStatus.REFUSED)
         return d.addErrback(self._failed_false, node)
 

@@ -76,7 +76,12 @@ class _Periodic:
         if running is None:
             return defer.succeed(None)
         waiter: defer.Deferred[Any] = defer.Deferred()
-        running.addBoth(lambda r: (waiter.callback(None), r)[1])
+
+        def release(result: Any) -> Any:
+            waiter.callback(None)
+            return result
+
+        running.addBoth(release)
         return waiter
 
 
@@ -85,7 +90,8 @@ async def _store_all(network: DHTNetwork, kvpids: list[tuple[bytes, bytes]]) -> 
 
     async def one(kvpid: tuple[bytes, bytes]) -> int:
         try:
-            return int(await sem.run(network.store_value, *kvpid))
+            count: int = await sem.run(network.store_value, kvpid[0], kvpid[1])
+            return count
         except KeyError:
             return 0  # deleted meanwhile
 

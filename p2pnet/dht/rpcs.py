@@ -95,6 +95,7 @@ class FindValue(RPCCommand):
         def done(msg: codec.Message) -> FindValueFromNodeResult:
             if isinstance(msg.body, codec.ValuesResponse):
                 return FindValueFromNodeResult(values=msg.body.values)
+            assert isinstance(msg.body, codec.NodesResponse)
             return FindValueFromNodeResult(nodes=NodeList(msg.body.nodes))
 
         return self.net.protocol.request(node.address, req).addCallback(done)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
@@ -85,6 +86,20 @@ class deferred_twin(Generic[P, R]):  # noqa: N801 - used like a decorator/functi
         if obj is None:
             return self
         return functools.partial(obj.executor.submit, getattr(obj, self._name))
+
+
+#: LevelDB's lock failure: "IO error: lock <path>/LOCK: Resource temporarily unavailable"
+#: (another process) or "...: already held by process".  A LOCK file that cannot be
+#: opened at all ("IO error: <path>/LOCK: Not a directory") is not a lock conflict.
+_LOCK_MESSAGE = re.compile(r"(^|: )lock ")
+
+
+def _plyvel_message(error: BaseException) -> str:
+    """plyvel's error text (it carries bytes) as a str."""
+    arg = error.args[0] if error.args else ""
+    if isinstance(arg, bytes):
+        return arg.decode("utf-8", "replace")
+    return str(arg)
 
 
 def _encode(value: object, what: str) -> bytes:
@@ -149,19 +164,21 @@ class DBManager(Service):
         try:
             return plyvel.DB(db_path, create_if_missing=True)
         except plyvel.IOError as e:
-            if "lock" in str(e).lower():
+            msg = _plyvel_message(e)
+            if _LOCK_MESSAGE.search(msg):
                 raise DatabaseLockedError(
-                    f"LevelDB database {db_path!r} is locked: another process holds it "
-                    f"({e})",
+                    f"LevelDB database {db_path!r} is locked: another process holds it ({msg})",
                     db_path,
                 ) from e
-            raise StoreError(f"cannot open LevelDB database {db_path!r}: {e}") from e
+            raise StoreError(f"cannot open LevelDB database {db_path!r}: {msg}") from e
         except plyvel.CorruptionError as e:
             raise DatabaseCorruptError(
-                f"LevelDB database {db_path!r} is corrupt: {e}", db_path
+                f"LevelDB database {db_path!r} is corrupt: {_plyvel_message(e)}", db_path
             ) from e
         except plyvel.Error as e:
-            raise StoreError(f"cannot open LevelDB database {db_path!r}: {e}") from e
+            raise StoreError(
+                f"cannot open LevelDB database {db_path!r}: {_plyvel_message(e)}"
+            ) from e
 
     # -- handle and lifecycle ----------------------------------------------------------
 
@@ -322,4 +339,3 @@ __all__ = [
     "deferred_twin",
     "open_paths",
 ]
-

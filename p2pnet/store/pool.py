@@ -128,6 +128,7 @@ class StoreExecutor:
         batch, self._pending = self._pending[: self._max], self._pending[self._max :]
         self._busy = True
         self.hops += 1
+        assert self._pool is not None
         d = threads.deferToThreadPool(self._reactor, self._pool, self._run_batch, batch)
         d.addBoth(self._deliver, batch)
 
