@@ -443,6 +443,18 @@ class SyncTests(StoreTestMixin, SynchronousTestCase):
             rows_of(path), [(1, b"same", "blob", "mine", 1), (row_id, "same", "text", "mine", 1)]
         )
 
+    def test_row_deleted_by_another_program_comes_back(self) -> None:
+        store, path = self.started()
+        p = Peer(b"sticky", "h", 1)
+        store.add_peer(p)
+        store.sync_database(force=True)
+        conn = sqlite3.connect(path)
+        conn.execute(f"DELETE FROM {SQLITE_PEERS_TABLE}")
+        conn.commit()
+        conn.close()
+        self.assertEqual(store.sync_database(force=True), {})
+        self.assertEqual(rows_of(path), [(p.db_id, b"sticky", "blob", "h", 1)])
+
     def test_address_change_is_saved(self) -> None:
         store, path = self.started()
         p = Peer(b"mover", "old", 1)

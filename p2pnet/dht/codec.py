@@ -160,8 +160,11 @@ Body = (
 )
 
 
-@attrs.frozen
+@attrs.define
 class Message:
+    """One decoded datagram (``attrs.define``, not frozen: built on the hot path, where a
+    frozen class costs six times as much; treat it as read-only)."""
+
     network_id: bytes
     kind: Kind
     rpc: RPC
@@ -172,7 +175,6 @@ class Message:
 
 # -- encoding ----------------------------------------------------------------------
 
-_HEAD2 = struct.Struct("!BB")
 _TAIL = struct.Struct("!BB8s20s")
 _NODE = struct.Struct("!20sHB")
 _VALUE = struct.Struct("!20sId")
@@ -221,7 +223,10 @@ def encode(network_id: bytes, tid: bytes, sender: bytes, body: Body,
            rpc: RPC | None = None) -> bytes:
     """Encode one message.  ``rpc`` is needed only for an :class:`ErrorResponse` and for the
     two answers that several RPCs share (:class:`NodesResponse`, :class:`ValuesResponse`)."""
-    if isinstance(body, ErrorResponse):
+    fast = _NO_BODY.get(type(body))
+    if fast is not None:
+        kind, rpc, payload = fast
+    elif isinstance(body, ErrorResponse):
         if rpc is None:
             raise ValueError("an error response needs the rpc it answers")
         msg = body.message.encode("utf-8")[:200].decode("utf-8", "ignore").encode("utf-8")
@@ -239,10 +244,10 @@ def encode(network_id: bytes, tid: bytes, sender: bytes, body: Body,
         kind, payload = Kind.RESPONSE, b"".join(parts)
     else:
         kind, rpc, payload = _encode_body(body)
-    data = b"".join((
-        _HEAD2.pack(VERSION, len(network_id)), network_id,
-        _TAIL.pack(kind, rpc, tid, sender), payload,
-    ))
+    if len(tid) != TID_BYTES or len(sender) != KEY or not 0 < len(network_id) <= MAX_NETWORK_ID:
+        raise ValueError("bad transaction id, sender id or network id length")
+    data = b"".join((bytes((VERSION, len(network_id))), network_id,
+                     bytes((kind, rpc)), tid, sender, payload))
     if len(data) > MAX_DATAGRAM:
         raise ValueError("message does not fit in one datagram")
     return data
@@ -375,28 +380,44 @@ def _decode_response(rpc: RPC, data: bytes, pos: int) -> Body:
     return GetValueResponse(total, offset, chunk)
 
 
+_PING_REQUEST = PingRequest()
+_PING_RESPONSE = PingResponse()
+_NO_BODY: dict[type, tuple[Kind, RPC, bytes]] = {
+    PingRequest: (Kind.REQUEST, RPC.PING, b""),
+    PingResponse: (Kind.RESPONSE, RPC.PING, b""),
+}
+_KINDS = {k.value: k for k in Kind}
+_RPCS = {r.value: r for r in RPC}
+
+
 def decode(data: bytes) -> Message:
     """Decode one datagram; :class:`DecodeError` for anything that is not a valid message."""
     if not isinstance(data, bytes):
         raise DecodeError("a datagram is bytes")
-    if len(data) > MAX_DATAGRAM or len(data) < _HEAD2.size:
+    size = len(data)
+    if size > MAX_DATAGRAM or size < 2:
         raise DecodeError("bad datagram length")
-    version, nlen = _HEAD2.unpack_from(data, 0)
-    if version != VERSION:
-        raise DecodeError(f"unsupported protocol version {version}")
+    if data[0] != VERSION:
+        raise DecodeError(f"unsupported protocol version {data[0]}")
+    nlen = data[1]
     if nlen == 0 or nlen > MAX_NETWORK_ID:
         raise DecodeError("bad network id length")
-    pos = _HEAD2.size + nlen
-    if len(data) < pos + _TAIL.size:
+    pos = 2 + nlen
+    if size < pos + _TAIL.size:
         raise DecodeError("truncated header")
-    network_id = data[_HEAD2.size:pos]
-    kind_n, rpc_n, tid, sender = _TAIL.unpack_from(data, pos)
+    network_id = data[2:pos]
+    kind = _KINDS.get(data[pos])
+    rpc = _RPCS.get(data[pos + 1])
+    if kind is None or rpc is None:
+        raise DecodeError("unknown message kind or rpc")
+    tid = data[pos + 2:pos + 2 + TID_BYTES]
+    sender = data[pos + 2 + TID_BYTES:pos + _TAIL.size]
     pos += _TAIL.size
-    try:
-        kind = Kind(kind_n)
-        rpc = RPC(rpc_n)
-    except ValueError:
-        raise DecodeError("unknown message kind or rpc") from None
+    if rpc is RPC.PING and kind is not Kind.ERROR:  # the hot path: no body at all
+        if size != pos:
+            raise DecodeError("wrong body length")
+        return Message(network_id, kind, rpc, tid, sender,
+                       _PING_REQUEST if kind is Kind.REQUEST else _PING_RESPONSE)
     body: Body
     if kind == Kind.REQUEST:
         body = _decode_request(rpc, data, pos)

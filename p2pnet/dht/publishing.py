@@ -46,6 +46,16 @@ class _Periodic:
     def run_once(self) -> defer.Deferred[Any]:
         raise NotImplementedError
 
+    def _overdue_before_next_check(self, last: float, period: float, now: float) -> bool:
+        """Whether ``period`` since ``last`` ends before the next check would run.
+
+        Checking ``now - last >= period`` instead lets a round that finished just after
+        its tick (``last`` a little past the tick) miss the tick ``period`` later and wait
+        one more interval: republishing every 25 h while copies expire after 24 h 1.5 min,
+        replicating every other hour.
+        """
+        return last + period < now + self.interval
+
     def _tick(self) -> defer.Deferred[Any] | None:
         if self._running is not None:
             return None  # the previous round is still going: skip this tick
@@ -102,15 +112,17 @@ async def _store_all(network: DHTNetwork, kvpids: list[tuple[bytes, bytes]]) -> 
 
 class Publisher(_Periodic):
     """Republishes values this node originated, TIME_REPUBLISH after their last publish
-    (at once when never published); checked hourly and whenever :meth:`check` is called."""
+    (at once when never published); checked hourly and whenever :meth:`check` is called.
+    A value whose TIME_REPUBLISH would end before the next check is republished now:
+    early rather than after the copies expired."""
 
     interval = REPUBLISH_CHECK_INTERVAL
 
     def due(self) -> list[tuple[bytes, bytes]]:
         now = self.network.clock.seconds()
         return [r.kvpid for r in self.network.kvp_table.records()
-                if r.is_original and (r.last_update == 0
-                                      or now - r.last_update >= TIME_REPUBLISH)]
+                if r.is_original and (r.last_update == 0 or self._overdue_before_next_check(
+                    r.last_update, TIME_REPUBLISH, now))]
 
     def run_once(self) -> defer.Deferred[int]:
         return defer.Deferred.fromCoroutine(_store_all(self.network, self.due()))
@@ -122,7 +134,7 @@ class Publisher(_Periodic):
 
 class Replicator(_Periodic):
     """Every TIME_REPLICATE: re-store held copies (not originals, not expired) whose last
-    replication is that old, then delete expired copies."""
+    replication will be that old by the next round, then delete expired copies."""
 
     interval = TIME_REPLICATE
 
@@ -131,7 +143,7 @@ class Replicator(_Periodic):
         table = self.network.kvp_table
         due = [r.kvpid for r in table.records()
                if not r.is_original and not r.is_expired(now)
-               and now - r.last_update >= TIME_REPLICATE]
+               and self._overdue_before_next_check(r.last_update, TIME_REPLICATE, now)]
         count = await _store_all(self.network, due)
         await Expirer(self.network).run_once()
         return count

@@ -34,6 +34,7 @@ class Bucket:
         self._size = size
         self._nodes: list[Node] = []
         self._pending: Node | None = None
+        self._stale = b""  # while locked: the id of the node the BucketFullError named
         self._last_update = 0.0
         self.last_lookup = 0.0
 
@@ -92,14 +93,17 @@ class Bucket:
             self._last_update = self._now()
             return
         self._pending = node
+        self._stale = self._nodes[0].key
         raise BucketFullError(self._number, self._nodes[0], self)
 
     def keep_new_node(self) -> None:
         """The least recently seen node did not answer: evict it, add the newcomer."""
         if self._pending is None:
             return
-        if self._nodes:
-            del self._nodes[0]
+        # the node that was pinged, not whichever is first now (it may have been seen since)
+        i = self._index_of_key(self._stale)
+        if i >= 0:
+            del self._nodes[i]
         self._nodes.append(self._pending)
         self._pending = None
         self._last_update = self._now()
@@ -109,8 +113,9 @@ class Bucket:
         if self._pending is None:
             return
         self._pending = None
-        if self._nodes:
-            self._nodes.append(self._nodes.pop(0))
+        i = self._index_of_key(self._stale)
+        if i >= 0:
+            self._nodes.append(self._nodes.pop(i))
         self._last_update = self._now()
 
     def remove(self, node: Node) -> bool:
@@ -148,9 +153,15 @@ class RoutingTable:
 
     def node_update(self, node: Node) -> None:
         """Record that ``node`` was seen; may raise :class:`BucketFullError`."""
-        if node.key_int == self._key_int:
+        distance = node.key_int ^ self._key_int
+        if distance == 0:
             return
-        self.get_bucket(node).node_update(node)
+        bucket = self.buckets[ids.KEY_BITS - distance.bit_length()]
+        nodes = bucket._nodes
+        if nodes and nodes[-1] is node:
+            bucket._last_update = self._now()  # already the most recently seen
+            return
+        bucket.node_update(node)
 
     def remove(self, node: Node) -> bool:
         if node.key_int == self._key_int:

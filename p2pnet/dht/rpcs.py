@@ -23,6 +23,9 @@ from p2pnet.dht.protocol import Address, RequestRefused
 from p2pnet.dht.table import KVPRecord
 from p2pnet.models import MAX_VALUE_SIZE, Node, NodeList
 
+_PING = codec.PingRequest()
+_PONG = codec.PingResponse()
+
 #: Largest value chunk one getval answer carries (fits one datagram with its header).
 MAX_CHUNK = 60 * 1024
 
@@ -58,14 +61,13 @@ class Ping(RPCCommand):
         start = self.net.clock.seconds()
 
         def done(msg: codec.Message) -> tuple[float, Node]:
-            return (self.net.clock.seconds() - start, Node(msg.sender, *address))
+            return (self.net.clock.seconds() - start, self.net.node_for(msg.sender, address))
 
-        d: defer.Deferred[codec.Message] = self.net.protocol.request(address,
-                                                                     codec.PingRequest())
+        d: defer.Deferred[codec.Message] = self.net.protocol.request(address, _PING)
         return d.addCallback(done)
 
     def answer(self, body: Any, sender: bytes, address: Address) -> codec.PingResponse:
-        return codec.PingResponse()
+        return _PONG
 
 
 class FindNode(RPCCommand):
@@ -230,7 +232,9 @@ class GetValue(RPCCommand):
             raise VerificationError("getval answered the wrong chunk")
         step = len(first.data)
         parts = {offset: first.data}
-        starts = list(range(offset + step, total, step))
+        # step is 0 only when the first answer already reached the end (an empty value,
+        # or offset == total): nothing more to fetch.
+        starts = list(range(offset + step, total, step)) if step else []
         window = self.net.window
         for i in range(0, len(starts), window):
             batch = starts[i:i + window]

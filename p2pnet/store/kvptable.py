@@ -196,11 +196,7 @@ class LevelDBKVPTable(Service):
         """Finish the queued writes; stop and close the database if the table owns it."""
         if not self._owns_db:
             return defer.succeed(None)
-
-        def _close(_: object) -> None:
-            self._db.close()
-
-        return self._db.stop().addCallback(_close)
+        return self._db.d_close()
 
     def startService(self) -> None:  # noqa: N802 - IService
         Service.startService(self)
@@ -271,6 +267,8 @@ class LevelDBKVPTable(Service):
         return d.addErrback(_failed)
 
     def put(self, record: KVPRecord, value: bytes) -> defer.Deferred[None]:
+        if not isinstance(value, bytes | bytearray | memoryview):
+            return defer.fail(TypeError(f"value must be bytes, not {type(value).__name__}"))
         value = bytes(value)
         if len(value) != record.size:
             return defer.fail(ValueError("value length does not match the record's size"))

@@ -35,7 +35,7 @@ import sqlite3
 import threading
 import uuid as uuid_module
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, ParamSpec, TypeVar
 
 from twisted.application import service
@@ -102,17 +102,6 @@ def local_uuid(value: object) -> bytes:
     if len(result) < 4:
         raise ValueError("uuid needs to be at least 4 characters long")
     return result
-
-
-def _row_uuid(raw: object) -> bytes | None:
-    """A peer uuid read from a row (TEXT, BLOB or a number), or ``None`` when unusable."""
-    if isinstance(raw, bytes):
-        return raw
-    if isinstance(raw, str):
-        return raw.encode("utf-8")
-    if isinstance(raw, int | float):
-        return str(raw).encode("ascii")
-    return None
 
 
 def _translate(exc: sqlite3.Error, path: str) -> StoreError:
@@ -184,6 +173,7 @@ class PeerStore(service.Service):
         self._batch_depth = 0
         self._txn_undo: list[Callable[[], None]] = []
         self._row_cache: _Rows | None = None
+        self._cache_version = -1
 
         if inline:
             self._executor = StoreExecutor.inline(batch_context=self._batch)
@@ -271,6 +261,14 @@ class PeerStore(service.Service):
     def terminate_db(self) -> None:
         """Make a last sync and close; safe after a failed ``start_db`` and when repeated."""
         self._executor.call_blocking(self._terminate_db)
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """Run several blocking calls in one transaction: ``with store.transaction(): ...``.
+
+        It holds the database for the whole block (the Deferred API waits), and commits
+        at its end; an exception raised out of the block rolls everything back.
+        """
+        return self._batch()
 
     # -- Deferred API (p2pnet's store scheme: ``d_m`` is the Deferred twin of ``m``) ------
 
@@ -450,6 +448,7 @@ class PeerStore(service.Service):
 
     def _close(self) -> None:
         conn, self._conn = self._conn, None
+        self._row_cache = None
         if conn is None:
             return
         try:
@@ -477,7 +476,6 @@ class PeerStore(service.Service):
                 self._batch_depth -= 1
 
     def _commit(self, conn: sqlite3.Connection) -> None:
-        self._row_cache = None
         if not conn.in_transaction:
             self._txn_undo.clear()
             return
@@ -571,18 +569,31 @@ class PeerStore(service.Service):
             self._close()
 
     def _read_rows(self, c: sqlite3.Cursor) -> _Rows:
-        # Within one write transaction (BEGIN IMMEDIATE) nobody else can write, so the
-        # rows read by the first sync of a hop stay valid, kept up to date by our writes.
-        if self._row_cache is not None:
+        """The peers table by uuid, read again only when another connection changed it.
+
+        ``PRAGMA data_version`` changes when another connection commits to the file
+        (read inside our ``BEGIN IMMEDIATE``, so nobody can commit after it); our own
+        writes keep the cache up to date, and a rollback drops it.
+        """
+        c.execute("PRAGMA data_version")
+        version = c.fetchone()[0]
+        if self._row_cache is not None and self._cache_version == version:
             return self._row_cache
         rows: _Rows = {}
-        c.execute(f"SELECT peer_id, uuid, host, port FROM {SQLITE_PEERS_TABLE} ORDER BY peer_id")
-        for peer_id, raw, host, port in c.fetchall():
-            key = _row_uuid(raw)
+        # CAST gives TEXT as its UTF-8 bytes, BLOB as is, a number as its text; NULL stays.
+        c.execute(
+            f"SELECT peer_id, CAST(uuid AS BLOB), host, port FROM {SQLITE_PEERS_TABLE} "
+            "ORDER BY peer_id"
+        )
+        for peer_id, key, host, port in c.fetchall():
             if key is None:
                 continue
-            rows.setdefault(key, []).append((peer_id, host, port))
-        self._row_cache = rows
+            found = rows.get(key)
+            if found is None:
+                rows[key] = [(peer_id, host, port)]
+            else:
+                found.append((peer_id, host, port))
+        self._row_cache, self._cache_version = rows, version
         return rows
 
     def _sync_database(self, force: bool) -> dict[bytes, Peer] | None:
@@ -620,6 +631,10 @@ class PeerStore(service.Service):
                     found = rows.get(key)
                     if found is None:
                         missing.append(peer)
+                    elif len(found) == 1:
+                        _, host, port = found[0]
+                        if host != peer.host or port != peer.port:
+                            stale.append((peer, found))
                     elif any((h, pt) != (peer.host, peer.port) for _, h, pt in found):
                         stale.append((peer, found))
 

@@ -1,0 +1,356 @@
+"""Tests for :mod:`p2pnet.store.kvptable`: the DHT's persistent value table."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+import threading
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+from zope.interface.verify import verifyObject
+
+from p2pnet.dht.table import IKVPTable, KVPRecord, MemoryKVPTable
+from p2pnet.models import MAX_VALUE_SIZE
+from p2pnet.store.appointments import AppointmentsDBM
+from p2pnet.store.errors import DatabaseLockedError
+from p2pnet.store.kvptable import LevelDBKVPTable, decode_record, encode_record
+from p2pnet.store.leveldb import DBManager
+from p2pnet.store.pool import StoreExecutor
+
+
+def key(n: int) -> bytes:
+    return hashlib.sha1(b"key%d" % n).digest()
+
+
+def record_for(value: bytes, k: int = 0, timestamp: float = 1000.0, **kwargs: Any) -> KVPRecord:
+    return KVPRecord(
+        key=key(k),
+        index=hashlib.sha1(value).digest(),
+        size=len(value),
+        timestamp=timestamp,
+        **kwargs,
+    )
+
+
+def inline_table(path: str, max_bytes: int = 1 << 20) -> LevelDBKVPTable:
+    db = DBManager(path, executor=StoreExecutor.inline())
+    return LevelDBKVPTable(db, max_bytes, owns_db=True)
+
+
+records = st.builds(
+    KVPRecord,
+    key=st.binary(min_size=20, max_size=20),
+    index=st.binary(min_size=20, max_size=20),
+    size=st.integers(0, MAX_VALUE_SIZE),
+    timestamp=st.floats(allow_nan=False),
+    is_original=st.booleans(),
+    last_update=st.floats(allow_nan=False),
+    expires_at=st.none() | st.floats(allow_nan=False),
+)
+
+
+class RecordCodecTests(unittest.SynchronousTestCase):
+    @given(records)
+    def test_round_trip(self, record: KVPRecord) -> None:
+        self.assertEqual(decode_record(record.key, record.index, encode_record(record)), record)
+
+    def test_compact(self) -> None:
+        self.assertEqual(len(encode_record(record_for(b"v"))), 35)
+
+    @given(st.binary(max_size=64))
+    def test_garbage_is_value_error(self, data: bytes) -> None:
+        try:
+            decode_record(key(0), key(1), data)
+        except ValueError:
+            pass
+
+    def test_bad_encodings(self) -> None:
+        good = encode_record(record_for(b"v"))
+        for bad in (b"", good[:-1], good + b"x", b"\x02" + good[1:]):
+            self.assertRaises(ValueError, decode_record, key(0), key(1), bad)
+        self.assertRaises(ValueError, decode_record, b"short", key(1), good)
+
+
+class InlineTableTests(unittest.SynchronousTestCase):
+    """The table's logic on an inline executor: every Deferred has fired on return."""
+
+    def setUp(self) -> None:
+        self.path = self.mktemp()
+        self.table = inline_table(self.path)
+        self.addCleanup(lambda: self.successResultOf(self.table.stop()))
+
+    def reopen(self) -> LevelDBKVPTable:
+        self.successResultOf(self.table.stop())
+        self.table = inline_table(self.path)
+        return self.table
+
+    def test_interface(self) -> None:
+        self.assertTrue(verifyObject(IKVPTable, self.table))
+
+    def test_put_read(self) -> None:
+        t = self.table
+        rec = record_for(b"hello world")
+        self.assertTrue(t.is_acceptable(rec.key, rec.index, rec.size, rec.timestamp))
+        self.successResultOf(t.put(rec, b"hello world"))
+        self.assertEqual(t.get_record(rec.key, rec.index), rec)
+        self.assertEqual(t.records_for_key(rec.key), [rec])
+        self.assertEqual(list(t.records()), [rec])
+        self.assertEqual(t.total_bytes, 11)
+        self.assertEqual(len(t), 1)
+        self.assertEqual(self.successResultOf(t.read(rec.key, rec.index)), b"hello world")
+        self.assertEqual(self.successResultOf(t.read(rec.key, rec.index, 6)), b"world")
+        self.assertEqual(self.successResultOf(t.read(rec.key, rec.index, 2, 3)), b"llo")
+        self.failureResultOf(t.read(rec.key, key(9)), KeyError)
+        self.failureResultOf(t.put(rec, b"wrong size"), ValueError)
+        self.failureResultOf(t.put(record_for(b"\0" * 5), 5), TypeError)  # type: ignore[arg-type]
+        self.successResultOf(t.put(record_for(b"ba", k=1), bytearray(b"ba")))
+        self.assertEqual(t.total_bytes, 13)
+        self.successResultOf(t.delete(key(1), record_for(b"ba").index))
+        self.assertEqual(t.total_bytes, 11)
+
+    def test_one_write_batch_per_put(self) -> None:
+        t = self.table
+        calls: list[tuple[Any, ...]] = []
+        real = t._db.write_raw
+
+        def spy(*args: Any) -> None:
+            calls.append(args)
+            real(*args)
+
+        self.patch(t._db, "write_raw", spy)
+        rec = record_for(b"v")
+        self.successResultOf(t.put(rec, b"v"))
+        self.assertEqual(len(calls), 1)
+        puts = list(calls[0][0])
+        self.assertEqual(len(puts), 2)
+        self.assertEqual({k[:5] for k, _ in puts}, {b"kvp/r", b"kvp/v"})
+        self.successResultOf(t.delete(rec.key, rec.index))
+        self.assertEqual(len(calls), 2)
+        self.assertEqual(len(list(calls[1][1])), 2)
+
+    def test_update_record(self) -> None:
+        t = self.table
+        rec = record_for(b"value")
+        self.failureResultOf(t.update_record(rec), KeyError)
+        self.successResultOf(t.put(rec, b"value"))
+        newer = record_for(b"value", is_original=True, last_update=5.0, expires_at=99.0)
+        self.successResultOf(t.update_record(newer))
+        self.assertEqual(t.get_record(rec.key, rec.index), newer)
+        bigger = KVPRecord(key=rec.key, index=rec.index, size=6, timestamp=rec.timestamp)
+        self.failureResultOf(t.update_record(bigger), ValueError)
+        self.reopen()
+        self.assertEqual(self.table.get_record(rec.key, rec.index), newer)
+
+    def test_delete(self) -> None:
+        t = self.table
+        a, b = record_for(b"a"), record_for(b"bb")
+        self.successResultOf(t.put(a, b"a"))
+        self.successResultOf(t.put(b, b"bb"))
+        self.assertEqual(len(t.records_for_key(a.key)), 2)
+        self.successResultOf(t.delete(a.key, a.index))
+        self.successResultOf(t.delete(a.key, a.index))  # absent: fine
+        self.assertEqual(t.records_for_key(a.key), [b])
+        self.assertEqual(t.total_bytes, 2)
+        self.failureResultOf(t.read(a.key, a.index), KeyError)
+        self.reopen()
+        self.assertEqual(list(self.table.records()), [b])
+
+    def test_is_acceptable(self) -> None:
+        t = inline_table(self.mktemp(), max_bytes=10)
+        self.addCleanup(t.stop)
+        rec = record_for(b"12345678")
+        self.successResultOf(t.put(rec, b"12345678"))
+        self.assertFalse(t.is_acceptable(rec.key, rec.index, 8, rec.timestamp))  # same
+        self.assertFalse(t.is_acceptable(rec.key, rec.index, 8, rec.timestamp - 1))  # older
+        self.assertTrue(t.is_acceptable(rec.key, rec.index, 10, rec.timestamp + 1))  # replaces
+        self.assertFalse(t.is_acceptable(key(5), key(6), 3, 1.0))  # over quota
+        self.assertTrue(t.is_acceptable(key(5), key(6), 2, 1.0))
+        self.assertFalse(t.is_acceptable(key(5), key(6), MAX_VALUE_SIZE + 1, 1.0))
+
+    def test_survives_restart(self) -> None:
+        t = self.table
+        recs = {}
+        for i in range(20):
+            value = b"value %d " % i * (i + 1)
+            rec = record_for(value, k=i % 4, timestamp=float(i), is_original=i % 2 == 0)
+            self.successResultOf(t.put(rec, value))
+            recs[rec.kvpid] = (rec, value)
+        total = t.total_bytes
+        t = self.reopen()
+        self.assertEqual({r.kvpid: r for r in t.records()}, {k: r for k, (r, _) in recs.items()})
+        self.assertEqual(t.total_bytes, total)
+        self.assertEqual(len(t.records_for_key(key(1))), 5)
+        for rec, value in recs.values():
+            self.assertEqual(self.successResultOf(t.read(rec.key, rec.index)), value)
+
+    def test_failed_write_rolls_back_memory(self) -> None:
+        t = self.table
+        old = record_for(b"old", timestamp=1.0)
+        self.successResultOf(t.put(old, b"old"))
+
+        def broken(*args: Any) -> None:
+            raise OSError("disk full")
+
+        self.patch(t._db, "write_raw", broken)
+        new = record_for(b"old", timestamp=2.0)
+        self.failureResultOf(t.put(new, b"old"), OSError)
+        self.assertEqual(t.get_record(old.key, old.index), old)
+        other = record_for(b"other")
+        self.failureResultOf(t.put(other, b"other"), OSError)
+        self.assertIsNone(t.get_record(other.key, other.index))
+        self.assertEqual(t.total_bytes, 3)
+        self.failureResultOf(t.update_record(new), OSError)
+        self.assertEqual(t.get_record(old.key, old.index), old)
+        self.failureResultOf(t.delete(old.key, old.index), OSError)
+        self.assertEqual(t.get_record(old.key, old.index), old)
+
+    def test_bad_and_orphan_records_skipped_on_load(self) -> None:
+        t = self.table
+        good = record_for(b"good")
+        self.successResultOf(t.put(good, b"good"))
+        raw = t._db.raw
+        raw.put(b"kvp/r" + key(7) + key(8), b"garbage")  # bad encoding
+        raw.put(b"kvp/r" + key(7) + key(9), encode_record(record_for(b"x", k=7)))  # no value
+        raw.put(b"kvp/rshort", encode_record(good))  # bad key
+        t = self.reopen()
+        self.assertEqual(list(t.records()), [good])
+        self.assertEqual(t.total_bytes, 4)
+
+    def test_shares_a_database(self) -> None:
+        """The namespace keeps the table apart from the appointments in one database."""
+        db = AppointmentsDBM(self.mktemp(), executor=StoreExecutor.inline())
+        self.addCleanup(db.close)
+        db.store_watcher_appointment("u", {"a": 1})
+        t = LevelDBKVPTable(db)
+        rec = record_for(b"v")
+        self.successResultOf(t.put(rec, b"v"))
+        self.assertEqual(db.load_watcher_appointments(), {"u": {"a": 1}})
+        self.successResultOf(t.stop())  # not owned: the database stays open
+        self.assertFalse(db.closed)
+        self.assertEqual(list(LevelDBKVPTable(db).records()), [rec])
+
+    @settings(max_examples=30)
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["put", "update", "delete", "read"]),
+                st.integers(0, 2),
+                st.integers(0, 2),
+                st.binary(max_size=8),
+                st.integers(0, 5),
+            ),
+            max_size=25,
+        )
+    )
+    def test_same_as_memory_table(self, ops: list[tuple[str, int, int, bytes, int]]) -> None:
+        """Any sequence of calls leaves this table and MemoryKVPTable alike, reopen included."""
+        path = tempfile.mkdtemp(prefix="p2pnet-kvp-")
+        try:
+            disk, memory = inline_table(path + "/db"), MemoryKVPTable(1 << 20)
+            for op, k, i, value, ts in ops:
+                kk, ii = key(k), key(10 + i)
+                if op == "put":
+                    rec = KVPRecord(key=kk, index=ii, size=len(value), timestamp=ts)
+                    if memory.is_acceptable(kk, ii, len(value), ts):
+                        self.assertTrue(disk.is_acceptable(kk, ii, len(value), ts))
+                        self.successResultOf(memory.put(rec, value))
+                        self.successResultOf(disk.put(rec, value))
+                    else:
+                        self.assertFalse(disk.is_acceptable(kk, ii, len(value), ts))
+                elif op == "update":
+                    held = memory.get_record(kk, ii)
+                    if held is None:
+                        rec = KVPRecord(key=kk, index=ii, size=0, timestamp=ts)
+                        self.failureResultOf(disk.update_record(rec), KeyError)
+                    else:
+                        rec = KVPRecord(
+                            key=kk, index=ii, size=held.size, timestamp=ts, last_update=ts
+                        )
+                        self.successResultOf(memory.update_record(rec))
+                        self.successResultOf(disk.update_record(rec))
+                elif op == "delete":
+                    self.successResultOf(memory.delete(kk, ii))
+                    self.successResultOf(disk.delete(kk, ii))
+                else:
+                    m, d = memory.read(kk, ii, ts), disk.read(kk, ii, ts)
+                    if memory.get_record(kk, ii) is None:
+                        self.failureResultOf(m, KeyError)
+                        self.failureResultOf(d, KeyError)
+                    else:
+                        self.assertEqual(self.successResultOf(d), self.successResultOf(m))
+            self.successResultOf(disk.stop())
+            disk = inline_table(path + "/db")
+            self.assertEqual(
+                sorted(disk.records(), key=lambda r: r.kvpid),
+                sorted(memory.records(), key=lambda r: r.kvpid),
+            )
+            self.assertEqual(disk.total_bytes, memory.total_bytes)
+            for r in memory.records():
+                self.assertEqual(
+                    self.successResultOf(disk.read(r.key, r.index)),
+                    self.successResultOf(memory.read(r.key, r.index)),
+                )
+            self.successResultOf(disk.stop())
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+class ThreadedTableTests(unittest.TestCase):
+    """The table on its own thread with the real reactor."""
+
+    @defer.inlineCallbacks
+    def test_open_put_restart(self) -> Any:
+        path = self.mktemp()
+        table = yield LevelDBKVPTable.open(path, reactor=reactor)
+        self.assertTrue(verifyObject(IKVPTable, table))
+        values = [b"v%d" % i * 10 for i in range(100)]
+        recs = [record_for(v, k=i % 7) for i, v in enumerate(values)]
+        yield defer.gatherResults([table.put(r, v) for r, v in zip(recs, values)])
+        read = yield defer.gatherResults([table.read(r.key, r.index) for r in recs])
+        self.assertEqual(read, values)
+        self.assertLess(table._db.executor.hops, 5)
+        ident = yield table._db.submit(threading.get_ident)
+        self.assertNotEqual(ident, threading.get_ident())
+        yield table.stop()
+        self.assertTrue(table._db.closed)
+        again = yield LevelDBKVPTable.open(path, reactor=reactor)
+        self.addCleanup(again.stop)
+        self.assertEqual(len(again), 100)
+        self.assertEqual((yield again.read(recs[42].key, recs[42].index)), values[42])
+
+    @defer.inlineCallbacks
+    def test_read_after_put_in_the_same_turn(self) -> Any:
+        table = yield LevelDBKVPTable.open(self.mktemp(), reactor=reactor)
+        self.addCleanup(table.stop)
+        rec = record_for(b"fresh")
+        put = table.put(rec, b"fresh")
+        self.assertEqual(table.get_record(rec.key, rec.index), rec)  # metadata at once
+        value = yield table.read(rec.key, rec.index)
+        self.assertTrue(put.called)
+        self.assertEqual(value, b"fresh")
+        deleted = table.delete(rec.key, rec.index)
+        yield self.assertFailure(table.read(rec.key, rec.index), KeyError)
+        yield deleted
+
+    @defer.inlineCallbacks
+    def test_service(self) -> Any:
+        table = LevelDBKVPTable.open_blocking(self.mktemp(), reactor=reactor)
+        table.startService()
+        yield table.put(record_for(b"x"), b"x")
+        yield table.stopService()
+        self.assertTrue(table._db.closed)
+
+    @defer.inlineCallbacks
+    def test_open_locked_path_fails_cleanly(self) -> Any:
+        path = self.mktemp()
+        holder = DBManager(path)
+        self.addCleanup(holder.close)
+        before = {t.name for t in threading.enumerate()}
+        yield self.assertFailure(LevelDBKVPTable.open(path, reactor=reactor), DatabaseLockedError)
+        leftover = {t.name for t in threading.enumerate()} - before
+        self.assertEqual({n for n in leftover if "kvptable" in n}, set())

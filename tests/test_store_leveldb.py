@@ -1,0 +1,348 @@
+"""Tests for :mod:`p2pnet.store.leveldb` (teos's DBManager) and :mod:`p2pnet.store.errors`."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+from zope.interface.verify import verifyObject
+
+from p2pnet.store import leveldb
+from p2pnet.store.errors import (
+    DatabaseClosedError,
+    DatabaseCorruptError,
+    DatabaseLockedError,
+    StoreError,
+)
+from p2pnet.store.leveldb import DBManager
+from p2pnet.store.pool import ExecutorStopped, StoreExecutor
+
+
+class BlockingAPITests(unittest.SynchronousTestCase):
+    def open(self, path: str | None = None) -> DBManager:
+        db = DBManager(path or self.mktemp())
+        self.addCleanup(db.close)
+        return db
+
+    def test_path_must_be_str(self) -> None:
+        for bad in (None, 42, b"path", ["p"]):
+            self.assertRaises(ValueError, DBManager, bad)
+
+    def test_creates_fresh_database(self) -> None:
+        path = self.mktemp()
+        self.assertFalse(os.path.exists(path))
+        db = self.open(path)
+        self.assertTrue(os.path.isdir(path))
+        self.assertTrue(os.path.exists(os.path.join(path, "CURRENT")))
+        self.assertIsNone(db.load_entry("anything"))
+
+    def test_create_load_delete(self) -> None:
+        db = self.open()
+        db.create_entry("key", "value")
+        self.assertEqual(db.load_entry("key"), b"value")
+        db.create_entry("key", "other")
+        self.assertEqual(db.load_entry("key"), b"other")
+        db.delete_entry("key")
+        self.assertIsNone(db.load_entry("key"))
+        db.delete_entry("key")  # absent: not an error
+
+    def test_prefix_is_part_of_the_key(self) -> None:
+        db = self.open()
+        db.create_entry("k", "with prefix", prefix="p")
+        self.assertEqual(db.load_entry("pk"), b"with prefix")
+        self.assertEqual(db.load_entry("k", prefix="p"), b"with prefix")
+        self.assertIsNone(db.load_entry("k"))
+        db.delete_entry("k", prefix="p")
+        self.assertIsNone(db.load_entry("pk"))
+
+    def test_utf8_on_disk(self) -> None:
+        db = self.open()
+        db.create_entry("clé", "välue", prefix="é")
+        self.assertEqual(db.raw.get("éclé".encode()), "välue".encode())
+
+    def test_type_errors(self) -> None:
+        db = self.open()
+        self.assertRaises(TypeError, db.create_entry, b"key", "value")
+        self.assertRaises(TypeError, db.create_entry, "key", b"value")
+        self.assertRaises(TypeError, db.create_entry, "key", 42)
+        self.assertRaises(TypeError, db.create_entry, "key", "value", prefix=b"p")
+        self.assertRaises(TypeError, db.load_entry, 42)
+        self.assertRaises(TypeError, db.load_entry, "k", prefix=1)
+        self.assertRaises(TypeError, db.delete_entry, None)
+        self.assertRaises(TypeError, db.delete_entry, "k", prefix=b"p")
+        self.assertRaises(TypeError, lambda: list(db.iter_prefix(b"p")))  # type: ignore[arg-type]
+        self.assertEqual(list(db.raw.iterator()), [])
+
+    def test_iter_prefix(self) -> None:
+        db = self.open()
+        db.create_entry("1", "a", prefix="w")
+        db.create_entry("2", "b", prefix="w")
+        db.create_entry("1", "c", prefix="x")
+        db.create_entry("w", "whole key")
+        db.raw.put(b"w\xff\xfe", b"not utf-8 key")
+        self.assertEqual(list(db.iter_prefix("w")), [("", b"whole key"), ("1", b"a"), ("2", b"b")])
+        self.assertEqual(db.scan_prefix("x"), [("1", b"c")])
+        self.assertEqual(db.scan_prefix("nothing"), [])
+        self.assertEqual(len(db.scan_prefix("")), 4)
+
+    def test_write_batch(self) -> None:
+        db = self.open()
+        db.create_entry("old", "1", prefix="p")
+        db.write_batch(puts=[("a", "1"), ("b", "2")], deletes=["old"], prefix="p")
+        self.assertEqual(db.scan_prefix("p"), [("a", b"1"), ("b", b"2")])
+
+    def test_write_batch_all_or_nothing(self) -> None:
+        db = self.open()
+        db.create_entry("keep", "1")
+        self.assertRaises(TypeError, db.write_batch, puts=[("a", "1"), ("b", 2)])
+        self.assertRaises(TypeError, db.write_batch, puts=[("a", "1")], deletes=["keep", 3])
+        self.assertRaises(TypeError, db.write_batch, deletes="keep")
+        self.assertEqual(db.scan_prefix(""), [("keep", b"1")])
+
+    def test_close_idempotent_and_persistent(self) -> None:
+        path = self.mktemp()
+        db = DBManager(path)
+        db.create_entry("k", "v")
+        db.close()
+        db.close()
+        self.assertTrue(db.closed)
+        self.assertRaises(DatabaseClosedError, db.load_entry, "k")
+        self.assertRaises(DatabaseClosedError, db.create_entry, "k", "v")
+        with DBManager(path) as again:
+            self.assertEqual(again.load_entry("k"), b"v")
+        self.assertTrue(again.closed)
+
+    def test_second_handle_in_process_refused(self) -> None:
+        """One handle per path: the second DBManager fails before plyvel is asked."""
+        path = self.mktemp()
+        db = self.open(path)
+        calls: list[Any] = []
+        real = leveldb.plyvel.DB
+
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            calls.append(args)
+            return real(*args, **kwargs)
+
+        self.patch(leveldb.plyvel, "DB", spy)
+        e = self.assertRaises(DatabaseLockedError, DBManager, path)
+        self.assertIn(path, str(e))
+        self.assertIn("already open in this process", str(e))
+        self.assertEqual(e.path, path)
+        self.assertIsInstance(e, StoreError)
+        # the same directory by another spelling: absolute path, a symlink
+        self.assertRaises(DatabaseLockedError, DBManager, os.path.abspath(path))
+        link = self.mktemp()
+        os.symlink(os.path.abspath(path), link)
+        self.assertRaises(DatabaseLockedError, DBManager, link)
+        self.assertEqual(calls, [])
+        # the first handle still works
+        db.create_entry("k", "v")
+        self.assertEqual(db.load_entry("k"), b"v")
+        self.assertIn(os.path.realpath(path), leveldb.open_paths())
+        db.close()
+        self.assertNotIn(os.path.realpath(path), leveldb.open_paths())
+        self.open(link).close()
+
+    def test_failed_open_releases_the_path(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("a file, not a directory")
+        e = self.assertRaises(StoreError, DBManager, path)
+        self.assertNotIsInstance(e, DatabaseLockedError)
+        self.assertNotIn(os.path.realpath(path), leveldb.open_paths())
+
+    def test_corrupt_database(self) -> None:
+        path = self.mktemp()
+        DBManager(path).close()
+        with open(os.path.join(path, "CURRENT"), "w") as f:
+            f.write("garbage without newline")
+        e = self.assertRaises(DatabaseCorruptError, DBManager, path)
+        self.assertIn(path, str(e))
+        self.assertNotIn(os.path.realpath(path), leveldb.open_paths())
+
+    def test_lock_message_wrapped(self) -> None:
+        """A plyvel lock error from another process becomes DatabaseLockedError."""
+
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            raise leveldb.plyvel.IOError(b"IO error: lock x/LOCK: Resource temporarily unavailable")
+
+        self.patch(leveldb.plyvel, "DB", locked)
+        path = self.mktemp()
+        e = self.assertRaises(DatabaseLockedError, DBManager, path)
+        self.assertIn("another process holds it", str(e))
+        self.assertIn(path, str(e))
+        self.assertNotIn("b'", str(e))
+        self.assertNotIn(os.path.realpath(path), leveldb.open_paths())
+
+
+class InlineDeferredAPITests(unittest.SynchronousTestCase):
+    """The Deferred twins on an inline executor (no threads, no reactor)."""
+
+    def setUp(self) -> None:
+        self.db = DBManager(self.mktemp(), executor=StoreExecutor.inline())
+        self.addCleanup(self.db.close)
+
+    def test_twins(self) -> None:
+        db = self.db
+        self.assertIsNone(self.successResultOf(db.d_create_entry("k", "v", prefix="p")))
+        self.assertEqual(self.successResultOf(db.d_load_entry("k", "p")), b"v")
+        self.assertEqual(self.successResultOf(db.d_scan_prefix("p")), [("k", b"v")])
+        self.successResultOf(db.d_write_batch(puts=[("a", "1")], deletes=["k"], prefix="p"))
+        self.assertEqual(db.scan_prefix("p"), [("a", b"1")])
+        self.successResultOf(db.d_delete_entry("a", prefix="p"))
+        self.assertEqual(db.scan_prefix("p"), [])
+        self.successResultOf(db.d_write_raw([(b"r", b"1")], []))
+        self.assertEqual(db.load_entry("r"), b"1")
+
+    def test_errors_as_failures(self) -> None:
+        self.failureResultOf(self.db.d_create_entry("k", 1), TypeError)  # type: ignore[arg-type]
+        self.db.close()
+        self.failureResultOf(self.db.d_load_entry("k"), DatabaseClosedError)
+
+    def test_load_entries(self) -> None:
+        db = self.db
+        db.write_batch(puts=[("a", "1"), ("c", "3")], prefix="p")
+        self.assertEqual(db.load_entries(["a", "b", "c"], prefix="p"), [b"1", None, b"3"])
+        self.assertEqual(self.successResultOf(db.d_load_entries(iter(["c"]), "p")), [b"3"])
+        self.assertEqual(db.load_entries([]), [])
+        self.assertRaises(TypeError, db.load_entries, "abc")
+        self.assertRaises(TypeError, db.load_entries, ["a", 1])
+
+    def test_twin_cached_and_overridable(self) -> None:
+        """A twin is bound once per instance and runs the instance's own method."""
+
+        class Custom(DBManager):
+            def load_entry(self, key: str, prefix: str | None = None) -> bytes | None:
+                return b"custom:" + key.encode()
+
+        db = Custom(self.mktemp(), executor=StoreExecutor.inline())
+        self.addCleanup(db.close)
+        self.assertIs(db.d_load_entry, db.d_load_entry)
+        self.assertIn("d_load_entry", vars(db))
+        self.assertEqual(self.successResultOf(db.d_load_entry("k")), b"custom:k")
+        self.assertNotIn("d_load_entry", vars(self.db))
+
+    def test_twin_is_documented_on_the_class(self) -> None:
+        twin = DBManager.__dict__["d_load_entry"]
+        self.assertIsInstance(twin, leveldb.deferred_twin)
+        self.assertIn("load_entry", twin.__doc__)
+
+
+class ThreadedDeferredAPITests(unittest.TestCase):
+    """The Deferred twins on the store's own thread, with the real reactor."""
+
+    def setUp(self) -> None:
+        self.db = DBManager(self.mktemp(), reactor=reactor)
+
+        def cleanup() -> defer.Deferred[None]:
+            return self.db.stop().addCallback(lambda _: self.db.close())
+
+        self.addCleanup(cleanup)
+
+    def test_needs_start(self) -> None:
+        self.failureResultOf(self.db.d_load_entry("k"), ExecutorStopped)
+
+    @defer.inlineCallbacks
+    def test_runs_off_the_reactor_thread(self) -> Any:
+        self.db.start()
+        ident = yield self.db.submit(threading.get_ident)
+        self.assertNotEqual(ident, threading.get_ident())
+
+    @defer.inlineCallbacks
+    def test_coalesced_calls(self) -> Any:
+        db = self.db
+        db.start()
+        puts = [db.d_create_entry(f"{i:03d}", str(i), prefix="n") for i in range(100)]
+        bad = db.d_create_entry("x", 5)  # type: ignore[arg-type]
+        loads = [db.d_load_entry(f"{i:03d}", prefix="n") for i in range(100)]
+        yield defer.gatherResults(puts)
+        yield self.assertFailure(bad, TypeError)
+        values = yield defer.gatherResults(loads)
+        self.assertEqual(values, [str(i).encode() for i in range(100)])
+        self.assertEqual(db.executor.hops, 1)
+        scan = yield db.d_scan_prefix("n")
+        self.assertEqual(len(scan), 100)
+
+    @defer.inlineCallbacks
+    def test_service(self) -> Any:
+        db = self.db
+        self.assertTrue(verifyObject(IService, db))
+        db.startService()
+        self.assertTrue(db.running)
+        yield db.d_create_entry("k", "v")
+        yield db.stopService()
+        self.assertFalse(db.running)
+        self.failureResultOf(db.d_load_entry("k"), ExecutorStopped)
+        self.assertEqual(db.load_entry("k"), b"v")  # the blocking API still works
+
+    @defer.inlineCallbacks
+    def test_stop_drains(self) -> Any:
+        db = self.db
+        db.start()
+        ds = [db.d_create_entry(str(i), "v") for i in range(20)]
+        yield db.stop()
+        self.assertTrue(all(d.called for d in ds))
+        self.assertEqual(len(db.scan_prefix("")), 20)
+
+    @defer.inlineCallbacks
+    def test_close_with_calls_in_flight(self) -> Any:
+        db = self.db
+        db.start()
+        d = db.d_create_entry("k", "v")
+        self.assertRaises(StoreError, db.close)
+        self.assertFalse(db.closed)
+        yield d
+        yield db.stop()
+        db.close()
+        self.assertTrue(db.closed)
+
+    @defer.inlineCallbacks
+    def test_stop_twice_then_close(self) -> Any:
+        """A second stop() waits for the first one's drain; close() refuses until then."""
+        db = self.db
+        db.start()
+        ds = [db.d_create_entry(str(i), "v") for i in range(5)]
+        first, second = db.stop(), db.stop()
+        self.assertFalse(second.called)
+        self.assertRaises(StoreError, db.close)
+        yield second
+        self.assertTrue(first.called)
+        self.assertTrue(all(d.called for d in ds))
+        db.close()
+        self.assertTrue(db.closed)
+
+    @defer.inlineCallbacks
+    def test_d_close(self) -> Any:
+        """d_close: earlier calls run, the handle closes off the reactor, later calls fail."""
+        db = self.db
+        db.start()
+        before = [db.d_create_entry(str(i), "v") for i in range(10)]
+        closing = db.d_close()
+        after = db.d_load_entry("1")
+        yield closing
+        self.assertTrue(db.closed)
+        self.assertFalse(db.executor.running)
+        self.assertTrue(all(d.called for d in before))
+        yield self.assertFailure(after, DatabaseClosedError)
+        self.assertNotIn(os.path.realpath(db.db_path), leveldb.open_paths())
+        with DBManager(db.db_path) as again:
+            self.assertEqual(len(again.scan_prefix("")), 10)
+        yield db.d_close()  # idempotent
+
+    @defer.inlineCallbacks
+    def test_d_close_not_started(self) -> Any:
+        yield self.db.d_close()
+        self.assertTrue(self.db.closed)
+
+    @defer.inlineCallbacks
+    def test_close_when_idle_stops_the_thread(self) -> Any:
+        db = self.db
+        db.start()
+        yield db.d_create_entry("k", "v")
+        db.close()
+        self.assertTrue(db.closed)
+        self.assertFalse(db.executor.running)
