@@ -1,6 +1,7 @@
 """sqlite peer syncs: direct sqlite3 vs PeerStore (blocking) vs its Deferred API.
 
-Run: ``.venv/bin/python bench/bench_sqlite.py [--repeats N] [--budget S] [--per-sync K]``.
+Run: ``.venv/bin/python bench/bench_sqlite.py [--repeats N] [--budget S] [--per-sync K]
+[--dir /dev/shm]``.
 
 A *sync* adds ``K`` new peers and merges memory with a table that starts with
 ``--base`` rows.  Every measurement starts from a fresh database file in a temporary
@@ -11,6 +12,8 @@ rotated in order from one repeat to the next:
 
 - ``direct``        plain sqlite3, one transaction per sync: ``BEGIN IMMEDIATE``, read
   every row, insert the ``K`` rows, ``COMMIT`` (the reference);
+- ``direct 1 txn``  plain sqlite3, every sync's rows inserted in one single transaction
+  with one read of the table (the raw insert rate: no merge, one commit);
 - ``blocking``      ``PeerStore.add_peer`` x K + ``sync_database(force=True)``;
 - ``deferred x1``   the same through ``d_sync_database``, each awaited (one hop, one
   transaction per sync);
@@ -40,7 +43,7 @@ from twisted.internet import defer, task  # noqa: E402
 from p2pnet.store.peer import Peer  # noqa: E402
 from p2pnet.store.peerstore import SQLITE_PEERS_TABLE, PeerStore  # noqa: E402
 
-MODES = ["direct", "blocking", "deferred x1", "deferred x100", "deferred x1000"]
+MODES = ["direct", "direct 1 txn", "blocking", "deferred x1", "deferred x100", "deferred x1000"]
 
 
 def in_flight(
@@ -124,6 +127,26 @@ def run_direct(path: str, work: Workload, syncs: int, budget: float) -> tuple[fl
         conn.close()
 
 
+def run_direct_one_txn(path: str, work: Workload, syncs: int, budget: float) -> tuple[float, int]:
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        start = time.perf_counter()
+        deadline = start + budget
+        conn.execute("BEGIN IMMEDIATE")
+        known = {r[0] for r in conn.execute(f"SELECT uuid FROM {SQLITE_PEERS_TABLE}")}
+        s = 0
+        while s < syncs and time.perf_counter() < deadline:
+            conn.executemany(
+                f"INSERT INTO {SQLITE_PEERS_TABLE}(uuid, host, port) VALUES (?, ?, ?)",
+                [(p.uuid, p.host, p.port) for p in work.peers(s) if p.uuid not in known],
+            )
+            s += 1
+        conn.execute("COMMIT")
+        return time.perf_counter() - start, s
+    finally:
+        conn.close()
+
+
 def run_blocking(
     store: PeerStore, work: Workload, syncs: int, budget: float
 ) -> tuple[float, int]:
@@ -170,6 +193,9 @@ def measure(reactor: Any, mode: str, work: Workload, syncs: int, budget: float) 
         if mode == "direct":
             store.terminate_db()
             return (*run_direct(path, work, syncs, budget), 0)
+        if mode == "direct 1 txn":
+            store.terminate_db()
+            return (*run_direct_one_txn(path, work, syncs, budget), 0)
         if mode == "blocking":
             return (*run_blocking(store, work, syncs, budget), 0)
         store.start()
@@ -196,8 +222,11 @@ def main(reactor: Any, argv: list[str]) -> Any:
     parser.add_argument("--budget", type=float, default=1.0, help="seconds per measurement")
     parser.add_argument("--per-sync", type=int, default=10)
     parser.add_argument("--base", type=int, default=1000)
+    parser.add_argument(
+        "--dir", default=None, help="where the temporary directory goes (e.g. /dev/shm)"
+    )
     args = parser.parse_args(argv)
-    tmp = tempfile.mkdtemp(prefix="p2pnet-bench-sqlite-")
+    tmp = tempfile.mkdtemp(prefix="p2pnet-bench-sqlite-", dir=args.dir)
     work = Workload(tmp, args.base, args.per_sync)
     runs: list[dict[str, tuple[float, float]]] = []
     started = time.perf_counter()

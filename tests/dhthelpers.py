@@ -134,6 +134,11 @@ def settle(clock: task.Clock, seconds: float) -> None:
         clock.advance(end - clock.seconds())
 
 
+def looping_calls(clock: task.Clock) -> list[Any]:
+    """The delayed calls of ``task.LoopingCall`` timers on ``clock``."""
+    return [c for c in clock.getDelayedCalls() if isinstance(c.func, task.LoopingCall)]
+
+
 def result_of(d: defer.Deferred[Any]) -> Any:
     """The result of a fired Deferred (raises AssertionError if it has not fired)."""
     box: list[Any] = []

@@ -116,7 +116,9 @@ class LoopbackNetworkTests(unittest.TestCase):
         # asks first) while gets of every value are under way from all other nodes.
         big_key = _key("big")
         victim = min(nodes, key=lambda s: ids.distance(s.network.key, big_key))
+        self.assertTrue(victim.network.kvp_table.records_for_key(big_key))
         remaining = [s for s in nodes if s is not victim]
+        timeouts_before = sum(s.network.protocol.stats.timeouts for s in remaining)
         stopped = task.deferLater(reactor, 0.05, victim.stopService)
         await self._get_everywhere(remaining, values)
         await stopped
@@ -128,7 +130,10 @@ class LoopbackNetworkTests(unittest.TestCase):
         await self._put(self.rng.choice(remaining), "after-stop", values["after-stop"])
         await self._get_everywhere(remaining, values)
 
-        # Nothing was malformed or misrouted on the wire.
+        # The stopped node was in the way (requests to it timed out), and nothing was
+        # malformed or misrouted on the wire.
+        self.assertGreater(sum(s.network.protocol.stats.timeouts for s in remaining),
+                           timeouts_before)
         for s in nodes:
             self.assertEqual(s.network.protocol.stats.malformed, 0)
             self.assertEqual(s.network.protocol.stats.wrong_network, 0)

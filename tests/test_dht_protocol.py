@@ -141,8 +141,11 @@ class ClientSideTests(ProtocolTestMixin, SynchronousTestCase):
         self.assertEqual(reply.body, codec.PingResponse())
         self.assertEqual(reply.sender, PEER_ID)
         self.assertEqual(self.proto.outstanding, 0)
-        self.assertEqual(self.clock.getDelayedCalls(), [])  # the timeout is cancelled
+        # No retry or timeout follows the answer (a timer may stay armed until then).
+        self.clock.advance((DEFAULT_RETRIES + 1) * DEFAULT_TIMEOUT)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
         stats = self.proto.stats
+        self.assertEqual((stats.retries, stats.timeouts), (0, 0))
         self.assertEqual((stats.requests_out, stats.responses_in, stats.datagrams_out,
                           stats.datagrams_in, stats.dropped), (1, 1, 1, 1, 0))
 
@@ -192,7 +195,8 @@ class ClientSideTests(ProtocolTestMixin, SynchronousTestCase):
                             codec.RPC.FIND_NODE)
         self.proto.datagramReceived(data, PEER)
         self.assertNoResult(d)
-        self.assertEqual(self.proto.stats.wrong_address, 1)
+        self.assertEqual(self.proto.stats.wrong_rpc, 1)
+        self.assertEqual(self.proto.stats.wrong_address, 0)
 
     def test_unknown_tid_dropped(self) -> None:
         d = self.proto.request(PEER, codec.PingRequest())
@@ -269,6 +273,9 @@ class ClientSideTests(ProtocolTestMixin, SynchronousTestCase):
         msg, _ = self.sent()
         self.answer(msg, codec.PingResponse())
         self.successResultOf(d)
+        self.clock.advance(DEFAULT_TIMEOUT)
+        self.assertEqual(len(self.transport.written), 2)  # no third try
+        self.assertEqual(self.proto.stats.timeouts, 0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
         # An answer after the timeout is unmatched.
         d2 = self.proto.request(PEER, codec.PingRequest())

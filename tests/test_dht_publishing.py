@@ -32,7 +32,7 @@ from p2pnet.dht.publishing import (
     Replicator,
 )
 from p2pnet.dht.table import KVPRecord
-from tests.dhthelpers import Sim, count_stores, key_near
+from tests.dhthelpers import Sim, count_stores, key_near, looping_calls
 
 
 class NetworkMixin:
@@ -43,6 +43,14 @@ class NetworkMixin:
         self.nodes = self.sim.add_many(self.nodes_count)
         self.assertEqual(self.sim.join_all(), [True] * (self.nodes_count - 1))
         self.clock = self.sim.clock
+        self.sim.settle(10)  # the protocols' timers run out: a quiet clock
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def assertStopped(self) -> None:
+        """No timer loop left on the clock, and nothing at all once requests ran out."""
+        self.assertEqual(looping_calls(self.clock), [])
+        self.sim.settle(10)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def hold(self, node: DHTNetwork, name: bytes, value: bytes, **kw: object) -> KVPRecord:
         """Put a record straight into ``node``'s table."""
@@ -163,7 +171,7 @@ class PublisherTests(NetworkMixin, SynchronousTestCase):
         self.assertNoResult(stopped)
         self.sim.settle(1)
         self.successResultOf(stopped)
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertStopped()
 
     def test_deleted_meanwhile(self) -> None:
         a = self.nodes[0]
@@ -310,14 +318,12 @@ class MaintenanceTests(NetworkMixin, SynchronousTestCase):
         verifyObject(service.IService, Maintenance(self.nodes[0]))
 
     def test_start_and_stop(self) -> None:
-        self.sim.settle(1)
-        self.assertEqual(self.clock.getDelayedCalls(), [])
         maintenance = Maintenance(self.nodes[0])
         maintenance.startService()
         self.assertTrue(maintenance.running)
         self.assertEqual(maintenance.publisher.runs, 1)  # at once
         now = self.clock.seconds()
-        self.assertEqual(sorted(c.getTime() - now for c in self.clock.getDelayedCalls()),
+        self.assertEqual(sorted(c.getTime() - now for c in looping_calls(self.clock)),
                          sorted([REPUBLISH_CHECK_INTERVAL, TIME_REPLICATE, 600.0,
                                  REFRESH_CHECK_INTERVAL]))
         self.sim.settle(3 * 3600 + 1)  # (+1: let the last rounds finish)
@@ -326,7 +332,7 @@ class MaintenanceTests(NetworkMixin, SynchronousTestCase):
                          (4, 3, 18, 12))
         self.successResultOf(maintenance.stopService())
         self.assertFalse(maintenance.running)
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertStopped()
 
     def test_custom_intervals(self) -> None:
         maintenance = Maintenance(self.nodes[0], MaintenanceIntervals(10, 20, 30, 40))
@@ -336,7 +342,7 @@ class MaintenanceTests(NetworkMixin, SynchronousTestCase):
                           maintenance.expirer.runs, maintenance.refresher.runs),
                          (13, 6, 4, 3))
         self.successResultOf(maintenance.stopService())
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertStopped()
 
     def test_stop_waits_for_running_round(self) -> None:
         a = self.nodes[0]
@@ -347,16 +353,16 @@ class MaintenanceTests(NetworkMixin, SynchronousTestCase):
         self.assertNoResult(stopped)  # the first publish is still under way
         self.sim.settle(1)
         self.successResultOf(stopped)
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertStopped()
 
     def test_restart(self) -> None:
         maintenance = Maintenance(self.nodes[0])
         maintenance.startService()
         self.successResultOf(maintenance.stopService())
         maintenance.startService()
-        self.assertEqual(len(self.clock.getDelayedCalls()), 4)
+        self.assertEqual(len(looping_calls(self.clock)), 4)
         self.successResultOf(maintenance.stopService())
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertStopped()
 
     def test_failed_round_is_logged_and_loop_continues(self) -> None:
         a = self.nodes[0]

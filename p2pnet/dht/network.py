@@ -108,7 +108,6 @@ class DHTNetwork:
         self.find_value = rpcs.FindValue(self)
         self.store = rpcs.Store(self)
         self.get_value_rpc = rpcs.GetValue(self)
-        self.get_value = self.get_value_rpc  # the RPC object (fetch); see get_value_of()
         self._rpcs: dict[codec.RPC, rpcs.RPCCommand] = {
             r.rpc: r for r in (self.ping, self.find_node, self.find_value, self.store,
                                self.get_value_rpc)}
@@ -277,6 +276,8 @@ class DHTNetwork:
     def store_to_node(self, node: Node, key: bytes, index: bytes, bytes_: bytes,
                       timestamp: float) -> defer.Deferred[bool]:
         """Offer a value to ``node``: True when the node holds it afterwards."""
+        if len(bytes_) > MAX_VALUE_SIZE:
+            return defer.fail(ValueError(f"value is over {MAX_VALUE_SIZE} bytes"))
         d: defer.Deferred[Any] = self.store.call(node, key, index, bytes_, timestamp)
         d.addCallback(lambda status: status != codec.StoreStatus.REFUSED)
         return d.addErrback(self._failed_false, node)
@@ -374,7 +375,7 @@ class DHTNetwork:
                 _evolve(current, last_update=self.clock.seconds()))
         return sum(1 for ok in results if ok)
 
-    def get_value_of(self, key: bytes, index: bytes | None = None) -> defer.Deferred[bytes]:
+    def get_value(self, key: bytes, index: bytes | None = None) -> defer.Deferred[bytes]:
         """Find and fetch the value at ``(key, index)`` (the newest one when no index).
 
         The value is checked against its index (SHA-1) and announced size, then cached
@@ -421,8 +422,8 @@ class DHTNetwork:
                 return
 
     def get_value_at(self, key: bytes, index: bytes) -> defer.Deferred[bytes]:
-        """bytestag's ``get_value(key, index)``."""
-        return self.get_value_of(key, index)
+        """Alias of :meth:`get_value` with a required index."""
+        return self.get_value(key, index)
 
     # -- the application layer: put / get -------------------------------------------
 
@@ -451,7 +452,7 @@ class DHTNetwork:
 
     def get(self, key: bytes | str) -> defer.Deferred[bytes]:
         """The newest value published under ``key`` (see :meth:`put`)."""
-        return self.get_value_of(_as_key(key), None)
+        return self.get_value(_as_key(key), None)
 
     # -- joining -------------------------------------------------------------------------
 

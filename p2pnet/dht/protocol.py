@@ -75,13 +75,14 @@ class ProtocolStats:
     from_self: int = 0
     unmatched: int = 0
     wrong_address: int = 0
+    wrong_rpc: int = 0
     errors_sent: int = 0
     send_failures: int = 0
 
     @property
     def dropped(self) -> int:
         return (self.malformed + self.wrong_network + self.from_self + self.unmatched
-                + self.wrong_address)
+                + self.wrong_address + self.wrong_rpc)
 
 
 class _Pending:
@@ -266,8 +267,11 @@ class DHTProtocol(DatagramProtocol):
         if p is None:
             self.stats.unmatched += 1
             return
-        if p.address != address or p.rpc != msg.rpc:
+        if p.address != address:
             self.stats.wrong_address += 1
+            return
+        if p.rpc != msg.rpc:
+            self.stats.wrong_rpc += 1
             return
         del self._pending[msg.tid]
         self.stats.responses_in += 1

@@ -132,6 +132,8 @@ class Store(RPCCommand):
     def call(self, node: Node, key: bytes, index: bytes, value: bytes, timestamp: float
              ) -> defer.Deferred[codec.StoreStatus]:
         size = len(value)
+        if size > MAX_VALUE_SIZE:
+            return defer.fail(ValueError(f"value is over {MAX_VALUE_SIZE} bytes"))
         inline = size <= self.net.inline_max
         req = codec.StoreRequest(key, index, size, float(timestamp), value if inline else None)
         timeout = None
@@ -169,7 +171,7 @@ class Store(RPCCommand):
             waiters.append(out)  # a retried request joins the pull under way
         else:
             self._pulls[pull_id] = [out]
-            d = net.get_value.fetch(address, body.key, body.index, body.size)
+            d = net.get_value_rpc.fetch(address, body.key, body.index, body.size)
             d.addCallback(lambda value: self._keep(body, value, held, net.clock.seconds()))
             d.addCallback(lambda resp: resp.status)
             d.addBoth(self._pull_done, pull_id)

@@ -528,7 +528,11 @@ class PeerStore(service.Service):
                 raise _translate(exc, self._path) from exc
             raise
         else:
-            conn.execute("RELEASE p2pnet_op")
+            try:
+                conn.execute("RELEASE p2pnet_op")
+            except sqlite3.Error as exc:
+                self._rollback(conn)
+                raise _translate(exc, self._path) from exc
             self._txn_undo.extend(undo)
         finally:
             c.close()
