@@ -77,6 +77,16 @@ class Node:
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "key_int", int.from_bytes(self.key, "big"))
 
+    @classmethod
+    def trusted(cls, key: bytes, host: str, port: int) -> Node:
+        """Build without validation, for decoders that have checked every field."""
+        node = object.__new__(cls)
+        object.__setattr__(node, "key", key)
+        object.__setattr__(node, "host", host)
+        object.__setattr__(node, "port", port)
+        object.__setattr__(node, "key_int", int.from_bytes(key, "big"))
+        return node
+
     @property
     def address(self) -> tuple[str, int]:
         return (self.host, self.port)

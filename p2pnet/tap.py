@@ -23,7 +23,8 @@ DEFAULT_DATA_DIR = os.path.join("~", ".p2pnet")
 def parse_address(text: str) -> tuple[str, int]:
     """``host:port`` (``[v6]:port`` for IPv6) to a tuple; ``usage.UsageError`` if bad."""
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if (not sep or not host or not (port.isascii() and port.isdigit())
+            or not 1 <= int(port) <= 65535):
         raise usage.UsageError(f"not a host:port address: {text!r}")
     return host.strip("[]"), int(port)
 

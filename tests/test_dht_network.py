@@ -21,6 +21,7 @@ from p2pnet import ids
 from p2pnet.dht import codec
 from p2pnet.dht.errors import RemoteError, ValueNotFoundError
 from p2pnet.dht.network import (
+    EVICT_PING_AFTER,
     INLINE_MAX,
     STALE_AFTER,
     TIME_EXPIRE,
@@ -356,6 +357,7 @@ class RoutingUpkeepTests(SynchronousTestCase):
             self.successResultOf(sim.run(n.ping_address(a.address)))
         bucket = a.routing_table.buckets[0]
         self.assertEqual(bucket.nodes, [b.node, c.node])
+        sim.settle(EVICT_PING_AFTER)  # b was heard from too long ago to be kept unasked
         before = b.protocol.stats.requests_in
         self.successResultOf(sim.run(d.ping_address(a.address)))
         sim.settle(GIVE_UP + 1)
@@ -375,6 +377,7 @@ class RoutingUpkeepTests(SynchronousTestCase):
             self.successResultOf(sim.run(n.ping_address(a.address)))
         b_node = b.node
         b.protocol.transport.stopListening()
+        sim.settle(EVICT_PING_AFTER)
         self.successResultOf(sim.run(d.ping_address(a.address)))
         bucket = a.routing_table.buckets[0]
         self.assertTrue(bucket.locked)
@@ -383,6 +386,23 @@ class RoutingUpkeepTests(SynchronousTestCase):
         self.assertTrue(bucket.locked)
         sim.settle(0.2)
         self.assertEqual(bucket.nodes, [c.node, d.node])
+        self.assertFalse(bucket.locked)
+
+    def test_full_bucket_keeps_recently_seen_node_unasked(self) -> None:
+        sim = Sim()
+        a = sim.add(k=2)
+        bucket_ids = [ids.random_key_in_bucket(a.key, 0, random.Random(i).randbytes)
+                      for i in range(3)]
+        b, c, d = (sim.add(node_id=i) for i in bucket_ids)
+        for n in (b, c):
+            self.successResultOf(sim.run(n.ping_address(a.address)))
+        before = b.protocol.stats.requests_in
+        self.successResultOf(sim.run(d.ping_address(a.address)))
+        sim.settle(GIVE_UP + 1)
+        bucket = a.routing_table.buckets[0]
+        self.assertEqual(b.protocol.stats.requests_in, before)  # no eviction ping
+        self.assertEqual(bucket.nodes, [c.node, b.node])
+        self.assertNotIn(d.node, a.routing_table)
         self.assertFalse(bucket.locked)
 
     def test_other_buckets_unaffected(self) -> None:

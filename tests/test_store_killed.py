@@ -164,6 +164,7 @@ class Child:
             stderr=self._stderr,
         )
         self._buffer = b""
+        self._lines: list[str] = []
         self._test = test
         test.addCleanup(self.cleanup)
 
@@ -185,8 +186,7 @@ class Child:
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
         deadline = time.monotonic() + TIMEOUT
-        lines: list[str] = []
-        while len(lines) < count:
+        while len(self._lines) < count:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self._test.fail(f"child too slow; stderr:\n{self.stderr()}")
@@ -199,19 +199,20 @@ class Child:
                 self._test.fail(f"child ended early; stderr:\n{self.stderr()}")
             self._buffer += chunk
             *complete, self._buffer = self._buffer.split(b"\n")
-            lines.extend(line.decode() for line in complete)
+            self._lines.extend(line.decode() for line in complete)
+        lines, self._lines = self._lines[:count], self._lines[count:]
         return lines
 
     def kill_and_drain(self) -> list[str]:
-        """SIGKILL the child; every complete line it wrote before dying."""
+        """SIGKILL the child; every complete line it wrote and nobody has read yet."""
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
         assert self.proc.stdout is not None
-        rest = self.proc.stdout.read()
-        self._buffer += rest
+        self._buffer += self.proc.stdout.read()
         *complete, _partial = self._buffer.split(b"\n")
-        self._buffer = b""
-        return [line.decode() for line in complete]
+        lines = self._lines + [line.decode() for line in complete]
+        self._buffer, self._lines = b"", []
+        return lines
 
 
 def acked(lines: list[str]) -> list[int]:

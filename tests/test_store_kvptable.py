@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import tempfile
 import threading
@@ -16,6 +17,7 @@ from zope.interface.verify import verifyObject
 
 from p2pnet.dht.table import IKVPTable, KVPRecord, MemoryKVPTable
 from p2pnet.models import MAX_VALUE_SIZE
+from p2pnet.store import leveldb
 from p2pnet.store.appointments import AppointmentsDBM
 from p2pnet.store.errors import DatabaseLockedError
 from p2pnet.store.kvptable import LevelDBKVPTable, decode_record, encode_record
@@ -344,6 +346,19 @@ class ThreadedTableTests(unittest.TestCase):
         yield table.put(record_for(b"x"), b"x")
         yield table.stopService()
         self.assertTrue(table._db.closed)
+
+    @defer.inlineCallbacks
+    def test_open_failing_load_releases_everything(self) -> Any:
+        path = self.mktemp()
+
+        def broken(self: LevelDBKVPTable) -> None:
+            raise RuntimeError("load failed")
+
+        self.patch(LevelDBKVPTable, "_load", broken)
+        yield self.assertFailure(LevelDBKVPTable.open(path, reactor=reactor), RuntimeError)
+        self.assertNotIn(os.path.realpath(path), leveldb.open_paths())
+        self.assertEqual([t for t in threading.enumerate() if "kvptable" in t.name], [])
+        DBManager(path).close()  # the path is free again
 
     @defer.inlineCallbacks
     def test_open_locked_path_fails_cleanly(self) -> Any:

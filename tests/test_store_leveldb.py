@@ -178,6 +178,13 @@ class BlockingAPITests(unittest.SynchronousTestCase):
         self.assertNotIn("b'", str(e))
         self.assertNotIn(os.path.realpath(path), leveldb.open_paths())
 
+    def test_raw_handle_elsewhere_in_process(self) -> None:
+        path = self.mktemp()
+        raw = leveldb.plyvel.DB(path, create_if_missing=True)
+        self.addCleanup(raw.close)
+        e = self.assertRaises(DatabaseLockedError, DBManager, path)
+        self.assertIn("already open in this process outside DBManager", str(e))
+
 
 class InlineDeferredAPITests(unittest.SynchronousTestCase):
     """The Deferred twins on an inline executor (no threads, no reactor)."""

@@ -4,10 +4,12 @@
 Pure Python, no Twisted.  :func:`decode` returns a :class:`Message` for a valid datagram
 and raises :class:`~p2pnet.dht.errors.DecodeError` for *any* other byte string.
 
-Why binary and not JSON: a fixed binary layout (``struct``) has no dependency, is about
-five times faster to encode and decode than JSON with base64 keys (``bench/bench_codec.py``
-prints the figures) and is half the size, and a strict decoder for it is short: every
-field has a fixed width or a length prefix, and no trailing byte is tolerated.
+Why binary and not JSON or msgpack (``bench/bench_codec.py`` prints the figures): on
+the hot path, a ping, encode+decode is about 6x faster than JSON with base64 keys and
+1.8x faster than msgpack, at 0.37 of JSON's size; a findnode answer with 20 nodes is
+about 1.9x faster than JSON (msgpack is on par) at 0.6 of its size.  It needs no
+dependency, and a strict decoder for it is short: every field has a fixed width or a
+length prefix, and no trailing byte is tolerated.
 
 Layout (big-endian)::
 
@@ -283,11 +285,13 @@ def _decode_nodes(data: bytes, pos: int) -> tuple[tuple[Node, ...], int]:
         pos += _NODE.size
         if pos + hlen > len(data):
             raise DecodeError("truncated host")
+        if port == 0 or hlen == 0:
+            raise DecodeError("bad node: empty host or port 0")
         try:
             host = data[pos:pos + hlen].decode("utf-8")
-            nodes.append(Node(key, host, port))
-        except (UnicodeDecodeError, TypeError, ValueError) as e:
-            raise DecodeError(f"bad node: {e}") from None
+        except UnicodeDecodeError:
+            raise DecodeError("bad node: host is not UTF-8") from None
+        nodes.append(Node.trusted(key, host, port))  # every field checked above
         pos += hlen
     return tuple(nodes), pos
 

@@ -50,6 +50,9 @@ CHUNK_SIZE = 16 * 1024
 WINDOW = 8
 #: A contact that failed this many requests in a row leaves the routing table.
 STALE_AFTER = 3
+#: A full bucket's least recently seen contact is pinged before a newcomer may replace
+#: it -- unless it was heard from this recently: then it is alive and the newcomer waits.
+EVICT_PING_AFTER = 60.0
 
 
 def _as_key(key: bytes | str) -> bytes:
@@ -113,6 +116,7 @@ class DHTNetwork:
                                self.get_value_rpc)}
         self._offers: dict[tuple[bytes, bytes], tuple[bytes, int]] = {}
         self._failures: dict[bytes, int] = {}
+        self._last_seen: dict[bytes, float] = {}
         self._evicting: set[int] = set()
         self._node_cache: dict[tuple[bytes, str, int], Node] = {}
         self.stats_stored = 0
@@ -156,6 +160,9 @@ class DHTNetwork:
     def contact_seen(self, node_id: bytes, address: Address) -> None:
         """A valid message arrived: the sender goes into (or up) the routing table."""
         self._failures.pop(node_id, None)
+        if len(self._last_seen) > 50_000:
+            self._last_seen.clear()
+        self._last_seen[node_id] = self.clock.seconds()
         try:
             node = self.node_for(node_id, address)
         except (TypeError, ValueError):
@@ -166,11 +173,15 @@ class DHTNetwork:
             self._evict_or_keep(e)
 
     def _evict_or_keep(self, e: BucketFullError) -> None:
+        bucket = self._routing_table.buckets[e.bucket_number]
+        old: Node = e.node  # type: ignore[assignment]
+        seen = self._last_seen.get(old.key)
+        if seen is not None and self.clock.seconds() - seen < EVICT_PING_AFTER:
+            bucket.keep_old_node()
+            return
         if e.bucket_number in self._evicting:
             return
         self._evicting.add(e.bucket_number)
-        bucket = self._routing_table.buckets[e.bucket_number]
-        old: Node = e.node  # type: ignore[assignment]
 
         def answered(_: object) -> None:
             bucket.keep_old_node()
@@ -242,9 +253,12 @@ class DHTNetwork:
 
     def ping_address(self, address: Address) -> defer.Deferred[tuple[float, Node] | bool]:
         """Ping an address: fires with ``(round trip seconds, Node)``, or False."""
-        d: defer.Deferred[Any] = self._resolve(address)
-        d.addCallback(self.ping.call)
-        return d.addErrback(lambda _: False)
+        host, port = address
+        if isIPAddress(host) or isIPv6Address(host):
+            d: defer.Deferred[Any] = self.ping.call((host, int(port)))
+        else:
+            d = self._resolve(address).addCallback(self.ping.call)
+        return d.addErrback(_false)
 
     def ping_node(self, node: Node) -> defer.Deferred[tuple[float, Node] | bool]:
         d: defer.Deferred[Any] = self.ping.call(node.address)
@@ -495,6 +509,10 @@ class DHTNetwork:
 
     def known_nodes(self) -> Iterable[Node]:
         return self._routing_table.nodes()
+
+
+def _false(_: object) -> bool:
+    return False
 
 
 def _evolve(record: KVPRecord, **changes: Any) -> KVPRecord:

@@ -26,6 +26,8 @@ class Bucket:
     """Up to :data:`MAX_BUCKET_SIZE` nodes, least recently seen first."""
 
     MAX_BUCKET_SIZE = MAX_BUCKET_SIZE
+    __slots__ = ("_number", "_now", "_size", "_nodes", "_pending", "_stale", "_last_update",
+                 "last_lookup")
 
     def __init__(self, number: int, now: Callable[[], float] = lambda: 0.0,
                  size: int = MAX_BUCKET_SIZE) -> None:

@@ -156,7 +156,8 @@ class LevelDBKVPTable(Service):
         try:
             return cls(db, max_bytes, namespace, owns_db=True)
         except BaseException:
-            db.close()
+            # Maybe on the executor's own thread (from open()): leave the executor alone.
+            db._close_handle()
             raise
 
     def _load(self) -> None:

@@ -176,6 +176,12 @@ class DBManager(Service):
             return plyvel.DB(db_path, create_if_missing=True)
         except plyvel.IOError as e:
             msg = _plyvel_message(e)
+            if "already held by process" in msg:
+                raise DatabaseLockedError(
+                    f"LevelDB database {db_path!r} is already open in this process outside "
+                    f"DBManager; that handle may have lost its lock ({msg})",
+                    db_path,
+                ) from e
             if _LOCK_MESSAGE.search(msg):
                 raise DatabaseLockedError(
                     f"LevelDB database {db_path!r} is locked: another process holds it ({msg})",

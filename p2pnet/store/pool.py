@@ -8,7 +8,9 @@ single thread hop, run one after another, and each caller still gets its own Def
 with its own result or failure.  While a hop is running, new calls queue up and go in
 the next hop, so the number of hops falls as the load rises.
 
-An optional ``batch_context`` wraps every hop (one sqlite transaction, say).  The inline
+An optional ``batch_context`` wraps every hop (one sqlite transaction, say).  A call that
+raises does not abort the hop: the context still exits normally, so a store whose calls
+write partially must protect each call itself (PeerStore runs each in a savepoint).  The inline
 executor (:meth:`StoreExecutor.inline`) runs each call at once in the caller's thread,
 for unit tests and for code that has no reactor.
 """
@@ -31,6 +33,18 @@ _Call = tuple[defer.Deferred[Any], Callable[..., Any], tuple[Any, ...], dict[str
 
 class ExecutorStopped(Exception):
     """A call was submitted to a store executor that is not running."""
+
+
+def _chained(d: defer.Deferred[None]) -> defer.Deferred[None]:
+    """A Deferred of its own for each caller, firing when ``d`` does."""
+    out: defer.Deferred[None] = defer.Deferred()
+
+    def relay(result: object) -> object:
+        out.callback(None)
+        return result
+
+    d.addBoth(relay)
+    return out
 
 
 class StoreExecutor:
@@ -59,6 +73,7 @@ class StoreExecutor:
         self._busy = False
         self._idle: list[defer.Deferred[None]] = []
         self.running = _inline
+        self._stopping: defer.Deferred[None] | None = None
         self.hops = 0
         self.calls = 0
 
@@ -79,18 +94,24 @@ class StoreExecutor:
 
     def stop(self) -> defer.Deferred[None]:
         """Run what is queued, then stop the pool; fires when every thread has ended."""
+        if self._stopping is not None:
+            return _chained(self._stopping)
         if self._inline or not self.running:
             return defer.succeed(None)
         self.running = False
+        pool = self._pool
         d = self._when_idle()
 
         def _stop_pool(_: object) -> None:
-            pool, self._pool = self._pool, None
+            self._stopping = None
+            if self._pool is pool:
+                self._pool = None
             if pool is not None:
                 pool.stop()
 
         d.addCallback(_stop_pool)
-        return d
+        self._stopping = d
+        return _chained(d)
 
     def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> defer.Deferred[T]:
         """Run ``fn(*args, **kwargs)`` in the store's thread; the Deferred gets its result."""
