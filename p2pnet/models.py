@@ -47,7 +47,11 @@ class JSONKeys:
 def _check_host(_inst: Any, _attr: Any, host: Any) -> None:
     if not isinstance(host, str):
         raise TypeError("host must be str")
-    if not host or len(host.encode("utf-8", "surrogatepass")) > MAX_HOST_BYTES:
+    try:
+        size = len(host.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError("host is not valid text (lone surrogate)") from None
+    if not 0 < size <= MAX_HOST_BYTES:
         raise ValueError("host must be 1..255 bytes")
 
 

@@ -366,8 +366,9 @@ class SimulationTests(SynchronousTestCase):
                 sl.mark_node(n, active=False)
                 dropped.add(n.key)
             else:
-                # a Kademlia node names the k closest it knows
-                named = sorted(knows[n.key], key=lambda i: ids.distance(i, TARGET))[:k]
+                # a Kademlia node names the k closest it knows, leaving out the asker
+                # (DHTNetwork.close_nodes_for)
+                named = sorted(knows[n.key] - {own}, key=lambda i: ids.distance(i, TARGET))[:k]
                 sl.add_nodes(as_node(i) for i in named)
                 given_ids.update(named)
                 given_ids.discard(own)

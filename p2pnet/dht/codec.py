@@ -197,23 +197,37 @@ def _nodes(nodes: tuple[Node, ...]) -> bytes:
     return b"".join(parts)
 
 
+def _keys(*keys: bytes) -> None:
+    # struct's "20s" would silently pad or cut a key of another length
+    for k in keys:
+        if len(k) != KEY:
+            raise ValueError(f"a key or index must be {KEY} bytes, got {len(k)}")
+
+
 def _encode_body(body: Body) -> tuple[Kind, RPC, bytes]:
     if isinstance(body, PingRequest):
         return Kind.REQUEST, RPC.PING, b""
     if isinstance(body, PingResponse):
         return Kind.RESPONSE, RPC.PING, b""
     if isinstance(body, FindNodeRequest):
+        _keys(body.key)
         return Kind.REQUEST, RPC.FIND_NODE, body.key
     if isinstance(body, FindValueRequest):
-        tail = b"\x00" if body.index is None else b"\x01" + body.index
+        _keys(body.key)
+        if body.index is None:
+            return Kind.REQUEST, RPC.FIND_VALUE, body.key + b"\x00"
+        _keys(body.index)
+        tail = b"\x01" + body.index
         return Kind.REQUEST, RPC.FIND_VALUE, body.key + tail
     if isinstance(body, StoreRequest):
+        _keys(body.key, body.index)
         inline = body.data is not None
         head = _STORE.pack(body.key, body.index, body.size, body.timestamp, int(inline))
         return Kind.REQUEST, RPC.STORE, head + (body.data or b"")
     if isinstance(body, StoreResponse):
         return Kind.RESPONSE, RPC.STORE, _U8.pack(body.status)
     if isinstance(body, GetValueRequest):
+        _keys(body.key, body.index)
         return Kind.REQUEST, RPC.GET_VALUE, _GETVAL.pack(
             body.key, body.index, body.offset, body.length)
     if isinstance(body, GetValueResponse):
@@ -228,24 +242,29 @@ def encode(network_id: bytes, tid: bytes, sender: bytes, body: Body,
     fast = _NO_BODY.get(type(body))
     if fast is not None:
         kind, rpc, payload = fast
-    elif isinstance(body, ErrorResponse):
-        if rpc is None:
-            raise ValueError("an error response needs the rpc it answers")
-        msg = body.message.encode("utf-8")[:200].decode("utf-8", "ignore").encode("utf-8")
-        kind, payload = Kind.ERROR, _U8.pack(body.code) + _U8.pack(len(msg)) + msg
-    elif isinstance(body, NodesResponse):
-        rpc = rpc or RPC.FIND_NODE
-        prefix = b"\x00" if rpc == RPC.FIND_VALUE else b""
-        kind, payload = Kind.RESPONSE, prefix + _nodes(body.nodes)
-    elif isinstance(body, ValuesResponse):
-        if len(body.values) > MAX_VALUES:
-            raise ValueError(f"at most {MAX_VALUES} values in one message")
-        rpc = RPC.FIND_VALUE
-        parts = [b"\x01", _U8.pack(len(body.values))]
-        parts += [_VALUE.pack(v.index, v.size, v.timestamp) for v in body.values]
-        kind, payload = Kind.RESPONSE, b"".join(parts)
     else:
-        kind, rpc, payload = _encode_body(body)
+        try:  # a number out of its field's range: ValueError, the error callers catch
+            if isinstance(body, ErrorResponse):
+                if rpc is None:
+                    raise ValueError("an error response needs the rpc it answers")
+                msg = body.message.encode("utf-8")[:200].decode("utf-8", "ignore").encode()
+                kind, payload = Kind.ERROR, _U8.pack(body.code) + _U8.pack(len(msg)) + msg
+            elif isinstance(body, NodesResponse):
+                rpc = rpc or RPC.FIND_NODE
+                prefix = b"\x00" if rpc == RPC.FIND_VALUE else b""
+                kind, payload = Kind.RESPONSE, prefix + _nodes(body.nodes)
+            elif isinstance(body, ValuesResponse):
+                if len(body.values) > MAX_VALUES:
+                    raise ValueError(f"at most {MAX_VALUES} values in one message")
+                rpc = RPC.FIND_VALUE
+                _keys(*(v.index for v in body.values))
+                parts = [b"\x01", _U8.pack(len(body.values))]
+                parts += [_VALUE.pack(v.index, v.size, v.timestamp) for v in body.values]
+                kind, payload = Kind.RESPONSE, b"".join(parts)
+            else:
+                kind, rpc, payload = _encode_body(body)
+        except struct.error as e:
+            raise ValueError(f"a field does not fit the wire format: {e}") from None
     if len(tid) != TID_BYTES or len(sender) != KEY or not 0 < len(network_id) <= MAX_NETWORK_ID:
         raise ValueError("bad transaction id, sender id or network id length")
     data = b"".join((bytes((VERSION, len(network_id))), network_id,

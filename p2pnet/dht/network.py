@@ -199,7 +199,8 @@ class DHTNetwork:
         self._failures[node.key] = count
         if count >= STALE_AFTER:
             self._failures.pop(node.key, None)
-            self._routing_table.remove(node)
+            if node in self._routing_table:  # not when the id has moved to a new address
+                self._routing_table.remove(node)
         return failure
 
     def close_nodes_for(self, key: bytes, requester: bytes | None = None) -> list[Node]:
@@ -290,8 +291,8 @@ class DHTNetwork:
     def store_to_node(self, node: Node, key: bytes, index: bytes, bytes_: bytes,
                       timestamp: float) -> defer.Deferred[bool]:
         """Offer a value to ``node``: True when the node holds it afterwards."""
-        if len(bytes_) > MAX_VALUE_SIZE:
-            return defer.fail(ValueError(f"value is over {MAX_VALUE_SIZE} bytes"))
+        if len(bytes_) > MAX_VALUE_SIZE or not math.isfinite(timestamp) or timestamp < 0:
+            return defer.fail(ValueError("value over the size limit or bad timestamp"))
         d: defer.Deferred[Any] = self.store.call(node, key, index, bytes_, timestamp)
         d.addCallback(lambda status: status != codec.StoreStatus.REFUSED)
         return d.addErrback(self._failed_false, node)

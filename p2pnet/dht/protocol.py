@@ -182,7 +182,10 @@ class DHTProtocol(DatagramProtocol):
         rpc = _RPC_OF.get(type(body))
         if rpc is None:
             raise TypeError(f"not a request body: {body!r}")
-        data = codec.encode(self.network_id, tid, self.node_id, body)
+        try:
+            data = codec.encode(self.network_id, tid, self.node_id, body)
+        except (TypeError, ValueError) as e:
+            return defer.fail(e)
         d: defer.Deferred[codec.Message] = defer.Deferred()
         p = _Pending(d, address, data,
                      self.timeout if timeout is None else timeout,

@@ -134,6 +134,8 @@ class Store(RPCCommand):
         size = len(value)
         if size > MAX_VALUE_SIZE:
             return defer.fail(ValueError(f"value is over {MAX_VALUE_SIZE} bytes"))
+        if not (math.isfinite(timestamp) and timestamp >= 0):
+            return defer.fail(ValueError("timestamp must be finite and not negative"))
         inline = size <= self.net.inline_max
         req = codec.StoreRequest(key, index, size, float(timestamp), value if inline else None)
         timeout = None

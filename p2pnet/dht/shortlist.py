@@ -68,11 +68,18 @@ class Shortlist:
 
     def mark_node(self, node: Node, active: bool, useful: bool = False,
                   values: Iterable[ValueInfo] | None = None) -> None:
-        """Record the outcome of contacting ``node``."""
+        """Record the outcome of contacting ``node``.
+
+        A failed node is dropped for good: a later answer does not bring it back.  A node
+        this shortlist does not know is ignored.
+        """
+        if node.key not in self._known or node.key in self._dropped:
+            return
         self._in_flight.discard(node.key)
         self._candidates.discard(node.key)
         if not active:
             self._dropped.add(node.key)
+            self._active.discard(node.key)
             self._useful.pop(node.key, None)
             return
         self._active.add(node.key)
@@ -123,7 +130,7 @@ class Shortlist:
         """
         tally: dict[ValueInfo, int] = {}
         for vals in self._useful.values():
-            for v in vals:
+            for v in set(vals):  # one vote per node
                 if index is None or v.index == index:
                     tally[v] = tally.get(v, 0) + 1
         if not tally:
