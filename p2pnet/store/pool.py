@@ -109,8 +109,8 @@ class StoreExecutor:
             if pool is not None:
                 pool.stop()
 
-        d.addCallback(_stop_pool)
         self._stopping = d
+        d.addCallback(_stop_pool)  # may run at once: it clears _stopping again
         return _chained(d)
 
     def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> defer.Deferred[T]:
