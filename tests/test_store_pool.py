@@ -29,9 +29,16 @@ class ThreadedExecutorTests(unittest.TestCase):
     """The executor on the real reactor and a real thread."""
 
     def make(self, **kwargs: Any) -> StoreExecutor:
-        ex = StoreExecutor(reactor, name=f"test-pool-{id(self)}", **kwargs)
+        name = f"test-pool-{id(self)}"
+        ex = StoreExecutor(reactor, name=name, **kwargs)
         ex.start()
-        self.addCleanup(ex.stop)
+
+        def stop() -> defer.Deferred[None]:
+            d = ex.stop()
+            d.addCallback(lambda _: self.assertEqual(_pool_threads(name), []))
+            return d
+
+        self.addCleanup(stop)
         return ex
 
     @defer.inlineCallbacks
@@ -163,6 +170,23 @@ class ThreadedExecutorTests(unittest.TestCase):
         ex.start()
         self.assertEqual((yield ex.submit(lambda: 2)), 2)
         yield ex.stop()
+        # every pool it started has ended (a leaked worker keeps the process alive)
+        self.assertEqual(_pool_threads("test-pool-restart"), [])
+
+    @defer.inlineCallbacks
+    def test_stop_twice(self) -> Any:
+        """Each stop() caller gets a Deferred that fires only when the thread has ended."""
+        ex = StoreExecutor(reactor, name="test-pool-twice")
+        ex.start()
+        gate = threading.Event()
+        ex.submit(gate.wait, 10)
+        first, second = ex.stop(), ex.stop()
+        self.assertIsNot(first, second)
+        self.assertFalse(second.called)
+        gate.set()
+        yield second
+        self.assertTrue(first.called)
+        self.assertEqual(_pool_threads("test-pool-twice"), [])
 
     def test_call_blocking(self) -> None:
         entered: list[int] = []

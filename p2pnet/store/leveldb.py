@@ -152,7 +152,6 @@ class DBManager(Service):
         self._reactor = reactor
         self._executor = executor
         self._db: plyvel.DB | None = None
-        self._draining: list[defer.Deferred[None]] | None = None
         with _registry_lock:
             if self._real_path in _registry:
                 raise DatabaseLockedError(
@@ -225,28 +224,11 @@ class DBManager(Service):
     def stop(self) -> defer.Deferred[None]:
         """Run the queued calls, then stop the store's thread; the database stays open.
 
-        Every caller's Deferred fires once the thread has drained, however often
-        ``stop`` is called meanwhile.
+        Each caller's Deferred fires once the thread has drained and ended.
         """
-        if self._draining is not None:
-            waiter: defer.Deferred[None] = defer.Deferred()
-            self._draining.append(waiter)
-            return waiter
         if self._executor is None:
             return defer.succeed(None)
-        stopped = self._executor.stop()
-        if stopped.called:
-            return stopped
-        self._draining = []
-
-        def _drained(result: object) -> object:
-            waiters, self._draining = self._draining or [], None
-            for w in waiters:
-                w.callback(None)
-            return result
-
-        stopped.addBoth(_drained)
-        return stopped
+        return self._executor.stop()
 
     def startService(self) -> None:  # noqa: N802 - IService
         Service.startService(self)
@@ -270,7 +252,7 @@ class DBManager(Service):
         if self._db is None:
             return
         if self._executor is not None:
-            if self._draining is not None or not self.stop().called:
+            if not self.stop().called:
                 raise StoreError(
                     f"close() of {self.db_path!r} with Deferred calls in flight; "
                     "wait for stop() first"

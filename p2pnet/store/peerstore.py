@@ -631,11 +631,16 @@ class PeerStore(service.Service):
                 self.peers.update(loaded)
                 missing: list[Peer] = []
                 stale: list[tuple[Peer, list[tuple[int, Any, Any]]]] = []
+                relinked: list[tuple[Peer, int]] = []
                 for key, peer in self.peers.items():
                     found = rows.get(key)
                     if found is None:
                         missing.append(peer)
-                    elif len(found) == 1:
+                        continue
+                    if peer.db_id not in {row[0] for row in found}:
+                        # A re-added peer still names a deleted row: point it at its row.
+                        relinked.append((peer, found[0][0]))
+                    if len(found) == 1:
                         _, host, port = found[0]
                         if host != peer.host or port != peer.port:
                             stale.append((peer, found))
@@ -663,7 +668,7 @@ class PeerStore(service.Service):
                 assert row_id is not None
                 rows[peer.uuid] = [(row_id, host, port)]
                 new_ids.append((peer, row_id))
-            for peer, row_id in new_ids:
+            for peer, row_id in new_ids + relinked:
                 undo.append(_db_id_restorer(peer))
                 peer.db_id = row_id
 
