@@ -84,13 +84,35 @@ def load_node_id(data_dir: str) -> bytes:
 
 
 def makeService(options: Any) -> service.IService:
+    """The node: its value table (LevelDB in the data dir, or memory) and its DHT."""
     from p2pnet.dht.service import DHTService
+    from p2pnet.dht.table import IKVPTable, MemoryKVPTable
 
     node_id = load_node_id(options["data-dir"])
-    return DHTService(
+    top = service.MultiService()
+    table: IKVPTable
+    if options["memory"]:
+        table = MemoryKVPTable()
+    else:
+        from p2pnet.store.errors import StoreError
+        from p2pnet.store.kvptable import LevelDBKVPTable
+
+        path = os.path.join(options["data-dir"], "values")
+        try:  # at start-up, before the reactor runs: blocking is fine here
+            leveldb_table = LevelDBKVPTable.open_blocking(path)
+        except StoreError as e:
+            raise usage.UsageError(f"cannot open the value table: {e}") from e
+        leveldb_table.setName("values")
+        leveldb_table.setServiceParent(top)  # started first, stopped last
+        table = leveldb_table
+    dht = DHTService(
         port=options["port"],
         interface=options["interface"],
         node_id=node_id,
         network_id=options["network-id"],
         bootstrap=options["bootstrap"],
+        kvp_table=table,
     )
+    dht.setName("dht")
+    dht.setServiceParent(top)
+    return top

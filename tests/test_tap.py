@@ -16,6 +16,8 @@ from twisted.trial import unittest
 from p2pnet import ids, tap
 from p2pnet.dht.network import NETWORK_ID
 from p2pnet.dht.service import DHTService
+from p2pnet.dht.table import MemoryKVPTable
+from p2pnet.store.kvptable import LevelDBKVPTable
 
 #: The checkout (parent of ``tests/``): put first on the twistd subprocess's path so it
 #: runs this code, while the plugin is still found in the installed ``twisted/plugins``.
@@ -156,29 +158,57 @@ class NodeIdTests(unittest.SynchronousTestCase):
 
 
 class MakeServiceTests(unittest.SynchronousTestCase):
+    def make(self, o: Any) -> Any:
+        top: Any = tap.makeService(o)
+        try:
+            values = top.getServiceNamed("values")
+        except KeyError:
+            pass
+        else:
+            self.addCleanup(values.close)
+        return top
+
     def test_service_from_options(self) -> None:
         data_dir = self.mktemp()
         o = parse("--port", "0", "--interface", "127.0.0.1", "--data-dir", data_dir,
                   "--network-id", "testnet", "--bootstrap", "127.0.0.1:4455",
                   "--bootstrap", "10.1.2.3:5")
-        s = tap.makeService(o)
+        top = self.make(o)
+        s = top.getServiceNamed("dht")
         self.assertIsInstance(s, DHTService)
-        assert isinstance(s, DHTService)
         self.assertEqual(s.port, 0)
         self.assertEqual(s.interface, "127.0.0.1")
         self.assertEqual(s.bootstrap, [("127.0.0.1", 4455), ("10.1.2.3", 5)])
         self.assertEqual(s.network.protocol.network_id, b"testnet")
         self.assertEqual(s.network.key, tap.load_node_id(data_dir))
         self.assertFalse(s.running)
+        # Values persist in LevelDB in the data dir; the table starts before the DHT.
+        values = top.getServiceNamed("values")
+        self.assertIsInstance(values, LevelDBKVPTable)
+        self.assertIs(s.network.kvp_table, values)
+        self.assertEqual(list(top), [values, s])
+        self.assertTrue(os.path.isdir(os.path.join(data_dir, "values")))
+
+    def test_memory_option(self) -> None:
+        top = self.make(parse("--memory", "--data-dir", self.mktemp()))
+        self.assertIsInstance(top.getServiceNamed("dht").network.kvp_table, MemoryKVPTable)
+        self.assertRaises(KeyError, top.getServiceNamed, "values")
 
     def test_same_node_id_across_services(self) -> None:
         data_dir = self.mktemp()
-        o = parse("--data-dir", data_dir)
-        first: Any = tap.makeService(o)
-        second: Any = tap.makeService(o)
+        o = parse("--memory", "--data-dir", data_dir)
+        first: Any = self.make(o).getServiceNamed("dht")
+        second: Any = self.make(o).getServiceNamed("dht")
         self.assertEqual(first.network.key, second.network.key)
         self.assertEqual(first.port, 4455)
         self.assertEqual(first.interface, "0.0.0.0")
+
+    def test_data_dir_in_use_is_a_usage_error(self) -> None:
+        o = parse("--data-dir", self.mktemp())
+        self.make(o)
+        with self.assertRaises(usage.UsageError) as cm:
+            tap.makeService(o)
+        self.assertIn("cannot open the value table", str(cm.exception))
 
     def test_bad_node_id_is_a_usage_error(self) -> None:
         data_dir = self.mktemp()

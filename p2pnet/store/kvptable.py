@@ -199,6 +199,11 @@ class LevelDBKVPTable(Service):
             return defer.succeed(None)
         return self._db.d_close()
 
+    def close(self) -> None:
+        """Close the database now, in the calling thread (the table must be stopped)."""
+        if self._owns_db:
+            self._db.close()
+
     def startService(self) -> None:  # noqa: N802 - IService
         Service.startService(self)
         self.start()
