@@ -542,6 +542,36 @@ class LookupTests(SynchronousTestCase):
         self.assertEqual(sl.get_common_kvp_exchange_info(),
                          codec.ValueInfo(index, len(value), 77.0))
 
+    def test_get_value_with_index_stops_at_first_holder(self) -> None:
+        value = b"content addressed"
+        key, index = ids.key_for(b"indexed key"), ids.key_for(value)
+        for n in self.nodes[3:6]:
+            n.kvp_table.put(KVPRecord(key, index, len(value), 5.0), value)
+        asker = self.nodes[20]
+        before = asker.lookup_contacts
+        got = self.successResultOf(self.sim.run(asker.get_value(key, index)))
+        self.assertEqual(got, value)
+        quick = asker.lookup_contacts - before
+        before = asker.lookup_contacts
+        self.successResultOf(self.sim.run(asker.find_value_shortlist(key, index)))
+        self.assertLess(quick, asker.lookup_contacts - before)
+
+    def test_get_value_with_index_falls_back_when_first_holder_fails(self) -> None:
+        value = b"served elsewhere"
+        key, index = ids.key_for(b"fallback key"), ids.key_for(value)
+        asker = self.nodes[20]
+        by_distance = self.sim.closest(key, 30, exclude=[asker])
+        # The closest node is asked first; it announces the value but cannot serve it
+        # (no bytes behind the record), so only the full lookup finds the honest one.
+        liar, honest = by_distance[0], by_distance[14]
+        liar.kvp_table.records_for_key = lambda k: (  # type: ignore[method-assign]
+            [KVPRecord(key, index, len(value), 5.0)] if k == key else [])
+        honest.kvp_table.put(KVPRecord(key, index, len(value), 5.0), value)
+        lookups = asker.lookups
+        got = self.successResultOf(self.sim.run(asker.get_value(key, index)))
+        self.assertEqual(got, value)
+        self.assertEqual(asker.lookups - lookups, 2)  # the quick one, then the full one
+
     def check_put_get(self, value: bytes, publisher: int) -> None:
         count = self.successResultOf(self.sim.run(self.nodes[publisher].put("the key", value)))
         self.assertEqual(count, 20)

@@ -308,8 +308,9 @@ class DHTNetwork:
         """Iterative findval: also tallies what the holders of the key announced."""
         return self._lookup(ids.check_key(key), index, find_value=True)
 
-    def _lookup(self, key: bytes, index: bytes | None, find_value: bool
-                ) -> defer.Deferred[Shortlist]:
+    def _lookup(self, key: bytes, index: bytes | None, find_value: bool,
+                first_holder: bool = False) -> defer.Deferred[Shortlist]:
+        """Iterative lookup; ``first_holder`` ends a value lookup at the first holder."""
         sl = Shortlist(key, self._key, self.k, index)
         sl.add_nodes(self._routing_table.get_close_nodes(key, self.k))
         self._routing_table.touch(key)
@@ -343,7 +344,7 @@ class DHTNetwork:
             try:
                 while True:
                     state["again"] = False
-                    if sl.is_finished():
+                    if sl.is_finished() or (first_holder and sl.useful_nodes):
                         self.lookup_contacts += sl.contacted
                         done.callback(sl)
                         return
@@ -401,13 +402,32 @@ class DHTNetwork:
 
     async def _get_value(self, key: bytes, index: bytes | None) -> bytes:
         ids.check_key(key)
+        local = self._newest_local(key, index)
+        if index is not None:
+            if local is not None:  # content-addressed: a copy held here is the value
+                return await self.kvp_table.read(local.key, local.index)
+            # Any holder's copy is the value (it is checked against the index), so the
+            # lookup may stop at the first holder; a full lookup only if that one fails.
+            quick = await self._lookup(key, index, find_value=True, first_holder=True)
+            value = await self._fetch_from(quick, key, index)
+            if value is not None:
+                return value
         shortlist = await self.find_value_shortlist(key, index)
         info = shortlist.get_common_kvp_exchange_info(index)
-        local = self._newest_local(key, index)
         if local is not None and (info is None or local.timestamp >= info.timestamp):
             return await self.kvp_table.read(local.key, local.index)
+        value = await self._fetch_from(shortlist, key, index)
+        if value is None:
+            raise ValueNotFoundError(f"no reachable node holds key {key.hex()}")
+        return value
+
+    async def _fetch_from(self, shortlist: Shortlist, key: bytes, index: bytes | None
+                          ) -> bytes | None:
+        """Fetch the newest announced value from its holders, closest first; verify it
+        and cache it at the closest node that lacked it.  None when no holder served."""
+        info = shortlist.get_common_kvp_exchange_info(index)
         if info is None:
-            raise ValueNotFoundError(f"no node holds key {key.hex()}")
+            return None
         for node in shortlist.holders(info.index, info.size, info.timestamp):
             try:
                 value = await self.get_value_from_node(node, key, info.index, size=info.size)
@@ -419,7 +439,7 @@ class DHTNetwork:
                 continue
             self._cache_at(shortlist, key, info, value)
             return value
-        raise ValueNotFoundError(f"no holder of key {key.hex()} answered")
+        return None
 
     def _newest_local(self, key: bytes, index: bytes | None) -> KVPRecord | None:
         now = self.clock.seconds()
