@@ -563,7 +563,8 @@ class LookupTests(SynchronousTestCase):
         by_distance = self.sim.closest(key, 30, exclude=[asker])
         # The closest node is asked first; it announces the value but cannot serve it
         # (no bytes behind the record), so only the full lookup finds the honest one.
-        liar, honest = by_distance[0], by_distance[14]
+        net_of = {n.key: n for n in self.nodes}
+        liar, honest = net_of[by_distance[0].key], net_of[by_distance[14].key]
         liar.kvp_table.records_for_key = lambda k: (  # type: ignore[method-assign]
             [KVPRecord(key, index, len(value), 5.0)] if k == key else [])
         honest.kvp_table.put(KVPRecord(key, index, len(value), 5.0), value)
