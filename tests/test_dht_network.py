@@ -186,6 +186,18 @@ class StoreTests(TwoNodeMixin, SynchronousTestCase):
         self.assertLessEqual(self.sim.net.sent - before, 2 + 2 * chunks)
         self.assertIsNone(self.a.offered(self.key, index))  # the offer is withdrawn
 
+    def test_pulls_at_once_are_bounded(self) -> None:
+        from p2pnet.dht.rpcs import MAX_PULLS
+
+        values = [blob(INLINE_MAX + 1, seed) for seed in range(MAX_PULLS + 3)]
+        calls = [self.a.store.call(self.b.node, self.key, ids.key_for(v), v, 1000.0)
+                 for v in values]
+        statuses = [self.successResultOf(self.go(d)) for d in calls]
+        self.assertEqual(statuses.count(codec.StoreStatus.STORED), MAX_PULLS)
+        self.assertEqual(statuses.count(codec.StoreStatus.REFUSED), 3)
+        # Once the pulls are done, the refused ones are taken.
+        self.assertTrue(self.store(values[-1]))
+
     def test_store_max_size_value(self) -> None:
         value = blob(MAX_VALUE_SIZE, 1)
         self.assertTrue(self.store(value))

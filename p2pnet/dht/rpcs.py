@@ -26,6 +26,9 @@ from p2pnet.models import MAX_VALUE_SIZE, Node, NodeList
 _PING = codec.PingRequest()
 _PONG = codec.PingResponse()
 
+#: Values this node pulls at once for store requests; more are refused while busy.
+MAX_PULLS = 16
+
 #: Largest value chunk one getval answer carries (fits one datagram with its header).
 MAX_CHUNK = 60 * 1024
 
@@ -169,6 +172,9 @@ class Store(RPCCommand):
         pull_id = (body.key, body.index, body.timestamp)
         out: defer.Deferred[codec.StoreStatus] = defer.Deferred()
         waiters = self._pulls.get(pull_id)
+        if waiters is None and len(self._pulls) >= MAX_PULLS:
+            net.stats_refused += 1  # busy: the storer will try again at the next round
+            return codec.StoreResponse(codec.StoreStatus.REFUSED)
         if waiters is not None:
             waiters.append(out)  # a retried request joins the pull under way
         else:
