@@ -98,16 +98,31 @@ def acceptable(
     return total_bytes - freed + size <= max_bytes
 
 
-@implementer(IKVPTable)
-class MemoryKVPTable:
-    """An :class:`IKVPTable` held in memory; every Deferred has fired on return."""
+class RecordIndex:
+    """The in-memory metadata every value table keeps: records by (key, index) and by key,
+    and the byte total; the synchronous half of :class:`IKVPTable`."""
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.max_bytes = max_bytes
         self.total_bytes = 0
         self._records: dict[tuple[bytes, bytes], KVPRecord] = {}
-        self._values: dict[tuple[bytes, bytes], bytes] = {}
         self._by_key: dict[bytes, set[bytes]] = {}
+
+    def _remember(self, record: KVPRecord) -> None:
+        old = self._records.get(record.kvpid)
+        self.total_bytes += record.size - (old.size if old is not None else 0)
+        self._records[record.kvpid] = record
+        self._by_key.setdefault(record.key, set()).add(record.index)
+
+    def _forget(self, key: bytes, index: bytes) -> KVPRecord | None:
+        old = self._records.pop((key, index), None)
+        if old is not None:
+            self.total_bytes -= old.size
+            indexes = self._by_key[key]
+            indexes.discard(index)
+            if not indexes:
+                del self._by_key[key]
+        return old
 
     def __len__(self) -> int:
         return len(self._records)
@@ -125,14 +140,20 @@ class MemoryKVPTable:
         held = self._records.get((key, index))
         return acceptable(held, size, timestamp, self.total_bytes, self.max_bytes)
 
+
+@implementer(IKVPTable)
+class MemoryKVPTable(RecordIndex):
+    """An :class:`IKVPTable` held in memory; every Deferred has fired on return."""
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        super().__init__(max_bytes)
+        self._values: dict[tuple[bytes, bytes], bytes] = {}
+
     def put(self, record: KVPRecord, value: bytes) -> defer.Deferred[None]:
         if len(value) != record.size:
             return defer.fail(ValueError("value length does not match the record's size"))
-        old = self._records.get(record.kvpid)
-        self.total_bytes += record.size - (old.size if old else 0)
-        self._records[record.kvpid] = record
+        self._remember(record)
         self._values[record.kvpid] = bytes(value)
-        self._by_key.setdefault(record.key, set()).add(record.index)
         return defer.succeed(None)
 
     def update_record(self, record: KVPRecord) -> defer.Deferred[None]:
@@ -154,12 +175,6 @@ class MemoryKVPTable:
         return defer.succeed(value[offset:end])
 
     def delete(self, key: bytes, index: bytes) -> defer.Deferred[None]:
-        old = self._records.pop((key, index), None)
-        if old is not None:
-            self.total_bytes -= old.size
+        if self._forget(key, index) is not None:
             del self._values[(key, index)]
-            indexes = self._by_key[key]
-            indexes.discard(index)
-            if not indexes:
-                del self._by_key[key]
         return defer.succeed(None)
