@@ -353,3 +353,189 @@ class ThreadedDeferredAPITests(unittest.TestCase):
         db.close()
         self.assertTrue(db.closed)
         self.assertFalse(db.executor.running)
+
+
+class _Boom(Exception):
+    pass
+
+
+class _FailingBatch:
+    """A write batch whose write() fails (after taking every put and delete)."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.real.put(key, value)
+
+    def delete(self, key: bytes) -> None:
+        self.real.delete(key)
+
+    def write(self) -> None:
+        raise _Boom("disk full")
+
+
+class _CountingDB:
+    """Stands in for the plyvel handle: counts write batches and single puts."""
+
+    def __init__(self, real: Any, fail: bool = False) -> None:
+        self.real = real
+        self.fail = fail
+        self.batches = 0
+        self.puts = 0
+
+    def write_batch(self, *args: Any, **kwargs: Any) -> Any:
+        self.batches += 1
+        batch = self.real.write_batch(*args, **kwargs)
+        return _FailingBatch(batch) if self.fail else batch
+
+    def put(self, *args: Any, **kwargs: Any) -> Any:
+        self.puts += 1
+        return self.real.put(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+class WriteCoalescingTests(unittest.TestCase):
+    """Consecutive d_create_entry / d_delete_entry calls of a hop share one write batch."""
+
+    def setUp(self) -> None:
+        self.db = DBManager(self.mktemp(), reactor=reactor)
+        self.db.start()
+
+        def cleanup() -> defer.Deferred[None]:
+            return self.db.stop().addCallback(lambda _: self.db.close())
+
+        self.addCleanup(cleanup)
+
+    def counting(self, fail: bool = False) -> _CountingDB:
+        real = self.db._db
+        counting = _CountingDB(real, fail)
+        self.db._db = counting  # type: ignore[assignment]
+
+        def restore() -> None:
+            if self.db._db is counting:
+                self.db._db = real
+
+        self.addCleanup(restore)
+        return counting
+
+    @defer.inlineCallbacks
+    def test_one_turn_one_write_batch(self) -> Any:
+        db = self.db
+        raw = self.counting()
+        ds = [db.d_create_entry(f"{i:03d}", f"v{i}", prefix="p") for i in range(100)]
+        ds += [db.d_delete_entry(f"{i:03d}", prefix="p") for i in range(0, 100, 10)]
+        ds.append(db.d_create_entry("000", "again", "p"))
+        results = yield defer.gatherResults(ds)
+        self.assertEqual(results, [None] * len(ds))
+        self.assertEqual((raw.batches, raw.puts, db.executor.hops), (1, 0, 1))
+        stored = dict(db.scan_prefix("p"))
+        self.assertEqual(len(stored), 91)
+        self.assertEqual(stored["000"], b"again")
+        self.assertNotIn("010", stored)
+        self.assertEqual(stored["011"], b"v11")
+
+    @defer.inlineCallbacks
+    def test_reads_see_earlier_writes_of_the_hop(self) -> Any:
+        """A read between writes of one hop sees exactly the writes made before it."""
+        db = self.db
+        raw = self.counting()
+        calls = [
+            db.d_create_entry("k", "a"),
+            db.d_load_entry("k"),
+            db.d_create_entry("k", "b"),
+            db.d_load_entries(["k"]),
+            db.d_delete_entry("k"),
+            db.d_load_entry("k"),
+            db.d_create_entry("k", "c"),
+            db.d_scan_prefix(""),
+        ]
+        results = yield defer.gatherResults(calls)
+        self.assertEqual(
+            results, [None, b"a", None, [b"b"], None, None, None, [("k", b"c")]]
+        )
+        self.assertEqual((raw.batches, db.executor.hops), (4, 1))
+
+    @defer.inlineCallbacks
+    def test_failing_batch_fails_each_write(self) -> Any:
+        db = self.db
+        db.create_entry("old", "1")
+        self.counting(fail=True)
+        puts = [db.d_create_entry(f"k{i}", "v") for i in range(5)]
+        bad = db.d_create_entry("k5", 5)  # type: ignore[arg-type]
+        delete = db.d_delete_entry("old")
+        read = db.d_load_entry("old")
+        for d in [*puts, delete]:
+            e = yield self.assertFailure(d, _Boom)
+            self.assertEqual(str(e), "disk full")
+        yield self.assertFailure(bad, TypeError)
+        self.assertEqual((yield read), b"1")  # nothing of the failed batch was written
+        self.assertEqual(db.scan_prefix("k"), [])
+        self.assertEqual(db.executor.hops, 1)
+
+    @defer.inlineCallbacks
+    def test_argument_errors_are_the_methods_own(self) -> Any:
+        """A bad call fails alone, with the error the blocking method raises."""
+        db = self.db
+        calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
+            ("create_entry", ("k",), {}),
+            ("create_entry", ("k", "v"), {"prefx": "p"}),
+            ("create_entry", (1, "v"), {}),
+            ("create_entry", ("k", "v", b"p"), {}),
+            ("delete_entry", (), {}),
+            ("delete_entry", (b"k",), {}),
+            ("load_entry", (None,), {}),
+            ("load_entry", ("k", "p", "extra"), {}),
+        ]
+        ds = []
+        for i, (name, args, kwargs) in enumerate(calls):
+            ds.append(db.d_create_entry(f"ok{i}", "v"))
+            ds.append(getattr(db, f"d_{name}")(*args, **kwargs))
+        for i, (name, args, kwargs) in enumerate(calls):
+            self.assertIsNone((yield ds[2 * i]))
+            e = yield self.assertFailure(ds[2 * i + 1], TypeError)
+            with self.assertRaises(TypeError) as blocking:
+                getattr(db, name)(*args, **kwargs)
+            self.assertEqual(str(e), str(blocking.exception))
+        self.assertEqual(len(db.scan_prefix("ok")), len(calls))
+        self.assertEqual(db.executor.hops, 1)
+
+    @defer.inlineCallbacks
+    def test_closed_database_fails_each_call(self) -> Any:
+        db = self.db
+        closing = db.submit(db._close_handle)
+        ds = [db.d_create_entry("k", "v"), db.d_load_entry("k"), db.d_delete_entry("k")]
+        yield closing
+        for d in ds:
+            yield self.assertFailure(d, DatabaseClosedError)
+
+    @defer.inlineCallbacks
+    def test_override_runs_call_by_call(self) -> Any:
+        """A subclass that overrides create_entry gets its own method for every call."""
+        seen: list[str] = []
+
+        class Custom(DBManager):
+            def create_entry(self, key: str, value: str, prefix: str | None = None) -> None:
+                seen.append(key)
+                super().create_entry(key, value.upper(), prefix)
+
+        db = Custom(self.mktemp(), reactor=reactor)
+        db.start()
+        try:
+            yield defer.gatherResults([db.d_create_entry(f"k{i}", "v") for i in range(5)])
+            self.assertEqual(seen, [f"k{i}" for i in range(5)])
+            self.assertEqual(db.load_entry("k3"), b"V")
+        finally:
+            yield db.stop()
+            db.close()
+
+    def test_inline_executor_runs_each_call(self) -> None:
+        db = DBManager(self.mktemp(), executor=StoreExecutor.inline())
+        self.addCleanup(db.close)
+        self.successResultOf(db.d_create_entry("k", "v"))
+        self.assertEqual(self.successResultOf(db.d_load_entry("k")), b"v")
+        self.successResultOf(db.d_delete_entry("k"))
+        self.assertIsNone(self.successResultOf(db.d_load_entry("k")))
+        self.failureResultOf(db.d_create_entry("k", 1), TypeError)  # type: ignore[arg-type]

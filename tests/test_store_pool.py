@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from twisted.internet import defer, reactor, task
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from p2pnet.store.pool import ExecutorStopped, StoreExecutor
@@ -188,6 +189,72 @@ class ThreadedExecutorTests(unittest.TestCase):
         self.assertTrue(first.called)
         self.assertEqual(_pool_threads("test-pool-twice"), [])
 
+    @defer.inlineCallbacks
+    def test_bind(self) -> Any:
+        """A bound submitter is submit() with the function fixed: results, errors, order."""
+        ex = self.make()
+        ran: list[object] = []
+
+        def record(x: object, *, tag: str = "") -> object:
+            if x == "bad":
+                raise Boom(tag)
+            ran.append(x)
+            return (x, tag)
+
+        call = ex.bind(record)
+        ds = [call(1), ex.submit(ran.append, "plain"), call(2, tag="t"), call("bad", tag="own")]
+        self.assertEqual(ex.calls, 4)
+        self.assertEqual((yield ds[0]), (1, ""))
+        self.assertEqual((yield ds[2]), (2, "t"))
+        e = yield self.assertFailure(ds[3], Boom)
+        self.assertEqual(str(e), "own")
+        self.assertEqual(ran, [1, "plain", 2])
+        self.assertEqual((ex.hops, ex.calls), (1, 4))
+
+    @defer.inlineCallbacks
+    def test_group_gets_each_run(self) -> Any:
+        """Consecutive calls of a group reach it together; other calls split the runs."""
+        ex = self.make()
+        runs: list[list[tuple[Any, ...]]] = []
+
+        def group(calls: Any) -> list[Any]:
+            runs.append([c[2] for c in calls])
+            return [Failure(Boom(f"no {c[2][0]}")) if c[2][0] < 0 else c[2][0] * 2 for c in calls]
+
+        double = ex.bind(lambda x: x * 2, group)
+        ds = [double(1), double(-2), double(3), ex.submit(lambda: "x"), double(4)]
+        results = yield defer.DeferredList(ds, consumeErrors=True)
+        self.assertEqual([r[0] for r in results], [True, False, True, True, True])
+        self.assertEqual([r[1] for r in results if r[0]], [2, 6, "x", 8])
+        results[1][1].trap(Boom)
+        self.assertEqual(str(results[1][1].value), "no -2")
+        self.assertEqual(runs, [[(1,), (-2,), (3,)], [(4,)]])
+        self.assertEqual(ex.hops, 1)
+
+    @defer.inlineCallbacks
+    def test_failing_group_fails_its_run_only(self) -> Any:
+        ex = self.make()
+
+        def broken(calls: Any) -> list[Any]:
+            raise Boom("group")
+
+        def short(calls: Any) -> list[Any]:
+            return []
+
+        a, b = ex.bind(lambda: 1, broken), ex.bind(lambda: 2, short)
+        ds = [a(), a(), ex.submit(lambda: 3), b(), b()]
+        for d in ds[:2]:
+            e = yield self.assertFailure(d, Boom)
+            self.assertEqual(str(e), "group")
+        self.assertEqual((yield ds[2]), 3)
+        for d in ds[3:]:
+            yield self.assertFailure(d, RuntimeError)
+
+    def test_bind_stopped(self) -> None:
+        ex = StoreExecutor(reactor)
+        self.failureResultOf(ex.bind(lambda: 1)(), ExecutorStopped)
+        self.assertEqual(ex.calls, 0)
+
     def test_call_blocking(self) -> None:
         entered: list[int] = []
 
@@ -233,3 +300,15 @@ class InlineExecutorTests(unittest.SynchronousTestCase):
         ex = StoreExecutor.inline()
         self.assertTrue(ex.running)
         self.successResultOf(ex.stop())
+
+    def test_bind_runs_each_call(self) -> None:
+        """Inline, a bound submitter runs the function itself, call by call (no group)."""
+        ex = StoreExecutor.inline()
+
+        def group(calls: Any) -> list[Any]:
+            raise AssertionError("not used inline")
+
+        call = ex.bind(lambda x: x + 1, group)
+        self.assertEqual(self.successResultOf(call(1)), 2)
+        self.failureResultOf(call("a"), TypeError)
+        self.assertEqual((ex.hops, ex.calls), (2, 2))

@@ -30,17 +30,17 @@ before plyvel is asked; another process holding the lock gives the same error.
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 import plyvel
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from p2pnet.store.errors import (
     DatabaseClosedError,
@@ -70,13 +70,22 @@ class deferred_twin(Generic[P, R]):  # noqa: N801 - used like a decorator/functi
     """Declare ``d_m = deferred_twin(m)`` in a store class: the Deferred twin of ``m``.
 
     ``store.d_m(*args)`` runs ``store.m(*args)`` (looked up by name, so overrides count)
-    through ``store.executor.submit`` and returns a Deferred of its result.  The first
-    look-up on an instance creates the store's executor if needed.
+    through ``store.executor`` and returns a Deferred of its result.  The first look-up on
+    an instance creates the store's executor if needed.
+
+    ``coalesce`` names an attribute of the store holding a call group (see
+    :meth:`StoreExecutor.bind <p2pnet.store.pool.StoreExecutor.bind>`): consecutive calls
+    of the twin in one hop then run together.  The group is used only while the store's
+    ``m`` is the one declared here; an overriding ``m`` runs call by call.
     """
 
-    def __init__(self, blocking: Callable[Concatenate[Any, P], R]) -> None:
+    def __init__(
+        self, blocking: Callable[Concatenate[Any, P], R], coalesce: str | None = None
+    ) -> None:
+        self._blocking = blocking
         self._name = blocking.__name__
         self._attr = f"d_{self._name}"
+        self._coalesce = coalesce
         self.__doc__ = f"Deferred twin of :meth:`{self._name}`, run on the store's thread."
 
     def __set_name__(self, owner: type, name: str) -> None:
@@ -91,9 +100,13 @@ class deferred_twin(Generic[P, R]):  # noqa: N801 - used like a decorator/functi
     def __get__(self, obj: Any, owner: type) -> Any:
         if obj is None:
             return self
+        method = getattr(obj, self._name)
+        group = None
+        if self._coalesce is not None and getattr(method, "__func__", None) is self._blocking:
+            group = getattr(obj, self._coalesce, None)
         # Cached on the instance (this is a non-data descriptor): later look-ups are a
         # plain attribute read, which matters at ~100k calls/s.
-        bound = functools.partial(obj.executor.submit, getattr(obj, self._name))
+        bound = obj.executor.bind(method, group)
         obj.__dict__[self._attr] = bound
         return bound
 
@@ -122,6 +135,35 @@ def _full_key(key: object, prefix: object) -> bytes:
     if prefix is None:
         return _encode(key, "key")
     return _encode(prefix, "prefix") + _encode(key, "key")
+
+
+# The argument handling of create_entry / load_entry / delete_entry, for the call groups
+# (same signatures, so a call that fails here fails the same way in the method).
+
+
+def _entry_key(key: object, prefix: object = None) -> bytes:
+    if prefix is None and key.__class__ is str:
+        return key.encode("utf-8")
+    return _full_key(key, prefix)
+
+
+def _entry_item(key: object, value: object, prefix: object = None) -> tuple[bytes, bytes]:
+    if value.__class__ is str:
+        return _entry_key(key, prefix), value.encode("utf-8")
+    return _full_key(key, prefix), _encode(value, "value")
+
+
+def _failure_of(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The outcome of ``fn(*args, **kwargs)`` (a Failure if it raises).
+
+    Used when the group's argument handling raised ``TypeError``: ``fn`` checks its
+    arguments the same way before touching the database, so it raises too, with its own
+    message (a signature error names ``fn``).
+    """
+    try:
+        return fn(*args, **kwargs)
+    except BaseException:
+        return Failure()
 
 
 class DBManager(Service):
@@ -168,6 +210,9 @@ class DBManager(Service):
             raise
         with _registry_lock:
             _registry[self._real_path] = self
+        # Call groups of the Deferred API (one object each, so runs group by identity).
+        self._write_group = self._run_writes
+        self._read_group = self._run_reads
 
     @staticmethod
     def _open(db_path: str) -> plyvel.DB:
@@ -372,10 +417,66 @@ class DBManager(Service):
 
     # -- Deferred API -------------------------------------------------------------------
 
-    d_create_entry = deferred_twin(create_entry)
-    d_load_entry = deferred_twin(load_entry)
+    def _run_writes(self, calls: Sequence[Any]) -> list[Any]:
+        """A hop's run of ``create_entry`` / ``delete_entry`` calls: one write batch.
+
+        Each call's arguments are checked first (a bad one fails that call alone); the
+        others go, in order, into one LevelDB write batch.  If writing it fails, every
+        call in it fails with that error (nothing of it was written).
+        """
+        out: list[Any] = []
+        items: list[tuple[bytes, bytes | None]] = []
+        slots: list[int] = []
+        put = DBManager.create_entry
+        for i, (_, fn, args, kwargs, _) in enumerate(calls):
+            try:
+                if fn.__func__ is put:
+                    item: tuple[bytes, bytes | None] = _entry_item(*args, **kwargs)
+                else:
+                    item = (_entry_key(*args, **kwargs), None)
+            except TypeError:
+                out.append(_failure_of(fn, args, kwargs))
+                continue
+            except BaseException:
+                out.append(Failure())
+                continue
+            out.append(None)
+            items.append(item)
+            slots.append(i)
+        if items:
+            try:
+                batch = self.raw.write_batch()
+                bput, bdelete = batch.put, batch.delete
+                for k, v in items:
+                    if v is None:
+                        bdelete(k)
+                    else:
+                        bput(k, v)
+                batch.write()
+            except BaseException:
+                failure = Failure()
+                for i in slots:
+                    out[i] = failure
+        return out
+
+    def _run_reads(self, calls: Sequence[Any]) -> list[Any]:
+        """A hop's run of ``load_entry`` calls, in one tight loop."""
+        out: list[Any] = []
+        append = out.append
+        get = self.raw.get
+        for _, fn, args, kwargs, _ in calls:
+            try:
+                append(get(_entry_key(*args, **kwargs)))
+            except TypeError:
+                append(_failure_of(fn, args, kwargs))
+            except BaseException:
+                append(Failure())
+        return out
+
+    d_create_entry = deferred_twin(create_entry, coalesce="_write_group")
+    d_load_entry = deferred_twin(load_entry, coalesce="_read_group")
     d_load_entries = deferred_twin(load_entries)
-    d_delete_entry = deferred_twin(delete_entry)
+    d_delete_entry = deferred_twin(delete_entry, coalesce="_write_group")
     d_scan_prefix = deferred_twin(scan_prefix)
     d_write_batch = deferred_twin(write_batch)
     d_write_raw = deferred_twin(write_raw)

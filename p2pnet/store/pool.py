@@ -13,22 +13,48 @@ raises does not abort the hop: the context still exits normally, so a store whos
 write partially must protect each call itself (PeerStore runs each in a savepoint).  The inline
 executor (:meth:`StoreExecutor.inline`) runs each call at once in the caller's thread,
 for unit tests and for code that has no reactor.
+
+**Call groups.**  :meth:`StoreExecutor.bind` can tag the calls of a function with a
+*group*: a callable that the store thread hands every run of consecutive calls of that
+group in a hop, instead of running them one by one (LevelDB turns a run of puts and
+deletes into one write batch).  ``group(calls)`` gets the run's entries (index 2 is a
+call's ``args``, index 3 its ``kwargs``, index 1 the function it stands for) and
+returns one outcome per call, in order: the call's result, or a :class:`Failure` for a
+call that failed.  If the group itself raises, every call of the run fails with that
+error.  Calls of a group must behave as if they had run one by one in order; in the
+inline executor they do run one by one (the group is not used).
+
+Per call, the reactor side costs a Deferred, a tuple and a list append; results are
+handed back with ``Deferred.callback`` (a :class:`Failure` result fires the errbacks, as
+``errback`` would).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, TypeVar
+from itertools import groupby
+from operator import itemgetter
+from typing import Any, ParamSpec, TypeVar
 
-from twisted.internet import defer, threads
-from twisted.internet.interfaces import IReactorThreads, IReactorTime
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorThreads
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
-_Call = tuple[defer.Deferred[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+#: One queued call: (its Deferred, fn, args, kwargs, its group or None).
+_Call = tuple[
+    defer.Deferred[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any], Any
+]
+#: Runs a run of consecutive calls of one group; one result or Failure per call.
+CallGroup = Callable[[Sequence[_Call]], Sequence[Any]]
+
+_Deferred = defer.Deferred
+_fire = defer.Deferred.callback  # callback(Failure) runs the errbacks, like errback()
+_group_of = itemgetter(4)
 
 
 class ExecutorStopped(Exception):
@@ -67,15 +93,25 @@ class StoreExecutor:
         self._batch_context = batch_context or nullcontext
         self._max = max_calls_per_hop
         self._inline = _inline
+        # Calls are accepted (and queued) exactly while there is a pool: from start()
+        # until stop() has drained the queue.  The list object never changes (bound
+        # submitters keep its append).
         self._pool: ThreadPool | None = None
         self._pending: list[_Call] = []
-        self._scheduled = False
+        # True while a flush is scheduled or a hop is running: submit need not schedule.
+        self._armed = False
         self._busy = False
+        self._hop: list[_Call] = []  # the calls of the hop in flight
         self._idle: list[defer.Deferred[None]] = []
         self.running = _inline
         self._stopping: defer.Deferred[None] | None = None
         self.hops = 0
-        self.calls = 0
+        self._calls_sent = 0
+
+    @property
+    def calls(self) -> int:
+        """How many calls were submitted (and accepted) so far."""
+        return self._calls_sent + len(self._pending)
 
     @classmethod
     def inline(
@@ -115,18 +151,34 @@ class StoreExecutor:
 
     def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> defer.Deferred[T]:
         """Run ``fn(*args, **kwargs)`` in the store's thread; the Deferred gets its result."""
-        if self._inline:
-            self.calls += 1
-            self.hops += 1
-            with self._batch_context():
-                return defer.maybeDeferred(fn, *args, **kwargs)
-        if not self.running and self._pool is None:
-            return defer.fail(ExecutorStopped(f"{self._name} is not running"))
-        d: defer.Deferred[T] = defer.Deferred()
-        self._pending.append((d, fn, args, kwargs))
-        self.calls += 1
-        self._schedule()
-        return d
+        if self._pool is not None:
+            d: defer.Deferred[T] = _Deferred()
+            self._pending.append((d, fn, args, kwargs, None))
+            if not self._armed:
+                self._schedule()
+            return d
+        return self._submit_slow(fn, args, kwargs)
+
+    def bind(
+        self, fn: Callable[P, T], group: CallGroup | None = None
+    ) -> Callable[P, defer.Deferred[T]]:
+        """``submit`` with ``fn`` bound: ``bind(fn)(*a, **kw)`` is ``submit(fn, *a, **kw)``.
+
+        Cheaper per call than :meth:`submit`.  With ``group``, runs of consecutive calls
+        of that group in one hop go to ``group`` together (see the module docstring).
+        """
+        append = self._pending.append
+
+        def submit_bound(*args: P.args, **kwargs: P.kwargs) -> defer.Deferred[T]:
+            if self._pool is not None:
+                d: defer.Deferred[T] = _Deferred()
+                append((d, fn, args, kwargs, group))
+                if not self._armed:
+                    self._schedule()
+                return d
+            return self._submit_slow(fn, args, kwargs)
+
+        return submit_bound
 
     def call_blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn`` now in the calling thread (for code outside the reactor)."""
@@ -135,44 +187,78 @@ class StoreExecutor:
 
     # -- internals ---------------------------------------------------------------
 
+    def _submit_slow(
+        self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> defer.Deferred[T]:
+        if self._inline:
+            self._calls_sent += 1
+            self.hops += 1
+            with self._batch_context():
+                return defer.maybeDeferred(fn, *args, **kwargs)
+        return defer.fail(ExecutorStopped(f"{self._name} is not running"))
+
     def _schedule(self) -> None:
-        if self._scheduled or self._busy or not self._pending:
+        if self._armed or not self._pending:
             return
-        self._scheduled = True
-        clock: IReactorTime = self._reactor
-        clock.callLater(0, self._flush)
+        self._armed = True
+        self._reactor.callLater(0, self._flush)
 
     def _flush(self) -> None:
-        self._scheduled = False
-        if self._busy or not self._pending:
+        pending = self._pending
+        pool = self._pool
+        if not pending or pool is None:
+            self._armed = False
             return
-        batch, self._pending = self._pending[: self._max], self._pending[self._max :]
+        if len(pending) <= self._max:
+            batch = pending.copy()
+            pending.clear()
+        else:
+            batch = pending[: self._max]
+            del pending[: self._max]
         self._busy = True
+        self._hop = batch
         self.hops += 1
-        assert self._pool is not None
-        d = threads.deferToThreadPool(self._reactor, self._pool, self._run_batch, batch)
-        d.addBoth(self._deliver, batch)
+        self._calls_sent += len(batch)
+        pool.callInThreadWithCallback(self._hop_done, self._run_batch, batch)
 
-    def _run_batch(self, batch: list[_Call]) -> list[tuple[bool, Any]]:
-        results: list[tuple[bool, Any]] = []
+    def _hop_done(self, ok: bool, outcome: Any) -> None:
+        """In the store thread: hand the hop's outcome to the reactor."""
+        self._reactor.callFromThread(self._deliver, ok, outcome)
+
+    def _run_batch(self, batch: list[_Call]) -> list[Any]:
+        results: list[Any] = []
+        append = results.append
         with self._batch_context():
-            for _, fn, args, kwargs in batch:
+            for group, calls in groupby(batch, _group_of):
+                if group is None:
+                    for _, fn, args, kwargs, _ in calls:
+                        try:
+                            append(fn(*args, **kwargs))
+                        except BaseException:
+                            append(Failure())
+                    continue
+                run = list(calls)
                 try:
-                    results.append((True, fn(*args, **kwargs)))
+                    outcomes = group(run)
+                    if len(outcomes) != len(run):
+                        raise RuntimeError(
+                            f"call group {group!r} gave {len(outcomes)} outcomes "
+                            f"for {len(run)} calls"
+                        )
                 except BaseException:
-                    results.append((False, Failure()))
+                    outcomes = [Failure()] * len(run)
+                results.extend(outcomes)
         return results
 
-    def _deliver(self, outcome: Any, batch: list[_Call]) -> None:
+    def _deliver(self, ok: bool, outcome: Any) -> None:
+        batch, self._hop = self._hop, []
         self._busy = False
-        if isinstance(outcome, Failure):
+        self._armed = False
+        if not ok:
             # The batch context itself failed (e.g. a commit): every call in it failed.
-            outcome = [(False, outcome)] * len(batch)
-        for (d, _, _, _), (ok, value) in zip(batch, outcome):
-            if ok:
-                d.callback(value)
-            else:
-                d.errback(value)
+            outcome = [outcome] * len(batch)
+        for entry, value in zip(batch, outcome):
+            _fire(entry[0], value)
         if self._pending:
             self._schedule()
         else:
