@@ -25,7 +25,6 @@ stops the thread and closes the database the table opened.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 from typing import Any
 
 from twisted.application.service import Service
@@ -35,7 +34,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from p2pnet import ids
-from p2pnet.dht.table import DEFAULT_MAX_BYTES, IKVPTable, KVPRecord, acceptable
+from p2pnet.dht.table import DEFAULT_MAX_BYTES, IKVPTable, KVPRecord, RecordIndex
 from p2pnet.store.leveldb import DBManager
 from p2pnet.store.pool import StoreExecutor
 
@@ -84,7 +83,7 @@ def decode_record(key: bytes, index: bytes, data: bytes) -> KVPRecord:
 
 
 @implementer(IKVPTable)
-class LevelDBKVPTable(Service):
+class LevelDBKVPTable(Service, RecordIndex):
     """Values by ``(key, index)`` in LevelDB; metadata in memory, values on disk.
 
     :param db: the database (its executor runs the I/O).
@@ -101,14 +100,11 @@ class LevelDBKVPTable(Service):
     ) -> None:
         if not isinstance(namespace, bytes):
             raise TypeError("namespace must be bytes")
-        self.max_bytes = max_bytes
-        self.total_bytes = 0
+        RecordIndex.__init__(self, max_bytes)
         self._db = db
         self._owns_db = owns_db
         self._rprefix = namespace + b"r"
         self._vprefix = namespace + b"v"
-        self._records: dict[tuple[bytes, bytes], KVPRecord] = {}
-        self._by_key: dict[bytes, set[bytes]] = {}
         self._load()
 
     # -- opening and closing ------------------------------------------------------------
@@ -214,22 +210,6 @@ class LevelDBKVPTable(Service):
 
     # -- memory -------------------------------------------------------------------------
 
-    def _remember(self, record: KVPRecord) -> None:
-        old = self._records.get(record.kvpid)
-        self.total_bytes += record.size - (old.size if old is not None else 0)
-        self._records[record.kvpid] = record
-        self._by_key.setdefault(record.key, set()).add(record.index)
-
-    def _forget(self, key: bytes, index: bytes) -> KVPRecord | None:
-        old = self._records.pop((key, index), None)
-        if old is not None:
-            self.total_bytes -= old.size
-            indexes = self._by_key[key]
-            indexes.discard(index)
-            if not indexes:
-                del self._by_key[key]
-        return old
-
     def _rollback(self, written: KVPRecord, previous: KVPRecord | None) -> None:
         """Undo a failed write in memory, unless a later call changed the entry since."""
         if self._records.get(written.kvpid) is not written:
@@ -240,22 +220,6 @@ class LevelDBKVPTable(Service):
             self._remember(previous)
 
     # -- IKVPTable ----------------------------------------------------------------------
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def records(self) -> Iterator[KVPRecord]:
-        return iter(list(self._records.values()))
-
-    def records_for_key(self, key: bytes) -> list[KVPRecord]:
-        return [self._records[(key, i)] for i in self._by_key.get(key, ())]
-
-    def get_record(self, key: bytes, index: bytes) -> KVPRecord | None:
-        return self._records.get((key, index))
-
-    def is_acceptable(self, key: bytes, index: bytes, size: int, timestamp: float) -> bool:
-        held = self._records.get((key, index))
-        return acceptable(held, size, timestamp, self.total_bytes, self.max_bytes)
 
     def _write(
         self,
