@@ -359,7 +359,8 @@ class StoreTests(TwoNodeMixin, SynchronousTestCase):
 
 
 class RoutingUpkeepTests(SynchronousTestCase):
-    def test_full_bucket_keeps_answering_node(self) -> None:
+    def full_bucket(self) -> tuple[Sim, DHTNetwork, DHTNetwork, DHTNetwork, DHTNetwork]:
+        """Node a with k = 2, whose bucket 0 is full of b and c; d also falls in it."""
         sim = Sim()
         a = sim.add(k=2)
         bucket_ids = [ids.random_key_in_bucket(a.key, 0, random.Random(i).randbytes)
@@ -367,6 +368,10 @@ class RoutingUpkeepTests(SynchronousTestCase):
         b, c, d = (sim.add(node_id=i) for i in bucket_ids)
         for n in (b, c):
             self.successResultOf(sim.run(n.ping_address(a.address)))
+        return sim, a, b, c, d
+
+    def test_full_bucket_keeps_answering_node(self) -> None:
+        sim, a, b, c, d = self.full_bucket()
         bucket = a.routing_table.buckets[0]
         self.assertEqual(bucket.nodes, [b.node, c.node])
         sim.settle(EVICT_PING_AFTER)  # b was heard from too long ago to be kept unasked
@@ -380,13 +385,7 @@ class RoutingUpkeepTests(SynchronousTestCase):
         self.assertFalse(bucket.locked)
 
     def test_full_bucket_evicts_silent_node(self) -> None:
-        sim = Sim()
-        a = sim.add(k=2)
-        bucket_ids = [ids.random_key_in_bucket(a.key, 0, random.Random(i).randbytes)
-                      for i in range(3)]
-        b, c, d = (sim.add(node_id=i) for i in bucket_ids)
-        for n in (b, c):
-            self.successResultOf(sim.run(n.ping_address(a.address)))
+        sim, a, b, c, d = self.full_bucket()
         b_node = b.node
         b.protocol.transport.stopListening()
         sim.settle(EVICT_PING_AFTER)
@@ -401,13 +400,7 @@ class RoutingUpkeepTests(SynchronousTestCase):
         self.assertFalse(bucket.locked)
 
     def test_full_bucket_keeps_recently_seen_node_unasked(self) -> None:
-        sim = Sim()
-        a = sim.add(k=2)
-        bucket_ids = [ids.random_key_in_bucket(a.key, 0, random.Random(i).randbytes)
-                      for i in range(3)]
-        b, c, d = (sim.add(node_id=i) for i in bucket_ids)
-        for n in (b, c):
-            self.successResultOf(sim.run(n.ping_address(a.address)))
+        sim, a, b, c, d = self.full_bucket()
         before = b.protocol.stats.requests_in
         self.successResultOf(sim.run(d.ping_address(a.address)))
         sim.settle(GIVE_UP + 1)
