@@ -22,6 +22,10 @@ class RecordTests(SynchronousTestCase):
         self.assertRaises(ValueError, rec, size=-1)
         self.assertRaises(ValueError, rec, size=MAX_VALUE_SIZE + 1)
         self.assertEqual(rec(ts=3).timestamp, 3.0)
+        for bad in (float("nan"), float("inf"), -1.0):
+            self.assertRaises(ValueError, rec, ts=bad)
+            self.assertRaises(ValueError, rec, last_update=bad)
+            self.assertRaises(ValueError, rec, expires_at=bad)
 
     def test_expiry(self) -> None:
         self.assertFalse(rec().is_expired(1e12))  # no expiry: an original

@@ -44,15 +44,16 @@ def inline_table(path: str, max_bytes: int = 1 << 20) -> LevelDBKVPTable:
     return LevelDBKVPTable(db, max_bytes, owns_db=True)
 
 
+times = st.floats(min_value=0, allow_nan=False, allow_infinity=False)
 records = st.builds(
     KVPRecord,
     key=st.binary(min_size=20, max_size=20),
     index=st.binary(min_size=20, max_size=20),
     size=st.integers(0, MAX_VALUE_SIZE),
-    timestamp=st.floats(allow_nan=False),
+    timestamp=times,
     is_original=st.booleans(),
-    last_update=st.floats(allow_nan=False),
-    expires_at=st.none() | st.floats(allow_nan=False),
+    last_update=times,
+    expires_at=st.none() | times,
 )
 
 

@@ -9,6 +9,7 @@ so a persistent table can do its I/O off the reactor thread.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +24,11 @@ from p2pnet.models import MAX_VALUE_SIZE
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 
 
+def _finite(_inst: Any, attr: Any, value: Any) -> None:
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{attr.name} must be finite and not negative")
+
+
 @attrs.frozen
 class KVPRecord:
     """Metadata of one value held under ``(key, index)``."""
@@ -30,12 +36,12 @@ class KVPRecord:
     key: bytes = attrs.field(validator=lambda _i, _a, v: ids.check_key(v, "key"))
     index: bytes = attrs.field(validator=lambda _i, _a, v: ids.check_key(v, "index"))
     size: int = attrs.field()
-    timestamp: float = attrs.field(converter=float)
+    timestamp: float = attrs.field(converter=float, validator=_finite)
     is_original: bool = False
     #: When this node last published or replicated the value (0 = never).
-    last_update: float = 0.0
+    last_update: float = attrs.field(default=0.0, validator=_finite)
     #: Local expiry time, or None for a value that does not expire here (an original).
-    expires_at: float | None = None
+    expires_at: float | None = attrs.field(default=None, validator=_finite)
 
     @size.validator
     def _check_size(self, _a: Any, size: int) -> None:
