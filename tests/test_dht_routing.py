@@ -465,3 +465,23 @@ class InvariantTests(SynchronousTestCase):
         it: Iterator[Node] = iter(rt.buckets[0])
         rt.remove(added[0])
         self.assertEqual(list(it), added)
+
+
+class BucketArrayTests(SynchronousTestCase):
+    def test_buckets_made_on_first_use(self) -> None:
+        own = ids.key_for(b"own")
+        rt = RoutingTable(own)
+        self.assertEqual(list(rt.buckets), [])
+        self.assertEqual(rt.num_contacts, 0)
+        self.assertIsNone(rt.closest_bucket_number())
+        far = ids.random_key_in_bucket(own, 3)
+        rt.node_update(Node(far, "127.0.0.1", 5000))
+        self.assertEqual([b.number for b in rt.buckets], [3])
+        self.assertIs(rt.buckets[3], rt.buckets[3])
+        self.assertEqual(len(rt.buckets[100]), 0)  # indexing makes an empty bucket
+        self.assertEqual([b.number for b in rt.buckets], [3, 100])
+        self.assertEqual([b.number for b in reversed(rt.buckets)], [100, 3])
+        self.assertEqual([b.number for b in rt.buckets[2:5]], [2, 3, 4])
+        self.assertEqual(rt.closest_bucket_number(), 3)
+        for bad in (-1, 160):
+            self.assertRaises(IndexError, rt.buckets.__getitem__, bad)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterator
+from typing import overload
 
 from p2pnet import ids
 from p2pnet.dht.errors import BucketFullError
@@ -132,6 +133,44 @@ class Bucket:
         return True
 
 
+class BucketArray:
+    """The 160 buckets by number, each made on first use: most of a node's buckets stay
+    empty for its whole life (an empty table is 3 KiB instead of 28).
+
+    ``buckets[n]`` is bucket ``n`` (made if need be); iterating gives the buckets made so
+    far in ascending order -- an unmade bucket is empty and was never looked up.
+    """
+
+    __slots__ = ("_made", "_now", "_size")
+
+    def __init__(self, now: Callable[[], float], size: int) -> None:
+        self._made: dict[int, Bucket] = {}
+        self._now = now
+        self._size = size
+
+    @overload
+    def __getitem__(self, number: int) -> Bucket: ...
+
+    @overload
+    def __getitem__(self, number: slice) -> list[Bucket]: ...
+
+    def __getitem__(self, number: int | slice) -> Bucket | list[Bucket]:
+        if isinstance(number, slice):
+            return [self[n] for n in range(*number.indices(ids.KEY_BITS))]
+        bucket = self._made.get(number)
+        if bucket is None:
+            if not isinstance(number, int) or not 0 <= number < ids.KEY_BITS:
+                raise IndexError(f"bucket numbers are 0..{ids.KEY_BITS - 1}")
+            bucket = self._made[number] = Bucket(number, self._now, self._size)
+        return bucket
+
+    def __iter__(self) -> Iterator[Bucket]:
+        return iter([self._made[n] for n in sorted(self._made)])
+
+    def __reversed__(self) -> Iterator[Bucket]:
+        return iter([self._made[n] for n in sorted(self._made, reverse=True)])
+
+
 class RoutingTable:
     """160 buckets around ``key``; never holds the local node."""
 
@@ -140,7 +179,7 @@ class RoutingTable:
         self._key = ids.check_key(key)
         self._key_int = int.from_bytes(key, "big")
         self._now = now
-        self.buckets = [Bucket(n, now, bucket_size) for n in range(ids.KEY_BITS)]
+        self.buckets = BucketArray(now, bucket_size)
 
     @property
     def key(self) -> bytes:
