@@ -10,9 +10,11 @@ network (:mod:`p2pnet.sim.memory`).  Every timer runs on the injected clock.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+import os
+from collections.abc import Callable
 from typing import Any
 
+import attrs
 from twisted.internet import defer
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.interfaces import IReactorTime
@@ -88,10 +90,7 @@ class DHTNetwork:
         inline_max: int = INLINE_MAX,
         randbytes: Callable[[int], bytes] | None = None,
     ) -> None:
-        import os
-
         self.clock = reactor
-        self._reactor = reactor
         self._randbytes = randbytes or os.urandom
         self._key = ids.check_key(node_id) if node_id is not None else ids.random_key(
             self._randbytes)
@@ -246,7 +245,7 @@ class DHTNetwork:
         host, port = address
         if isIPAddress(host) or isIPv6Address(host):
             return defer.succeed((host, int(port)))
-        resolve = getattr(self._reactor, "resolve", None)
+        resolve = getattr(self.clock, "resolve", None)
         if resolve is None:
             return defer.fail(ValueError(f"cannot resolve {host!r} without a reactor"))
         d: defer.Deferred[str] = resolve(host)
@@ -388,7 +387,7 @@ class DHTNetwork:
         current = self.kvp_table.get_record(key, index)
         if current is not None and current.timestamp == record.timestamp:
             await self.kvp_table.update_record(
-                _evolve(current, last_update=self.clock.seconds()))
+                attrs.evolve(current, last_update=self.clock.seconds()))
         return sum(1 for ok in results if ok)
 
     def get_value(self, key: bytes, index: bytes | None = None) -> defer.Deferred[bytes]:
@@ -528,15 +527,6 @@ class DHTNetwork:
         d = defer.gatherResults(lookups, consumeErrors=True)
         return d.addCallback(lambda _: len(todo))
 
-    def known_nodes(self) -> Iterable[Node]:
-        return self._routing_table.nodes()
-
 
 def _false(_: object) -> bool:
     return False
-
-
-def _evolve(record: KVPRecord, **changes: Any) -> KVPRecord:
-    import attrs
-
-    return attrs.evolve(record, **changes)

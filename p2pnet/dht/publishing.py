@@ -110,6 +110,16 @@ async def _store_all(network: DHTNetwork, kvpids: list[tuple[bytes, bytes]]) -> 
     return sum(counts)
 
 
+def delete_expired(network: DHTNetwork) -> defer.Deferred[int]:
+    """Delete the node's expired copies; fires with how many went."""
+    now = network.clock.seconds()
+    table = network.kvp_table
+    expired = [r for r in table.records() if r.is_expired(now)]
+    d = defer.gatherResults([table.delete(r.key, r.index) for r in expired],
+                            consumeErrors=True)
+    return d.addCallback(lambda _: len(expired))
+
+
 class Publisher(_Periodic):
     """Republishes values this node originated, TIME_REPUBLISH after their last publish
     (at once when never published); checked hourly and whenever :meth:`check` is called.
@@ -145,7 +155,7 @@ class Replicator(_Periodic):
                if not r.is_original and not r.is_expired(now)
                and self._overdue_before_next_check(r.last_update, TIME_REPLICATE, now)]
         count = await _store_all(self.network, due)
-        await Expirer(self.network).run_once()
+        await delete_expired(self.network)
         return count
 
     def run_once(self) -> defer.Deferred[int]:
@@ -158,12 +168,7 @@ class Expirer(_Periodic):
     interval = 600.0
 
     def run_once(self) -> defer.Deferred[int]:
-        now = self.network.clock.seconds()
-        table = self.network.kvp_table
-        expired = [r for r in table.records() if r.is_expired(now)]
-        d = defer.gatherResults([table.delete(r.key, r.index) for r in expired],
-                                consumeErrors=True)
-        return d.addCallback(lambda _: len(expired))
+        return delete_expired(self.network)
 
 
 class Refresher(_Periodic):

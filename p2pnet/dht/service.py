@@ -52,7 +52,6 @@ class DHTService(service.MultiService):
         self.maintenance = Maintenance(self.network, intervals)
         self.maintenance.setServiceParent(self)
         self._listening: Any = None
-        self._joined: defer.Deferred[bool] | None = None
         self._join_waiters: list[defer.Deferred[bool]] = []
         self.joined: bool | None = None
 

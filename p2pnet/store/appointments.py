@@ -143,23 +143,27 @@ class AppointmentsDBM(DBManager):
 
     # -- single items -------------------------------------------------------------------
 
-    def _load_dict(self, prefix: str, uuid: object) -> dict[str, Any] | None:
-        if not isinstance(uuid, str):
-            log.error("load: uuid must be a str, not {t}", t=type(uuid).__name__)
+    def _load_json(self, prefix: str, key: object, what: str) -> Any:
+        """The decoded JSON under ``prefix + key``; None when absent, bad key or undecodable."""
+        if not isinstance(key, str):
+            log.error("{what}: key must be a str, not {t}", what=what, t=type(key).__name__)
             return None
         try:
-            raw = self.load_entry(uuid, prefix)
+            raw = self.load_entry(key, prefix)
         except UnicodeError:
-            log.error("load: uuid {uuid!r} is not encodable", uuid=uuid)
+            log.error("{what}: key {key!r} is not encodable", what=what, key=key)
             return None
         if raw is None:
             return None
         try:
-            value = _loads(raw)
+            return _loads(raw)
         except ValueError:
-            log.error("undecodable entry {uuid} under {prefix!r}", uuid=uuid, prefix=prefix)
+            log.error("undecodable entry {key} under {prefix!r}", key=key, prefix=prefix)
             return None
-        if not isinstance(value, dict):
+
+    def _load_dict(self, prefix: str, uuid: object) -> dict[str, Any] | None:
+        value = self._load_json(prefix, uuid, "load")
+        if value is not None and not isinstance(value, dict):
             log.error("entry {uuid} under {prefix!r} is not a dict", uuid=uuid, prefix=prefix)
             return None
         return value
@@ -271,19 +275,9 @@ class AppointmentsDBM(DBManager):
 
     def load_locator_map(self, locator: str) -> list[str] | None:
         """The uuids mapped to ``locator``, or None."""
-        if not isinstance(locator, str):
-            log.error("load_locator_map: locator must be a str")
+        value = self._load_json(LOCATOR_MAP_PREFIX, locator, "load_locator_map")
+        if value is None:
             return None
-        try:
-            raw = self.load_entry(locator, LOCATOR_MAP_PREFIX)
-        except UnicodeError:
-            return None
-        if raw is None:
-            return None
-        try:
-            value = _loads(raw)
-        except ValueError:
-            value = None
         if not isinstance(value, list) or not all(isinstance(u, str) for u in value):
             log.error("locator map {locator} is not a list of uuids", locator=locator)
             return None
