@@ -1,0 +1,1 @@
+"""The mesh: peers over ZeroMQ, messages flooded once to every node."""
