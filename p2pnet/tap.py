@@ -95,7 +95,7 @@ def makeService(options: Any) -> service.IService:
         table = MemoryKVPTable()
     else:
         from p2pnet.store.errors import StoreError
-        from p2pnet.store.kvptable import LevelDBKVPTable
+        from p2pnet.dht.kvptable import LevelDBKVPTable
 
         path = os.path.join(options["data-dir"], "values")
         try:  # at start-up, before the reactor runs: blocking is fine here

@@ -24,7 +24,7 @@ from twisted.trial import unittest
 
 from p2pnet.store.appointments import AppointmentsDBM
 from p2pnet.store.errors import DatabaseLockedError
-from p2pnet.store.kvptable import LevelDBKVPTable
+from p2pnet.dht.kvptable import LevelDBKVPTable
 from p2pnet.store.leveldb import DBManager
 from p2pnet.store.pool import StoreExecutor
 
@@ -85,7 +85,7 @@ KVPTABLE_DEFERRED = """
 import hashlib, sys
 from twisted.internet import defer, task
 from p2pnet.dht.table import KVPRecord
-from p2pnet.store.kvptable import LevelDBKVPTable
+from p2pnet.dht.kvptable import LevelDBKVPTable
 
 @defer.inlineCallbacks
 def main(reactor):

@@ -17,7 +17,7 @@ from p2pnet import ids, tap
 from p2pnet.dht.network import NETWORK_ID
 from p2pnet.dht.service import DHTService
 from p2pnet.dht.table import MemoryKVPTable
-from p2pnet.store.kvptable import LevelDBKVPTable
+from p2pnet.dht.kvptable import LevelDBKVPTable
 
 #: The checkout (parent of ``tests/``): put first on the twistd subprocess's path so it
 #: runs this code, while the plugin is still found in the installed ``twisted/plugins``.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store_kvptable -*-
+# -*- test-case-name: tests.test_dht_kvptable -*-
 """The DHT's persistent value table: an :class:`~p2pnet.dht.table.IKVPTable` in LevelDB.
 
 Layout, under a key namespace (default ``b"kvp/"``, so the table can share a database
@@ -38,7 +38,7 @@ from p2pnet.dht.table import DEFAULT_MAX_BYTES, IKVPTable, KVPRecord, RecordInde
 from p2pnet.store.leveldb import DBManager
 from p2pnet.store.pool import StoreExecutor
 
-log = Logger(namespace="p2pnet.store.kvptable")
+log = Logger(namespace="p2pnet.dht.kvptable")
 
 _VERSION = 1
 #: version, size, timestamp, is_original, last_update, has_expiry, expires_at

@@ -1,4 +1,4 @@
-"""Tests for :mod:`p2pnet.store.kvptable`: the DHT's persistent value table."""
+"""Tests for :mod:`p2pnet.dht.kvptable`: the DHT's persistent value table."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from p2pnet.models import MAX_VALUE_SIZE
 from p2pnet.store import leveldb
 from p2pnet.store.appointments import AppointmentsDBM
 from p2pnet.store.errors import DatabaseLockedError
-from p2pnet.store.kvptable import LevelDBKVPTable, decode_record, encode_record
+from p2pnet.dht.kvptable import LevelDBKVPTable, decode_record, encode_record
 from p2pnet.store.leveldb import DBManager
 from p2pnet.store.pool import StoreExecutor
 
