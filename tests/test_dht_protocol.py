@@ -80,6 +80,9 @@ class RecordingHandler:
     def contact_seen(self, node_id: bytes, address: tuple[str, int]) -> None:
         self.seen.append((node_id, address))
 
+    def contact_answered(self, node_id: bytes, address: tuple[str, int]) -> None:
+        self.seen.append((node_id, address))
+
     def handle_request(self, message: codec.Message, address: tuple[str, int]) -> Any:
         self.requests.append(message)
         if self.respond is not None:

@@ -156,6 +156,10 @@ class DHTNetwork:
             node = self._node_cache[cache_key] = Node(node_id, address[0], address[1])
         return node
 
+    def contact_answered(self, node_id: bytes, address: Address) -> None:
+        """A node answered our request (moving to p2pnet.dht.contacts)."""
+        self.contact_seen(node_id, address)
+
     def contact_seen(self, node_id: bytes, address: Address) -> None:
         """A valid message arrived: the sender goes into (or up) the routing table."""
         self._failures.pop(node_id, None)

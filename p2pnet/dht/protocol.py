@@ -52,7 +52,11 @@ class IRequestHandler(Interface):
     """What the protocol calls for traffic it has accepted."""
 
     def contact_seen(node_id: bytes, address: Address) -> None:
-        """A valid message from ``node_id`` arrived from ``address``."""
+        """A valid request from ``node_id`` arrived from ``address`` (an unproven
+        sender: the address may be forged)."""
+
+    def contact_answered(node_id: bytes, address: Address) -> None:
+        """``node_id`` answered one of our requests from the address it went to."""
 
     def handle_request(message: codec.Message, address: Address) -> Any:
         """Answer a request: a response body, or a Deferred firing with one."""
@@ -289,7 +293,7 @@ class DHTProtocol(DatagramProtocol):
             return
         del self._pending[msg.tid]
         self.stats.responses_in += 1
-        self.handler.contact_seen(msg.sender, address)
+        self.handler.contact_answered(msg.sender, address)
         if isinstance(msg.body, codec.ErrorResponse):
             p.deferred.errback(RemoteError(msg.body.code, msg.body.message))
         else:
