@@ -1,0 +1,310 @@
+# -*- test-case-name: tests.test_mesh_memory -*-
+"""An in-memory mesh on an injected clock: :class:`IMesh` without sockets, for tests.
+
+A :class:`MemoryMeshNetwork` makes nodes (:class:`MemoryMesh`, providing
+:class:`~p2pnet.mesh.interfaces.IMesh`) and the links between them::
+
+    clock = task.Clock()
+    net = MemoryMeshNetwork(clock, latency=0.01)
+    a, b, c = net.node(b"a"), net.node(b"b"), net.node(b"c")
+    net.link(a.peer_id, b.peer_id)      # 'connect' fires on a and b
+    net.link(b.peer_id, c.peer_id)
+    a.broadcast(b"hello", channel=b"app")
+    net.flush()                         # advance the clock until nothing is in flight
+
+Every message travels one link after ``latency`` seconds of ``clock`` (plus a random
+``jitter`` in ``[0, jitter)``, which reorders messages, and a copy sent again with
+probability ``duplicate``; both draw from ``random.Random(seed)``, so a run is
+reproducible).  A message in flight on a link that is unlinked before it arrives is lost,
+as on a closed connection.
+
+Flooding follows the mesh rule (SEMANTICS §6): a broadcast carries a message id and the
+origin's send time; a node that has not seen the id delivers it and relays it to every
+neighbour but the one it came from; a seen id, or a broadcast older than ``max_age``, is
+dropped.  The seen-cache keeps ids for ``max_age`` seconds and at most ``seen_size`` ids.
+So every node reachable from the sender receives a broadcast once, the sender never.
+
+This is public test API: applications test their own code on the sync and chord sockets
+over it, on ``task.Clock``, the way p2pnet's own tests do.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from p2pnet.mesh.interfaces import IMesh, MeshMessage
+from p2pnet.observer import EventEmitter
+
+log = Logger(namespace="p2pnet.mesh.memory")
+
+MESH_EVENTS = ("connect", "disconnect", "message")
+
+
+def _link_key(a: bytes, b: bytes) -> tuple[bytes, bytes]:
+    return (a, b) if a <= b else (b, a)
+
+
+class MemoryMeshNetwork:
+    """The nodes and links of an in-memory mesh, and the messages in flight between them."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        *,
+        latency: float = 0.001,
+        jitter: float = 0.0,
+        duplicate: float = 0.0,
+        seed: int = 0,
+        max_age: float = 60.0,
+        seen_size: int = 100_000,
+    ) -> None:
+        if latency < 0 or jitter < 0:
+            raise ValueError("latency and jitter must not be negative")
+        if not 0.0 <= duplicate < 1.0:
+            raise ValueError("duplicate must be a probability in [0, 1)")
+        self.clock = clock
+        self.latency = latency
+        self.jitter = jitter
+        self.duplicate = duplicate
+        self.max_age = max_age
+        self.seen_size = seen_size
+        self.random = random.Random(seed)
+        self.nodes: dict[bytes, MemoryMesh] = {}
+        #: link -> its epoch (a message sent on an earlier epoch of a link is lost)
+        self._links: dict[tuple[bytes, bytes], int] = {}
+        self._epoch = 0
+        #: messages scheduled and not yet delivered or lost
+        self.in_flight = 0
+        #: messages put on a link (copies included) / lost on a link unlinked in flight
+        self.sent = 0
+        self.lost = 0
+
+    # -- nodes and links ----------------------------------------------------------------
+
+    def node(self, peer_id: bytes) -> MemoryMesh:
+        """Make a new node (``ValueError`` if the id is taken; see :meth:`remove`)."""
+        if not isinstance(peer_id, bytes):
+            raise TypeError(f"peer_id must be bytes, not {type(peer_id).__name__}")
+        if peer_id in self.nodes:
+            raise ValueError(f"node {peer_id!r} already exists")
+        mesh = MemoryMesh(self, peer_id)
+        self.nodes[peer_id] = mesh
+        return mesh
+
+    def remove(self, peer_id: bytes) -> None:
+        """Take a node off the network (unlinking it first); its id can be used again."""
+        mesh = self.nodes[peer_id]
+        for other in list(mesh._neighbours):
+            self.unlink(peer_id, other)
+        del self.nodes[peer_id]
+
+    def _get(self, peer_id: bytes) -> MemoryMesh:
+        try:
+            return self.nodes[peer_id]
+        except KeyError:
+            raise KeyError(f"no node {peer_id!r} on this network") from None
+
+    def link(self, a: bytes, b: bytes) -> bool:
+        """Connect ``a`` and ``b``; ``'connect'`` fires on both.  False if already linked."""
+        if a == b:
+            raise ValueError("a node cannot link to itself")
+        na, nb = self._get(a), self._get(b)
+        key = _link_key(a, b)
+        if key in self._links:
+            return False
+        self._epoch += 1
+        self._links[key] = self._epoch
+        na._neighbours.add(b)
+        nb._neighbours.add(a)
+        na._events.emit("connect", na, b)
+        nb._events.emit("connect", nb, a)
+        return True
+
+    def unlink(self, a: bytes, b: bytes) -> bool:
+        """Cut the link; ``'disconnect'`` fires on both.  False if they were not linked."""
+        key = _link_key(a, b)
+        if self._links.pop(key, None) is None:
+            return False
+        na, nb = self.nodes[a], self.nodes[b]
+        na._neighbours.discard(b)
+        nb._neighbours.discard(a)
+        na._events.emit("disconnect", na, b)
+        nb._events.emit("disconnect", nb, a)
+        return True
+
+    def linked(self, a: bytes, b: bytes) -> bool:
+        return _link_key(a, b) in self._links
+
+    def links(self) -> list[tuple[bytes, bytes]]:
+        return sorted(self._links)
+
+    def link_all(self, pairs: Iterable[tuple[bytes, bytes]]) -> None:
+        for a, b in pairs:
+            self.link(a, b)
+
+    def partition(self, *groups: Iterable[bytes]) -> list[tuple[bytes, bytes]]:
+        """Cut every link between different groups; returns the links cut (to heal)."""
+        where: dict[bytes, int] = {}
+        for i, group in enumerate(groups):
+            for peer_id in group:
+                where[peer_id] = i
+        cut = [
+            (a, b) for a, b in self.links()
+            if a in where and b in where and where[a] != where[b]
+        ]
+        for a, b in cut:
+            self.unlink(a, b)
+        return cut
+
+    # -- delivery -----------------------------------------------------------------------
+
+    def _transmit(self, src: bytes, dst: bytes, msg: MeshMessage) -> None:
+        key = _link_key(src, dst)
+        epoch = self._links[key]
+        copies = 2 if self.duplicate and self.random.random() < self.duplicate else 1
+        for _ in range(copies):
+            delay = self.latency
+            if self.jitter:
+                delay += self.random.random() * self.jitter
+            self.in_flight += 1
+            self.sent += 1
+            self.clock.callLater(delay, self._arrive, key, epoch, dst, msg)
+
+    def _arrive(self, key: tuple[bytes, bytes], epoch: int, dst: bytes,
+                msg: MeshMessage) -> None:
+        self.in_flight -= 1
+        if self._links.get(key) != epoch or dst not in self.nodes:
+            self.lost += 1
+            return
+        self.nodes[dst]._receive(msg)
+
+    @property
+    def max_delay(self) -> float:
+        return self.latency + self.jitter
+
+    def flush(self, max_rounds: int = 100_000) -> int:
+        """Advance the clock until no message is in flight; returns the rounds it took.
+
+        Raises ``RuntimeError`` if messages are still in flight after ``max_rounds``
+        (a loop that keeps sending).  Only works on a ``task.Clock``.
+        """
+        step = self.max_delay or 0.0
+        rounds = 0
+        while self.in_flight:
+            if rounds >= max_rounds:
+                raise RuntimeError(f"{self.in_flight} messages still in flight "
+                                   f"after {max_rounds} rounds")
+            self.clock.advance(step)  # type: ignore[attr-defined]
+            rounds += 1
+        return rounds
+
+
+@implementer(IMesh)
+class MemoryMesh:
+    """One node of a :class:`MemoryMeshNetwork` (make it with ``net.node(peer_id)``)."""
+
+    def __init__(self, network: MemoryMeshNetwork, peer_id: bytes) -> None:
+        self.network = network
+        self.peer_id = peer_id
+        self._neighbours: set[bytes] = set()
+        self._events = EventEmitter(MESH_EVENTS)
+        self._handlers: dict[bytes, Callable[[MeshMessage], None]] = {}
+        #: msg id -> when first seen (insertion order == time order)
+        self._seen: OrderedDict[bytes, float] = OrderedDict()
+        self._counter = 0
+        #: delivered, relayed, duplicate, too_old, handler_failed, unhandled
+        self.stats: Counter[str] = Counter()
+
+    def __repr__(self) -> str:
+        return f"<MemoryMesh {self.peer_id!r} peers={len(self._neighbours)}>"
+
+    # -- IMesh --------------------------------------------------------------------------
+
+    def on(self, event: str, callback: Callable[..., Any] | None = None) -> Any:
+        return self._events.on(event, callback)
+
+    def handle(self, channel: bytes, callback: Callable[[MeshMessage], None]) -> None:
+        if not isinstance(channel, bytes):
+            raise TypeError("channel must be bytes")
+        if channel in self._handlers:
+            raise ValueError(f"channel {channel!r} already has a handler")
+        self._handlers[channel] = callback
+
+    def send(self, peer_id: bytes, *parts: bytes, channel: bytes = b"") -> None:
+        if peer_id not in self._neighbours:
+            raise KeyError(f"peer {peer_id!r} is not connected")
+        self._check_parts(parts, channel)
+        msg = MeshMessage(origin=self.peer_id, via=self.peer_id, channel=channel,
+                          parts=tuple(parts), msg_id=None,
+                          sent_at=self.network.clock.seconds())
+        self.network._transmit(self.peer_id, peer_id, msg)
+
+    def broadcast(self, *parts: bytes, channel: bytes = b"") -> bytes:
+        self._check_parts(parts, channel)
+        self._counter += 1
+        msg_id = self.peer_id + b":" + str(self._counter).encode()
+        now = self.network.clock.seconds()
+        self._remember(msg_id, now)
+        msg = MeshMessage(origin=self.peer_id, via=self.peer_id, channel=channel,
+                          parts=tuple(parts), msg_id=msg_id, sent_at=now)
+        for peer_id in sorted(self._neighbours):
+            self.network._transmit(self.peer_id, peer_id, msg)
+        return msg_id
+
+    def peers(self) -> list[bytes]:
+        return sorted(self._neighbours)
+
+    # -- inside -------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_parts(parts: tuple[bytes, ...], channel: bytes) -> None:
+        if not isinstance(channel, bytes):
+            raise TypeError("channel must be bytes")
+        for part in parts:
+            if not isinstance(part, bytes):
+                raise TypeError(f"message parts must be bytes, not {type(part).__name__}")
+
+    def _remember(self, msg_id: bytes, now: float) -> None:
+        seen = self._seen
+        seen[msg_id] = now
+        horizon = now - self.network.max_age
+        while seen:
+            oldest_id, at = next(iter(seen.items()))
+            if at >= horizon and len(seen) <= self.network.seen_size:
+                break
+            del seen[oldest_id]
+
+    def _receive(self, msg: MeshMessage) -> None:
+        if msg.msg_id is not None:
+            now = self.network.clock.seconds()
+            if msg.msg_id in self._seen:
+                self.stats["duplicate"] += 1
+                return
+            if now - msg.sent_at > self.network.max_age:
+                self.stats["too_old"] += 1
+                return
+            self._remember(msg.msg_id, now)
+            relay = MeshMessage(origin=msg.origin, via=self.peer_id, channel=msg.channel,
+                                parts=msg.parts, msg_id=msg.msg_id, sent_at=msg.sent_at)
+            for peer_id in sorted(self._neighbours):
+                if peer_id != msg.via and peer_id != msg.origin:
+                    self.network._transmit(self.peer_id, peer_id, relay)
+                    self.stats["relayed"] += 1
+        self.stats["delivered"] += 1
+        handler = self._handlers.get(msg.channel)
+        if handler is None:
+            self.stats["unhandled"] += 1
+            self._events.emit("message", self, msg)
+            return
+        try:
+            handler(msg)
+        except Exception:
+            self.stats["handler_failed"] += 1
+            log.failure("handler for channel {channel!r} failed", channel=msg.channel)
