@@ -25,6 +25,7 @@ from zope.interface import implementer
 from p2pnet import ids
 from p2pnet.dht import codec, rpcs
 from p2pnet.dht.errors import BucketFullError, DHTError, ValueNotFoundError
+from p2pnet.dht.limits import Limits, RefusalCounter
 from p2pnet.dht.protocol import (
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
@@ -89,8 +90,11 @@ class DHTNetwork:
         window: int = WINDOW,
         inline_max: int = INLINE_MAX,
         randbytes: Callable[[int], bytes] | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.clock = reactor
+        self.limits = limits or Limits()
+        self.refused = RefusalCounter()
         self._randbytes = randbytes or os.urandom
         self._key = ids.check_key(node_id) if node_id is not None else ids.random_key(
             self._randbytes)
