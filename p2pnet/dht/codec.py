@@ -21,7 +21,8 @@ Layout (big-endian)::
     findnode  request: key 20                 response: nodes
     findval   request: key 20 | has-index u8 [| index 20]
               response: 0 | nodes   or   1 | count u8 | (index 20 | size u32 | time f64)*
-    store     request: key 20 | index 20 | size u32 | time f64 | inline u8 [| data (rest)]
+    store     request: key 20 | index 20 | size u32 | time f64 | flags u8 [| age u32]
+                       [| data (rest)]   (flags bit 0: inline data; bit 1: age follows)
               response: status u8 (0 refused, 1 stored, 2 already held)
     getval    request: key 20 | index 20 | offset u32 | length u32
               response: total u32 | offset u32 | data (rest)
@@ -127,6 +128,9 @@ class StoreRequest:
     size: int
     timestamp: float
     data: bytes | None = None  # inline value; None: the receiver pulls it with getval
+    #: whole seconds since the value's original publish: 0 for a publish or republish by
+    #: its publisher, the copy's age for a replication (which must not renew it)
+    age: int = 0
 
 
 @attrs.frozen
@@ -184,6 +188,7 @@ _STORE = struct.Struct("!20s20sIdB")
 _GETVAL = struct.Struct("!20s20sII")
 _GETVAL_RESP = struct.Struct("!II")
 _U8 = struct.Struct("!B")
+_U32 = struct.Struct("!I")
 
 
 def _nodes(nodes: tuple[Node, ...]) -> bytes:
@@ -222,7 +227,10 @@ def _encode_body(body: Body) -> tuple[Kind, RPC, bytes]:
     if isinstance(body, StoreRequest):
         _keys(body.key, body.index)
         inline = body.data is not None
-        head = _STORE.pack(body.key, body.index, body.size, body.timestamp, int(inline))
+        head = _STORE.pack(body.key, body.index, body.size, body.timestamp,
+                           int(inline) | (2 if body.age else 0))
+        if body.age:
+            head += _U32.pack(body.age)
         return Kind.REQUEST, RPC.STORE, head + (body.data or b"")
     if isinstance(body, StoreResponse):
         return Kind.RESPONSE, RPC.STORE, _U8.pack(body.status)
@@ -337,17 +345,23 @@ def _decode_request(rpc: RPC, data: bytes, pos: int) -> Body:
     if rpc == RPC.STORE:
         if len(data) - pos < _STORE.size:
             raise DecodeError("truncated store request")
-        key, index, size, ts, inline = _STORE.unpack_from(data, pos)
+        key, index, size, ts, flags = _STORE.unpack_from(data, pos)
         pos += _STORE.size
         _check_size(size)
         _check_time(ts)
-        if inline == 0:
-            _exact(data, pos, 0)
-            return StoreRequest(key, index, size, ts)
-        if inline == 1:
+        if flags & ~3:
+            raise DecodeError("bad store flags")
+        age = 0
+        if flags & 2:
+            if len(data) - pos < _U32.size:
+                raise DecodeError("truncated store request")
+            (age,) = _U32.unpack_from(data, pos)
+            pos += _U32.size
+        if flags & 1:
             _exact(data, pos, size)
-            return StoreRequest(key, index, size, ts, data[pos:])
-        raise DecodeError("bad inline flag")
+            return StoreRequest(key, index, size, ts, data[pos:], age)
+        _exact(data, pos, 0)
+        return StoreRequest(key, index, size, ts, None, age)
     # GET_VALUE
     _exact(data, pos, _GETVAL.size)
     key, index, offset, length = _GETVAL.unpack_from(data, pos)
