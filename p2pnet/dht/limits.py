@@ -62,6 +62,34 @@ class Limits:
     #: seconds one lookup runs at most
     lookup_max_seconds: float = 30.0
 
+    # -- stored values (p2pnet.dht.table, the Store and GetValue RPCs) -----------------
+    # The total byte quota is the value table's ``max_bytes`` (256 MiB by default).
+    #: bytes charged per record on top of its value's size, against every byte quota
+    #: (about what a record's metadata costs in memory), so empty records are not free
+    store_record_overhead: int = 512
+    #: records held at most (all sources; ~50 MB of metadata in memory at the limit)
+    store_max_records: int = 65_536
+    #: records one source address (IP; IP and port on loopback) may have stored here
+    store_source_max_records: int = 4_096
+    #: bytes (with the per-record charge) one source address may have stored here: 1/8 of
+    #: the default table, so eight addresses are needed to fill it
+    store_source_max_bytes: int = 32 * 1024 * 1024
+    #: records stored from one /24 (IPv4) or /64 (IPv6)
+    store_prefix_max_records: int = 16_384
+    #: bytes (with the per-record charge) stored from one /24 or /64: a quarter of the table
+    store_prefix_max_bytes: int = 64 * 1024 * 1024
+    #: seconds a store's timestamp may lie ahead of our clock (clock skew allowance)
+    store_max_future_seconds: float = 300.0
+    #: values pulled (getval after a store offer) at once
+    pull_max: int = 16
+    #: values pulled at once from one source address
+    pull_max_per_source: int = 2
+    #: seconds one pull may take before it is dropped and its slot freed (a 1 MiB value is
+    #: 8 windows of 8 chunks: well under a second on a LAN, seconds across the internet)
+    pull_max_seconds: float = 60.0
+    #: getval reads queued on the value table's store thread at once; more are refused
+    read_max_pending: int = 64
+
 
 class RefusalCounter(Counter[str]):
     """Refusals and drops by kind (``counter['rate_limited'] += 1``)."""
