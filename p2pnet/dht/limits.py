@@ -90,6 +90,44 @@ class Limits:
     #: getval reads queued on the value table's store thread at once; more are refused
     read_max_pending: int = 64
 
+    # -- the wire (p2pnet.dht.protocol, ratelimit, proof) -------------------------------
+    # Rates are requests a second; a rate <= 0 turns that bucket off.
+    #: requests a second from one source address (IP; IP and port on loopback): a pull
+    #: of a 1 MiB value is 64 getvals, a lookup sends one node a few requests
+    rate_per_source: float = 100.0
+    #: requests one source address may send in a burst
+    rate_per_source_burst: float = 200.0
+    #: requests a second from one /24 (IPv4) or /64 (IPv6): a few busy neighbours
+    rate_per_prefix: float = 400.0
+    #: requests one prefix may send in a burst
+    rate_per_prefix_burst: float = 800.0
+    #: requests a second from everyone together: about what one Python node answers
+    #: while keeping time for its own lookups (OpenDHT: 1,600)
+    rate_global: float = 10_000.0
+    #: requests everyone together may send in a burst (a 1,000-node flash crowd joining
+    #: through one bootstrap node sends it about 12 requests each)
+    rate_global_burst: float = 20_000.0
+    #: source addresses (and prefixes) whose buckets are tracked at once
+    rate_max_sources: int = 10_000
+    #: an answer to an unproven address is at most this many times its request's bytes
+    #: (issue 11: 3x); 0 turns the bound off
+    answer_amplification: float = 3.0
+    #: seconds between rotations of the secret address tokens are made with; a token is
+    #: good for one to two periods (BEP 5 rotates every 5 minutes, accepts 10)
+    token_rotate_seconds: float = 300.0
+    #: IPs remembered as proven (they answered us), and tokens cached, at most
+    proven_max: int = 10_000
+    #: seconds an IP that answered us stays proven
+    proven_seconds: float = 600.0
+    #: tokens we hold from other nodes (one per address), at most
+    token_cache_max: int = 10_000
+    #: bytes a findnode/findval request to an address we hold no token for is padded to,
+    #: so its answer (20 IPv6 contacts: 828 bytes) fits the amplification bound
+    request_pad_to: int = 300
+    #: bytes asked for the UDP socket's receive buffer (SO_RCVBUF), for bursts; the
+    #: kernel may grant less (net.core.rmem_max)
+    udp_receive_buffer: int = 4 * 1024 * 1024
+
 
 class RefusalCounter(Counter[str]):
     """Refusals and drops by kind (``counter['rate_limited'] += 1``)."""
