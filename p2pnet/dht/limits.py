@@ -90,6 +90,16 @@ class Limits:
     #: getval reads queued on the value table's store thread at once; more are refused
     read_max_pending: int = 64
 
+    # -- chord socket (p2pnet.chord.keyset, p2pnet.chord.socket) -----------------------
+    #: key-set entries (live keys and tombstones) notices can make a node hold: ~150 B of
+    #: memory each with a short key, so ~15 MB at the limit
+    chord_max_keys: int = 100_000
+    #: bytes in one chord key (notices carry whole keys; 1 KiB fits any sane name)
+    chord_max_key_size: int = 1024
+    #: seconds a deleted key's tombstone stays in the key set (a DHT copy that is not
+    #: republished expires in a day; later, a stale notice could bring the key back)
+    chord_tombstone_ttl: float = 86400.0
+
     # -- the wire (p2pnet.dht.protocol, ratelimit, proof) -------------------------------
     # Rates are requests a second; a rate <= 0 turns that bucket off.
     #: requests a second from one source address (IP; IP and port on loopback): a pull
