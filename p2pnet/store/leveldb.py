@@ -30,6 +30,8 @@ before plyvel is asked; another process holding the lock gives the same error.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import re
 import threading
@@ -42,6 +44,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from p2pnet.observer import OneShotObserver
 from p2pnet.store.errors import (
     DatabaseClosedError,
     DatabaseCorruptError,
@@ -125,6 +128,77 @@ def _plyvel_message(error: BaseException) -> str:
     return str(arg)
 
 
+def translate_plyvel(error: BaseException, path: str) -> StoreError:
+    """The typed store error for a plyvel error (any other exception: a ``StoreError``)."""
+    if isinstance(error, StoreError):
+        return error
+    msg = _plyvel_message(error)
+    if isinstance(error, plyvel.CorruptionError):
+        return DatabaseCorruptError(f"LevelDB database {path!r} is damaged: {msg}", path)
+    return StoreError(f"LevelDB database {path!r}: {type(error).__name__}: {msg}")
+
+
+def _mapped(
+    method: Callable[Concatenate[DBManager, P], R],
+) -> Callable[Concatenate[DBManager, P], R]:
+    """A blocking method whose plyvel errors come out as :class:`StoreError`."""
+
+    @functools.wraps(method)
+    def wrapper(self: DBManager, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(self, *args, **kwargs)
+        except plyvel.Error as e:
+            raise translate_plyvel(e, self.db_path) from e
+
+    return wrapper
+
+
+#: The file a clean close leaves in the database directory: how many entries it held.
+CLEAN_MARKER = "P2PNET-CLEAN"
+#: LevelDB's LOG line for data skipped while it recovers a write-ahead log.
+_DROPPED = re.compile(r"dropping (\d+) bytes")
+
+
+def _count_entries(db: plyvel.DB) -> int:
+    """Every entry of ``db``, read with checksums verified (raises on damage)."""
+    with db.iterator(include_value=False, verify_checksums=True, fill_cache=False) as it:
+        return sum(1 for _ in it)
+
+
+def _log_drops(db_path: str) -> tuple[int, int]:
+    """(events, bytes) LevelDB logged dropping while it opened ``db_path`` just now."""
+    try:
+        with open(os.path.join(db_path, "LOG"), encoding="utf-8", errors="replace") as f:
+            sizes = [int(m.group(1)) for m in map(_DROPPED.search, f) if m]
+    except OSError:
+        return (0, 0)
+    return (len(sizes), sum(sizes))
+
+
+def _read_marker(db_path: str) -> int | None:
+    """The entry count a clean close recorded (and remove the marker), or None."""
+    path = os.path.join(db_path, CLEAN_MARKER)
+    try:
+        with open(path, encoding="utf-8") as f:
+            count = json.load(f)["entries"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    return count if isinstance(count, int) else None
+
+
+def _write_marker(db_path: str, count: int) -> None:
+    try:
+        with open(os.path.join(db_path, CLEAN_MARKER), "w", encoding="utf-8") as f:
+            json.dump({"entries": count}, f)
+    except OSError as e:
+        log.warn("cannot write {path}: {e}", path=db_path, e=e)
+
+
 def _encode(value: object, what: str) -> bytes:
     if isinstance(value, str):
         return value.encode("utf-8")
@@ -175,9 +249,23 @@ class DBManager(Service):
         only when the store starts).
     :param executor: the executor of the Deferred API, e.g. ``StoreExecutor.inline()``
         in unit tests; by default a one-thread pool owned by this store.
+    :param lazy: open the database when the service starts, on the store's thread (the
+        reactor thread never waits for LevelDB), instead of now.  :meth:`when_ready`
+        fires once it is open; ``stopService`` then also closes it.
+    :param repair: when the database is found damaged on open, repair it (LevelDB's
+        ``RepairDB``: what can be read is kept) and open it again, instead of failing.
     :raises DatabaseLockedError: the database is open in another process or already
         open in this one.
     :raises DatabaseCorruptError: LevelDB reports corruption.
+
+    **Lifecycle** (the same for every p2pnet store): ``startService`` (start),
+    :meth:`when_ready` (ready: a new Deferred per caller), ``stopService`` (stop).
+
+    **Damage on open.**  The database is opened with LevelDB's paranoid checks and every
+    entry is read once with its checksum verified.  What LevelDB dropped while replaying
+    its write-ahead log, a count lower than the one the last clean close recorded (a cut
+    log loses its tail silently), and a damaged table file are each logged with a count;
+    ``damage`` holds the figures of the last open.
     """
 
     def __init__(
@@ -186,6 +274,8 @@ class DBManager(Service):
         *,
         reactor: Any = None,
         executor: StoreExecutor | None = None,
+        lazy: bool = False,
+        repair: bool = False,
     ) -> None:
         if not isinstance(db_path, str):
             raise ValueError("db_path must be a str")
@@ -193,7 +283,15 @@ class DBManager(Service):
         self._real_path = os.path.realpath(db_path)
         self._reactor = reactor
         self._executor = executor
+        if executor is not None and executor.translate is None:
+            executor.translate = self._translate
         self._db: plyvel.DB | None = None
+        self._lazy = lazy
+        self._repair = repair
+        self._ready: OneShotObserver[None] = OneShotObserver()
+        #: What the last open found: entries, entries at the last clean close (or None),
+        #: bytes LevelDB dropped from its log, whether a repair ran.
+        self.damage: dict[str, Any] = {}
         with _registry_lock:
             if self._real_path in _registry:
                 raise DatabaseLockedError(
@@ -202,22 +300,80 @@ class DBManager(Service):
                     db_path,
                 )
             _registry[self._real_path] = None  # reserved while plyvel opens it
-        try:
-            self._db = self._open(db_path)
-        except BaseException:
-            with _registry_lock:
-                _registry.pop(self._real_path, None)
-            raise
-        with _registry_lock:
-            _registry[self._real_path] = self
         # Call groups of the Deferred API (one object each, so runs group by identity).
         self._write_group = self._run_writes
         self._read_group = self._run_reads
+        if not lazy:
+            self._open_now()
+
+    def _open_now(self) -> None:
+        """Open the database in the calling thread and take the path in the registry."""
+        try:
+            db = self._open_checked()
+        except BaseException:
+            with _registry_lock:
+                if _registry.get(self._real_path) is None:
+                    _registry.pop(self._real_path, None)
+            raise
+        with _registry_lock:
+            _registry[self._real_path] = self
+        self._db = db
+
+    def _translate(self, error: BaseException) -> BaseException | None:
+        if isinstance(error, plyvel.Error):
+            return translate_plyvel(error, self.db_path)
+        return None
+
+    def _open_checked(self) -> plyvel.DB:
+        """Open with paranoid checks, count the entries, log any damage found."""
+        path = self.db_path
+        existed = os.path.exists(os.path.join(path, "CURRENT"))
+        expected = _read_marker(path) if existed else None
+        repaired = False
+        db = self._open(path)
+        try:
+            drops = _log_drops(path)
+            count = _count_entries(db)
+        except plyvel.Error as e:
+            db.close()
+            if not self._repair:
+                raise translate_plyvel(e, path) from e
+            log.error("LevelDB database {path} is damaged ({msg}); repairing it",
+                      path=path, msg=_plyvel_message(e))
+            try:
+                plyvel.repair_db(path, paranoid_checks=True)
+            except plyvel.Error as e2:
+                raise translate_plyvel(e2, path) from e2
+            repaired = True
+            db = self._open(path)
+            try:
+                count = _count_entries(db)
+            except plyvel.Error as e3:
+                db.close()
+                raise translate_plyvel(e3, path) from e3
+            log.error("LevelDB database {path} repaired: {count} entries kept",
+                      path=path, count=count)
+        self.damage = {"entries": count, "entries_at_last_close": expected,
+                       "dropped_bytes": drops[1], "repaired": repaired}
+        if drops[0]:
+            log.error(
+                "LevelDB database {path} was damaged: {events} damaged spans of its log, "
+                "{dropped} bytes dropped on recovery; {count} entries now",
+                path=path, events=drops[0], dropped=drops[1], count=count)
+        if expected is not None and count < expected:
+            log.error(
+                "LevelDB database {path} lost entries: {count} now, {expected} at its last "
+                "clean close ({lost} missing)",
+                path=path, count=count, expected=expected, lost=expected - count)
+        elif existed and expected is None:
+            log.warn("LevelDB database {path} was not closed cleanly; {count} entries "
+                     "recovered", path=path, count=count)
+        return db
 
     @staticmethod
     def _open(db_path: str) -> plyvel.DB:
         try:
-            return plyvel.DB(db_path, create_if_missing=True)
+            return plyvel.DB(db_path, create_if_missing=True, paranoid_checks=True)
         except plyvel.IOError as e:
             msg = _plyvel_message(e)
             if "already held by process" in msg:
@@ -259,7 +415,8 @@ class DBManager(Service):
     def executor(self) -> StoreExecutor:
         """The executor of the Deferred API (created on first use)."""
         if self._executor is None:
-            self._executor = StoreExecutor(self._reactor, name=f"p2pnet-leveldb:{self.db_path}")
+            self._executor = StoreExecutor(self._reactor, name=f"p2pnet-leveldb:{self.db_path}",
+                                           translate=self._translate)
         return self._executor
 
     def start(self) -> None:
@@ -275,13 +432,44 @@ class DBManager(Service):
             return defer.succeed(None)
         return self._executor.stop()
 
+    def when_ready(self) -> defer.Deferred[None]:
+        """Fires once the service has started and the database is open (fails with the
+        :class:`StoreError` of a failed open)."""
+        return self._ready.when_fired()
+
     def startService(self) -> None:  # noqa: N802 - IService
         Service.startService(self)
         self.start()
+        if self._ready.fired:
+            self._ready.reset()
+        if self._db is not None or not self._lazy:
+            self._ready.fire(None)
+            return
+        d = self.executor.submit(self._open_checked)
+
+        def opened(db: plyvel.DB) -> None:
+            with _registry_lock:
+                _registry[self._real_path] = self
+            self._db = db
+            self._ready.fire(None)
+
+        def failed(f: Failure) -> None:
+            with _registry_lock:
+                if _registry.get(self._real_path) is None:
+                    _registry.pop(self._real_path, None)
+            log.failure("LevelDB database {path} failed to open", f, path=self.db_path)
+            self._ready.fire(f)
+
+        d.addCallbacks(opened, failed)
 
     def stopService(self) -> defer.Deferred[None]:  # noqa: N802 - IService
         Service.stopService(self)
-        return self.stop()
+        if not self._lazy:
+            return self.stop()
+        d = self.when_ready()
+        d.addErrback(lambda _: None)  # a failed open was logged; stopping is still safe
+        d.addCallback(lambda _: self.d_close())
+        return d
 
     def submit(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> defer.Deferred[R]:
         """Run ``fn(*args, **kwargs)`` on the store's thread; a Deferred of its result."""
@@ -308,7 +496,15 @@ class DBManager(Service):
         db, self._db = self._db, None
         if db is None:
             return
+        try:
+            count: int | None = _count_entries(db)
+        except plyvel.Error as e:
+            log.error("LevelDB database {path} is damaged at close: {msg}",
+                      path=self.db_path, msg=_plyvel_message(e))
+            count = None
         db.close()
+        if count is not None:
+            _write_marker(self.db_path, count)
         with _registry_lock:
             if _registry.get(self._real_path) is self:
                 del _registry[self._real_path]
@@ -320,7 +516,10 @@ class DBManager(Service):
         do not use the blocking API from other threads meanwhile.
         """
         if self._db is None:
-            return defer.succeed(None)
+            with _registry_lock:
+                if self._lazy and _registry.get(self._real_path) is None:
+                    _registry.pop(self._real_path, None)
+            return self.stop()
         if self._executor is None or not self._executor.running:
             self.close()
             return defer.succeed(None)
@@ -340,18 +539,21 @@ class DBManager(Service):
 
     # -- blocking API -------------------------------------------------------------------
 
+    @_mapped
     def create_entry(self, key: str, value: str, prefix: str | None = None) -> None:
         """Store ``value`` under ``prefix + key`` (replacing what was there)."""
         k = _full_key(key, prefix)
         v = _encode(value, "value")
         self.raw.put(k, v)
 
+    @_mapped
     def load_entry(self, key: str, prefix: str | None = None) -> bytes | None:
         """The raw bytes stored under ``prefix + key``, or None."""
         k = _full_key(key, prefix)
         result: bytes | None = self.raw.get(k)
         return result
 
+    @_mapped
     def load_entries(self, keys: Iterable[str], prefix: str | None = None) -> list[bytes | None]:
         """:meth:`load_entry` for many keys at once (one thread hop as ``d_load_entries``)."""
         if isinstance(keys, str | bytes):
@@ -360,6 +562,7 @@ class DBManager(Service):
         get = self.raw.get
         return [get(k) for k in full]
 
+    @_mapped
     def delete_entry(self, key: str, prefix: str | None = None) -> None:
         """Delete ``prefix + key``; a missing key is not an error."""
         k = _full_key(key, prefix)
@@ -375,15 +578,19 @@ class DBManager(Service):
         p = _encode(prefix, "prefix")
         cut = len(p)
         reader = self.raw if snapshot is None else snapshot
-        with reader.iterator(prefix=p) as it:
-            for k, v in it:
-                try:
-                    key = k[cut:].decode("utf-8")
-                except UnicodeDecodeError:
-                    log.debug("skipping non-UTF-8 key {key!r}", key=k)
-                    continue
-                yield key, v
+        try:
+            with reader.iterator(prefix=p) as it:
+                for k, v in it:
+                    try:
+                        key = k[cut:].decode("utf-8")
+                    except UnicodeDecodeError:
+                        log.debug("skipping non-UTF-8 key {key!r}", key=k)
+                        continue
+                    yield key, v
+        except plyvel.Error as e:
+            raise translate_plyvel(e, self.db_path) from e
 
+    @_mapped
     def scan_prefix(self, prefix: str) -> list[tuple[str, bytes]]:
         """:meth:`iter_prefix` as a list (what ``d_scan_prefix`` returns)."""
         return list(self.iter_prefix(prefix))
@@ -405,6 +612,7 @@ class DBManager(Service):
         encoded_deletes = [_full_key(k, prefix) for k in deletes]
         self.write_raw(encoded_puts, encoded_deletes)
 
+    @_mapped
     def write_raw(
         self, puts: Iterable[tuple[bytes, bytes]] = (), deletes: Iterable[bytes] = ()
     ) -> None:
@@ -490,4 +698,5 @@ __all__ = [
     "StoreError",
     "deferred_twin",
     "open_paths",
+    "translate_plyvel",
 ]

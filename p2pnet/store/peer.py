@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 import attrs
 
@@ -47,17 +48,43 @@ def peer_uuid(value: str | bytes) -> bytes:
     raise TypeError(f"peer uuid must be bytes or str, not {type(value).__name__}")
 
 
+#: The longest host (or endpoint such as ``ipc:///path``) a peer may have.
+MAX_HOST_LENGTH = 1024
+
+
+def check_host(_inst: Any, _attr: Any, host: Any) -> None:
+    """A peer's host: None or a non-empty ``str`` of printable characters."""
+    if host is None:
+        return
+    if not isinstance(host, str):
+        raise TypeError(f"peer host must be a str or None, not {type(host).__name__}")
+    if not 1 <= len(host) <= MAX_HOST_LENGTH or not host.isprintable() or " " in host:
+        raise ValueError(f"not a usable peer host: {host[:80]!r}")
+
+
+def check_port(_inst: Any, _attr: Any, port: Any) -> None:
+    """A peer's port: None or an ``int`` in 0..65535."""
+    if port is None:
+        return
+    if not isinstance(port, int) or isinstance(port, bool):
+        raise TypeError(f"peer port must be an int or None, not {type(port).__name__}")
+    if not 0 <= port <= 65535:
+        raise ValueError(f"peer port {port} is not in 0..65535")
+
+
 @attrs.define(eq=False)
 class Peer:
     """A peer: identity, address, database row id and connection state.
 
     Mutable (``conn_state`` and ``db_id`` change); compared and hashed by identity, since
-    the store keeps exactly one object per uuid.
+    the store keeps exactly one object per uuid.  ``host`` and ``port`` are checked when
+    the peer is made and whenever they are set (``TypeError`` / ``ValueError``), so a bad
+    address never reaches the database.
     """
 
     uuid: bytes = attrs.field(converter=peer_uuid)
-    host: str | None = None
-    port: int | None = None
+    host: str | None = attrs.field(default=None, validator=check_host)
+    port: int | None = attrs.field(default=None, validator=check_port)
     db_id: int | None = None
     conn_state: PeerState = attrs.field(default=PeerState.INITIAL, converter=PeerState)
 

@@ -44,13 +44,14 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from p2pnet.observer import OneShotObserver
 from p2pnet.store.errors import (
     DatabaseClosedError,
     DatabaseCorruptError,
     DatabaseLockedError,
     StoreError,
 )
-from p2pnet.store.peer import Peer, PeerState
+from p2pnet.store.peer import Peer, PeerState, check_host, check_port
 from p2pnet.store.pool import StoreExecutor
 
 P = ParamSpec("P")
@@ -182,8 +183,8 @@ class PeerStore(service.Service):
                 reactor, name="p2pnet-peerstore", batch_context=self._batch
             )
         self._loop: task.LoopingCall | None = None
-        self._start_outcome: object = None
-        self._ready_waiters: list[defer.Deferred[None]] = []
+        self._ready: OneShotObserver[None] = OneShotObserver()
+        self._started_once = False
 
     # -- local identity ------------------------------------------------------------
 
@@ -301,21 +302,17 @@ class PeerStore(service.Service):
     def startService(self) -> None:
         """Start the thread, open and sync the database, then sync periodically."""
         super().startService()
-        self._start_outcome = _PENDING
+        if self._ready.fired:
+            self._ready.reset()
+        self._started_once = True
         self._executor.start()
         d = self.d_start_db()
         d.addCallbacks(self._started, self._start_failed)
 
     def when_ready(self) -> defer.Deferred[None]:
-        """A new Deferred that fires when the service's start has opened the database."""
-        outcome = self._start_outcome
-        if outcome is _PENDING:
-            d: defer.Deferred[None] = defer.Deferred()
-            self._ready_waiters.append(d)
-            return d
-        if isinstance(outcome, Failure):
-            return defer.fail(outcome)
-        return defer.succeed(None)
+        """A new Deferred that fires when the service's start has opened the database
+        (fails with the start's error)."""
+        return self._ready.when_fired()
 
     def stopService(self) -> defer.Deferred[None]:
         """Stop the timer, make the last sync, close, stop the thread."""
@@ -323,7 +320,7 @@ class PeerStore(service.Service):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
-        d = self.when_ready()
+        d = self.when_ready() if self._started_once else defer.succeed(None)
         d.addErrback(lambda _: None)  # a failed start was logged; closing is still safe
         d.addCallback(lambda _: self.d_terminate_db())
 
@@ -350,13 +347,7 @@ class PeerStore(service.Service):
         self._set_start_outcome(failure)
 
     def _set_start_outcome(self, outcome: Failure | None) -> None:
-        self._start_outcome = outcome
-        waiters, self._ready_waiters = self._ready_waiters, []
-        for waiter in waiters:
-            if outcome is None:
-                waiter.callback(None)
-            else:
-                waiter.errback(outcome)
+        self._ready.fire_if_unfired(outcome)
 
     def _periodic_sync(self) -> defer.Deferred[None]:
         def _done(result: object) -> None:
@@ -526,6 +517,9 @@ class PeerStore(service.Service):
                 self._rollback(conn)
             if isinstance(exc, sqlite3.Error):
                 raise _translate(exc, self._path) from exc
+            if isinstance(exc, OverflowError | TypeError | ValueError):
+                # A value sqlite cannot bind (a peer changed behind its validators).
+                raise StoreError(f"peer database {self._path}: {exc}") from exc
             raise
         else:
             try:
@@ -622,17 +616,26 @@ class PeerStore(service.Service):
 
             # Match by uuid: the memory peer wins; unknown rows become INITIAL peers.
             loaded: dict[bytes, Peer] = {}
+            skipped: set[bytes] = set()
             with self.peers_lock:
                 for key, key_rows in rows.items():
                     if key in self.peers or key in self._taken:
                         continue
                     peer_id, host, port = key_rows[0]
-                    loaded[key] = Peer(uuid=key, host=host, port=port, db_id=peer_id)
+                    try:
+                        loaded[key] = Peer(uuid=key, host=host, port=port, db_id=peer_id)
+                    except (TypeError, ValueError) as e:
+                        # A row another program wrote: skipped (and kept), never loaded.
+                        self.log.warn("skipping peer row {peer_id}: {e}", peer_id=peer_id, e=e)
+                        skipped.add(key)
                 self.peers.update(loaded)
                 missing: list[Peer] = []
                 stale: list[tuple[Peer, list[tuple[int, Any, Any]]]] = []
                 relinked: list[tuple[Peer, int]] = []
                 for key, peer in self.peers.items():
+                    if not _writable(peer):
+                        skipped.add(key)
+                        continue
                     found = rows.get(key)
                     if found is None:
                         missing.append(peer)
@@ -674,13 +677,26 @@ class PeerStore(service.Service):
 
         self.next_peer_db_sync_time = self._clock.seconds() + SYNC_DB_INTERVAL
         self.log.debug(
-            "synced peers: {loaded} loaded, {saved} saved, {deleted} deleted, {total} total",
+            "synced peers: {loaded} loaded, {saved} saved, {deleted} deleted, {skipped} "
+            "skipped, {total} total",
             loaded=len(loaded),
+            skipped=len(skipped),
             saved=len(missing),
             deleted=len(gone),
             total=len(self.peers),
         )
         return loaded
+
+
+def _writable(peer: Peer) -> bool:
+    """Whether the peer's address can be written (one bad peer must not fail a sync)."""
+    try:
+        check_host(None, None, peer.host)
+        check_port(None, None, peer.port)
+    except (TypeError, ValueError) as e:
+        PeerStore.log.warn("not saving peer {uuid!r}: {e}", uuid=peer.uuid, e=e)
+        return False
+    return True
 
 
 def _db_id_restorer(peer: Peer) -> Callable[[], None]:
@@ -691,9 +707,3 @@ def _db_id_restorer(peer: Peer) -> Callable[[], None]:
 
     return restore
 
-
-class _Pending:
-    """Marker: the service's start has not finished."""
-
-
-_PENDING = _Pending()

@@ -83,6 +83,7 @@ class StoreExecutor:
         batch_context: Callable[[], AbstractContextManager[Any]] | None = None,
         max_calls_per_hop: int = 1000,
         _inline: bool = False,
+        translate: Callable[[BaseException], BaseException | None] | None = None,
     ) -> None:
         if reactor is None and not _inline:
             from twisted.internet import reactor as global_reactor
@@ -107,6 +108,9 @@ class StoreExecutor:
         self._stopping: defer.Deferred[None] | None = None
         self.hops = 0
         self._calls_sent = 0
+        #: Maps a call's exception to the one its caller gets (None: keep it); a store
+        #: turns its driver's errors into typed ``StoreError`` s here.
+        self.translate = translate
 
     @property
     def calls(self) -> int:
@@ -194,7 +198,11 @@ class StoreExecutor:
             self._calls_sent += 1
             self.hops += 1
             with self._batch_context():
-                return defer.maybeDeferred(fn, *args, **kwargs)
+                d = defer.maybeDeferred(fn, *args, **kwargs)
+            translate = self.translate
+            if translate is not None:
+                d.addErrback(self._translated, translate)
+            return d
         return defer.fail(ExecutorStopped(f"{self._name} is not running"))
 
     def _schedule(self) -> None:
@@ -257,7 +265,10 @@ class StoreExecutor:
         if not ok:
             # The batch context itself failed (e.g. a commit): every call in it failed.
             outcome = [outcome] * len(batch)
+        translate = self.translate
         for entry, value in zip(batch, outcome):
+            if translate is not None and value.__class__ is Failure:
+                value = self._translated(value, translate)
             _fire(entry[0], value)
         if self._pending:
             self._schedule()
@@ -265,6 +276,19 @@ class StoreExecutor:
             idle, self._idle = self._idle, []
             for waiter in idle:
                 waiter.callback(None)
+
+    @staticmethod
+    def _translated(
+        failure: Failure, translate: Callable[[BaseException], BaseException | None]
+    ) -> Failure:
+        try:
+            mapped = translate(failure.value)
+        except Exception:
+            return failure
+        if mapped is None or mapped is failure.value:
+            return failure
+        mapped.__cause__ = failure.value
+        return Failure(mapped)
 
     def _when_idle(self) -> defer.Deferred[None]:
         if not self._busy and not self._pending:
