@@ -53,3 +53,8 @@ class BucketFullError(DHTError):
         self.bucket_number = bucket_number
         self.node = node
         self.bucket = bucket
+
+
+class LookupTimeoutError(DHTError):
+    """An iterative lookup ran past its time (``Limits.lookup_max_seconds``) and found
+    nothing it could answer with."""

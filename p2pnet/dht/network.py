@@ -24,8 +24,14 @@ from zope.interface import implementer
 
 from p2pnet import ids
 from p2pnet.dht import codec, rpcs
-from p2pnet.dht.errors import BucketFullError, DHTError, ValueNotFoundError
+from p2pnet.dht.errors import (
+    BucketFullError,
+    DHTError,
+    LookupTimeoutError,
+    ValueNotFoundError,
+)
 from p2pnet.dht.limits import Limits, RefusalCounter
+from p2pnet.dht.lookup import Lookup, LookupStats, Until
 from p2pnet.dht.protocol import (
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
@@ -304,89 +310,35 @@ class DHTNetwork:
         d.addCallback(lambda status: status != codec.StoreStatus.REFUSED)
         return d.addErrback(self._failed_false, node)
 
-    # -- lookups -------------------------------------------------------------------------
+    # -- lookups (p2pnet.dht.lookup) -------------------------------------------------
 
-    def find_node_shortlist(self, key: bytes) -> defer.Deferred[Shortlist]:
+    def find_node_shortlist(self, key: bytes, *, stats: LookupStats | None = None
+                            ) -> defer.Deferred[Shortlist]:
         """Iterative findnode: the shortlist once the k closest nodes have answered."""
-        return self._lookup(ids.check_key(key), None, find_value=False)
+        return Lookup(self, ids.check_key(key), stats=stats).run()
 
-    def find_value_shortlist(self, key: bytes, index: bytes | None = None
-                             ) -> defer.Deferred[Shortlist]:
+    def find_value_shortlist(self, key: bytes, index: bytes | None = None, *,
+                             until: Until = Until.CLOSEST,
+                             stats: LookupStats | None = None) -> defer.Deferred[Shortlist]:
         """Iterative findval: also tallies what the holders of the key announced."""
-        return self._lookup(ids.check_key(key), index, find_value=True)
-
-    def _lookup(self, key: bytes, index: bytes | None, find_value: bool,
-                first_holder: bool = False) -> defer.Deferred[Shortlist]:
-        """Iterative lookup; ``first_holder`` ends a value lookup at the first holder."""
-        sl = Shortlist(key, self._key, self.k, index)
-        sl.add_nodes(self._routing_table.get_close_nodes(key, self.k))
-        self._routing_table.touch(key)
-        self.lookups += 1
-        done: defer.Deferred[Shortlist] = defer.Deferred()
-        state = {"pumping": False, "again": False}
-
-        def answered(result: Any, node: Node) -> None:
-            if find_value:
-                if result is None:
-                    sl.mark_node(node, active=False)
-                elif result.values is not None:
-                    sl.mark_node(node, True, useful=True, values=result.values)
-                else:
-                    sl.add_nodes(result.nodes)
-                    sl.mark_node(node, True)
-            elif result is None:
-                sl.mark_node(node, active=False)
-            else:
-                sl.add_nodes(result)
-                sl.mark_node(node, True)
-            pump()
-
-        def pump() -> None:
-            if done.called:
-                return
-            if state["pumping"]:
-                state["again"] = True
-                return
-            state["pumping"] = True
-            try:
-                while True:
-                    state["again"] = False
-                    if sl.is_finished() or (first_holder and sl.useful_nodes):
-                        self.lookup_contacts += sl.contacted
-                        done.callback(sl)
-                        return
-                    for node in sl.get_nodes_for_contacting(self.alpha - sl.in_flight):
-                        if find_value:
-                            d: defer.Deferred[Any] = self.find_value_from_node(node, key, index)
-                        else:
-                            d = self.find_nodes_from_node(node, key)
-                        d.addCallback(answered, node)
-                        d.addErrback(self._lookup_bug, done)
-                    if not state["again"]:
-                        return
-            finally:
-                state["pumping"] = False
-
-        pump()
-        return done
-
-    def _lookup_bug(self, failure: Failure, done: defer.Deferred[Shortlist]) -> None:
-        log.failure("lookup step failed", failure=failure)
-        if not done.called:
-            done.errback(failure)
+        return Lookup(self, ids.check_key(key), find_value=True,
+                      index=None if index is None else ids.check_key(index, "index"),
+                      until=until, stats=stats).run()
 
     # -- publishing and fetching values --------------------------------------------------
 
-    def store_value(self, key: bytes, index: bytes) -> defer.Deferred[int]:
+    def store_value(self, key: bytes, index: bytes, *, stats: LookupStats | None = None
+                    ) -> defer.Deferred[int]:
         """Store a held value to the k closest nodes; fires with how many hold it."""
-        return defer.Deferred.fromCoroutine(self._store_value(key, index))
+        return defer.Deferred.fromCoroutine(self._store_value(key, index, stats))
 
-    async def _store_value(self, key: bytes, index: bytes) -> int:
+    async def _store_value(self, key: bytes, index: bytes,
+                           stats: LookupStats | None = None) -> int:
         record = self.kvp_table.get_record(key, index)
         if record is None:
             raise KeyError((key, index))
         value: bytes = await self.kvp_table.read(key, index)
-        shortlist = await self.find_node_shortlist(key)
+        shortlist = await self.find_node_shortlist(key, stats=stats)
         targets = shortlist.closest(self.k)
         sem = defer.DeferredSemaphore(NETWORK_PARALLELISM)
         results = await defer.gatherResults([
@@ -398,54 +350,83 @@ class DHTNetwork:
                 attrs.evolve(current, last_update=self.clock.seconds()))
         return sum(1 for ok in results if ok)
 
-    def get_value(self, key: bytes, index: bytes | None = None) -> defer.Deferred[bytes]:
+    def get_value(self, key: bytes, index: bytes | None = None, *,
+                  stats: LookupStats | None = None) -> defer.Deferred[bytes]:
         """Find and fetch the value at ``(key, index)`` (the newest one when no index).
 
         The value is checked against its index (SHA-1) and announced size, then cached
-        at the closest node of the lookup that lacked it.  Fails with
-        :class:`ValueNotFoundError` when no reachable node holds it.
+        at the closest node of the lookup that lacked it.  When a holder cannot deliver
+        (silent, or its bytes do not match), the other holders are tried, then the other
+        announcements newest first, then this node's own copy.  Fails with
+        :class:`ValueNotFoundError` when no holder of any announcement delivers, and with
+        :class:`~p2pnet.dht.errors.LookupTimeoutError` when the lookup ran past its time
+        without finding a holder (and this node has no copy).
         """
-        return defer.Deferred.fromCoroutine(self._get_value(key, index))
+        return defer.Deferred.fromCoroutine(self._get_value(key, index, stats))
 
-    async def _get_value(self, key: bytes, index: bytes | None) -> bytes:
+    async def _get_value(self, key: bytes, index: bytes | None,
+                         stats: LookupStats | None = None) -> bytes:
         ids.check_key(key)
         local = self._newest_local(key, index)
-        if index is not None:
-            if local is not None:  # content-addressed: a copy held here is the value
-                return await self.kvp_table.read(local.key, local.index)
-            # Any holder's copy is the value (it is checked against the index), so the
-            # lookup may stop at the first holder; a full lookup only if that one fails.
-            quick = await self._lookup(key, index, find_value=True, first_holder=True)
-            value = await self._fetch_from(quick, key, index)
-            if value is not None:
-                return value
-        shortlist = await self.find_value_shortlist(key, index)
-        info = shortlist.get_common_kvp_exchange_info(index)
-        if local is not None and (info is None or local.timestamp >= info.timestamp):
+        if index is not None and local is not None:
+            # content-addressed: a copy held here is the value
             return await self.kvp_table.read(local.key, local.index)
-        value = await self._fetch_from(shortlist, key, index)
+        # With an index any holder's copy is the value (it is checked against the index):
+        # the lookup may stop at the first holder.  Without one, once the closest nodes
+        # answered and one of them holds the key.  A full lookup only if that fails.
+        until = Until.FIRST_HOLDER if index is not None else Until.HOLDERS
+        try:
+            shortlist = await self.find_value_shortlist(key, index, until=until, stats=stats)
+            value = await self._fetch_from(shortlist, key, index, local)
+            if value is None and not shortlist.is_finished():
+                shortlist = await self.find_value_shortlist(key, index, stats=stats)
+                value = await self._fetch_from(shortlist, key, index, local)
+        except LookupTimeoutError:
+            if local is None:
+                raise
+            value = None
+        if value is None and local is not None:
+            value = await self.kvp_table.read(local.key, local.index)
         if value is None:
             raise ValueNotFoundError(f"no reachable node holds key {key.hex()}")
         return value
 
-    async def _fetch_from(self, shortlist: Shortlist, key: bytes, index: bytes | None
-                          ) -> bytes | None:
-        """Fetch the newest announced value from its holders, closest first; verify it
-        and cache it at the closest node that lacked it.  None when no holder served."""
-        info = shortlist.get_common_kvp_exchange_info(index)
-        if info is None:
-            return None
-        for node in shortlist.holders(info.index, info.size, info.timestamp):
-            try:
-                value = await self.get_value_from_node(node, key, info.index, size=info.size)
-            except (DHTError, ValueError) as e:
-                log.debug("fetch from {node} failed: {e}", node=node, e=e)
-                continue
-            if len(value) != info.size or ids.key_for(value) != info.index:
-                log.warn("{node} sent a value that does not match its index", node=node)
-                continue
-            self._cache_at(shortlist, key, info, value)
-            return value
+    async def _fetch_from(self, shortlist: Shortlist, key: bytes, index: bytes | None,
+                          local: KVPRecord | None) -> bytes | None:
+        """The newest value that can be had: announcements newest first (this node's own
+        copy in its place by timestamp), each from its holders closest first.  A value
+        fetched is verified (size and SHA-1) and cached at the closest node that lacked
+        it.  None when nothing could be had.
+
+        A holder that failed once is not asked again, and at most
+        ``limits.lookup_max_rounds`` fetches are tried (counted as ``get_fetches``).
+        """
+        failed: set[Node] = set()
+        budget = self.limits.lookup_max_rounds
+        for info in shortlist.announcements(index):
+            if local is not None and local.timestamp >= info.timestamp:
+                return await self.kvp_table.read(local.key, local.index)
+            for node in shortlist.holders(info.index, info.size, info.timestamp):
+                if node in failed:
+                    continue
+                if budget <= 0:
+                    self.refused["get_fetches"] += 1
+                    return None
+                budget -= 1
+                try:
+                    value = await self.get_value_from_node(node, key, info.index,
+                                                           size=info.size)
+                except (DHTError, ValueError) as e:
+                    log.debug("fetch from {node} failed: {e}", node=node, e=e)
+                    failed.add(node)
+                    continue
+                if len(value) != info.size or ids.key_for(value) != info.index:
+                    log.warn("{node} sent a value that does not match its announcement",
+                             node=node)
+                    failed.add(node)
+                    continue
+                self._cache_at(shortlist, key, info, value)
+                return value
         return None
 
     def _newest_local(self, key: bytes, index: bytes | None) -> KVPRecord | None:
@@ -469,17 +450,18 @@ class DHTNetwork:
 
     # -- the application layer: put / get -------------------------------------------
 
-    def put(self, key: bytes | str, value: bytes, timestamp: float | None = None
-            ) -> defer.Deferred[int]:
+    def put(self, key: bytes | str, value: bytes, timestamp: float | None = None, *,
+            stats: LookupStats | None = None) -> defer.Deferred[int]:
         """Publish ``value`` under ``key`` from this node; fires with the replica count.
 
         ``key`` is a 160-bit key, or a ``str`` naming one (SHA-1 of its UTF-8 form).  The
         value's index is its SHA-1; this node keeps it as an original and republishes it.
         Older values this node published under the same key are dropped here.
         """
-        return defer.Deferred.fromCoroutine(self._put(_as_key(key), value, timestamp))
+        return defer.Deferred.fromCoroutine(self._put(_as_key(key), value, timestamp, stats))
 
-    async def _put(self, key: bytes, value: bytes, timestamp: float | None) -> int:
+    async def _put(self, key: bytes, value: bytes, timestamp: float | None,
+                   stats: LookupStats | None = None) -> int:
         if not isinstance(value, bytes):
             raise TypeError("value must be bytes")
         if len(value) > MAX_VALUE_SIZE:
@@ -490,11 +472,12 @@ class DHTNetwork:
             if old.is_original and old.index != index:
                 await self.kvp_table.delete(old.key, old.index)
         await self.kvp_table.put(KVPRecord(key, index, len(value), ts, is_original=True), value)
-        return await self.store_value(key, index)
+        return await self.store_value(key, index, stats=stats)
 
-    def get(self, key: bytes | str) -> defer.Deferred[bytes]:
+    def get(self, key: bytes | str, *, stats: LookupStats | None = None
+            ) -> defer.Deferred[bytes]:
         """The newest value published under ``key`` (see :meth:`put`)."""
-        return self.get_value(_as_key(key), None)
+        return self.get_value(_as_key(key), None, stats=stats)
 
     # -- joining -------------------------------------------------------------------------
 

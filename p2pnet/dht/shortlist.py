@@ -5,6 +5,13 @@ Nodes are *candidates* until handed out by :meth:`Shortlist.get_nodes_for_contac
 then *in flight* until :meth:`Shortlist.mark_node` says they answered (*active*) or failed
 (*dropped*: a failed node never comes back in this lookup).  The lookup is finished when
 the ``k`` closest nodes not dropped have all answered, or when nothing is left to ask.
+
+A shortlist also bounds what a stranger can make a lookup hold: at most
+``max_candidates`` nodes (a closer newcomer pushes out the farthest node not yet asked),
+and with ``one_per_source`` at most one node id per source address (the IP, or the
+``(ip, port)`` on loopback: :func:`p2pnet.dht.limits.source_key`).  Refusals are counted
+in :attr:`Shortlist.refused` by kind.  It remembers each node's *depth*: 1 for the nodes
+it started with, ``d + 1`` for a node first named by a node of depth ``d``.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from p2pnet.dht.codec import ValueInfo
+from p2pnet.dht.limits import RefusalCounter, source_key
 from p2pnet.models import Node
 
 K = 20
@@ -22,38 +30,99 @@ class Shortlist:
     """Close nodes to ``key``, and what the ones that hold it said about its values."""
 
     def __init__(self, key: bytes, own_key: bytes, k: int = K,
-                 index: bytes | None = None) -> None:
+                 index: bytes | None = None, *, max_candidates: int | None = None,
+                 one_per_source: bool = False) -> None:
         self.key = key
         self.index = index
         self.k = k
+        self.max_candidates = max_candidates
+        self.one_per_source = one_per_source
         self._key_int = int.from_bytes(key, "big")
         self._own = own_key
-        self._known: dict[bytes, Node] = {}  # node id -> node, every node ever added
+        self._known: dict[bytes, Node] = {}  # node id -> node, every node held
+        self._depth: dict[bytes, int] = {}
+        self._sources: dict[tuple[str, int], bytes] = {}  # source key -> the id it has
         self._candidates: set[bytes] = set()
         self._in_flight: set[bytes] = set()
         self._active: set[bytes] = set()
         self._dropped: set[bytes] = set()
         self._useful: dict[bytes, list[ValueInfo]] = {}
+        self._order: list[bytes] = []  # ids of _known, closest first (when not dirty)
+        self._dirty = False
         self.contacted = 0
+        self.refused = RefusalCounter()
 
     def _dist(self, node_id: bytes) -> int:
         return self._known[node_id].key_int ^ self._key_int
 
-    def add_nodes(self, nodes: Iterable[Node]) -> int:
-        """Add possible nodes to contact; returns how many were new."""
+    def _sorted(self) -> list[bytes]:
+        if self._dirty:
+            self._order.sort(key=self._dist)
+            self._dirty = False
+        return self._order
+
+    def add_nodes(self, nodes: Iterable[Node], depth: int = 1) -> int:
+        """Add possible nodes to contact (named by a node of depth ``depth - 1``);
+        returns how many were new."""
         added = 0
         for n in nodes:
             if n.key == self._own or n.key in self._known:
                 continue
+            source = source_key(n.address) if self.one_per_source else None
+            if source is not None and source in self._sources:
+                self.refused["lookup_same_address"] += 1
+                continue
+            if (self.max_candidates is not None
+                    and len(self._known) >= self.max_candidates
+                    and not self._make_room(n)):
+                self.refused["lookup_candidates"] += 1
+                continue
             self._known[n.key] = n
+            self._depth[n.key] = depth
+            if source is not None:
+                self._sources[source] = n.key
             self._candidates.add(n.key)
+            self._order.append(n.key)
+            self._dirty = True
             added += 1
         return added
 
-    def _closest_alive(self) -> list[bytes]:
-        alive = [i for i in self._known if i not in self._dropped]
-        alive.sort(key=self._dist)
-        return alive[: self.k]
+    def _make_room(self, newcomer: Node) -> bool:
+        """Push out the farthest node never asked, if ``newcomer`` is closer than it."""
+        order = self._sorted()
+        far = self._key_int ^ newcomer.key_int
+        for i in range(len(order) - 1, -1, -1):
+            victim = order[i]
+            if self._dist(victim) < far:
+                return False
+            if victim in self._candidates:
+                del order[i]
+                self._candidates.discard(victim)
+                node = self._known.pop(victim)
+                self._depth.pop(victim, None)
+                if self.one_per_source:
+                    self._sources.pop(source_key(node.address), None)
+                return True
+        return False
+
+    def depth_of(self, node: Node) -> int:
+        """The node's depth (0 for a node this shortlist does not hold)."""
+        return self._depth.get(node.key, 0)
+
+    @property
+    def hops(self) -> int:
+        """The depth of the deepest node that answered."""
+        return max((self._depth[i] for i in self._active), default=0)
+
+    def _closest_alive(self, count: int | None = None) -> list[bytes]:
+        count = self.k if count is None else count
+        out: list[bytes] = []
+        for i in self._sorted():
+            if i not in self._dropped:
+                out.append(i)
+                if len(out) == count:
+                    break
+        return out
 
     def get_nodes_for_contacting(self, count: int = NETWORK_PARALLELISM) -> list[Node]:
         """Up to ``count`` uncontacted nodes among the k closest alive, closest first."""
@@ -93,6 +162,14 @@ class Shortlist:
             return True
         return not self._in_flight and not any(i in self._candidates for i in closest)
 
+    def holders_settled(self, quorum: int) -> bool:
+        """True when the ``quorum`` closest nodes not dropped have all answered and at
+        least one of them holds a value for the key: a value lookup may stop there (the
+        k closest nodes are where a put stores, the closest of them hold the newest)."""
+        closest = self._closest_alive(quorum)
+        return (bool(closest) and all(i in self._active for i in closest)
+                and any(i in self._useful for i in closest))
+
     @property
     def in_flight(self) -> int:
         return len(self._in_flight)
@@ -105,7 +182,7 @@ class Shortlist:
     @property
     def sorted_nodes(self) -> list[Node]:
         """The nodes that answered, closest first."""
-        return [self._known[i] for i in sorted(self._active, key=self._dist)]
+        return [self._known[i] for i in self._sorted() if i in self._active]
 
     def closest(self, count: int | None = None) -> list[Node]:
         """The ``count`` (default k) closest nodes that answered."""
@@ -123,16 +200,20 @@ class Shortlist:
                        for v in vals)]
         return [self._known[i] for i in sorted(ids_, key=self._dist)]
 
-    def get_common_kvp_exchange_info(self, index: bytes | None = None) -> ValueInfo | None:
-        """The value to fetch: the newest announced one (for ``index``, when given).
-
-        Among announcements of the same timestamp the one most nodes agree on wins.
-        """
+    def announcements(self, index: bytes | None = None) -> list[ValueInfo]:
+        """Every distinct value announced (for ``index``, when given), the one to try
+        first first: newest, then the one most nodes agree on."""
         tally: dict[ValueInfo, int] = {}
         for vals in self._useful.values():
             for v in set(vals):  # one vote per node
                 if index is None or v.index == index:
                     tally[v] = tally.get(v, 0) + 1
-        if not tally:
-            return None
-        return max(tally, key=lambda v: (v.timestamp, tally[v], v.index))
+        return sorted(tally, key=lambda v: (v.timestamp, tally[v], v.index), reverse=True)
+
+    def get_common_kvp_exchange_info(self, index: bytes | None = None) -> ValueInfo | None:
+        """The value to fetch: the newest announced one (for ``index``, when given).
+
+        Among announcements of the same timestamp the one most nodes agree on wins.
+        """
+        found = self.announcements(index)
+        return found[0] if found else None

@@ -1,0 +1,222 @@
+# -*- test-case-name: tests.test_dht_lookup -*-
+"""The iterative Kademlia lookup, bounded, with its hop and contact counts.
+
+A :class:`Lookup` asks ``alpha`` nodes at a time for the nodes (or values) closest to a
+key, closest first, until the ``k`` closest nodes that did not fail have answered (the
+:class:`~p2pnet.dht.shortlist.Shortlist` rule).  A value lookup may stop sooner: at the
+first holder (``until=FIRST_HOLDER``, for a content-addressed value) or once the closest
+nodes answered and one of them holds the key (``until=HOLDERS``).
+
+What a stranger can make one lookup do is bounded by :class:`~p2pnet.dht.limits.Limits`:
+the candidates it holds (``lookup_max_candidates``), one node per source address, the
+answers it processes (``lookup_max_rounds``) and its time (``lookup_max_seconds``).  At a
+bound a node lookup ends with the best nodes so far; a value lookup that found no holder
+by its time fails with :class:`~p2pnet.dht.errors.LookupTimeoutError`.  Each bound that
+bites is counted in the node's ``refused`` counter.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Protocol
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from p2pnet.dht.errors import LookupTimeoutError
+from p2pnet.dht.limits import Limits, RefusalCounter
+from p2pnet.dht.routing import RoutingTable
+from p2pnet.dht.shortlist import Shortlist
+from p2pnet.models import Node
+
+log = Logger()
+
+
+@attrs.define
+class LookupStats:
+    """What the lookups of one operation cost.
+
+    ``lookups`` and ``contacts`` (requests sent) add up over the lookups; ``hops`` is the
+    depth of the deepest node that answered any of them (a node from our own table has
+    depth 1, a node first named by a depth-d node depth d + 1): it grows like log n.
+    """
+
+    lookups: int = 0
+    hops: int = 0
+    contacts: int = 0
+
+    def add(self, shortlist: Shortlist) -> None:
+        self.lookups += 1
+        self.contacts += shortlist.contacted
+        self.hops = max(self.hops, shortlist.hops)
+
+
+class Until(enum.Enum):
+    """When a value lookup may stop before the k closest nodes have answered."""
+
+    CLOSEST = "closest"  #: only when the k closest nodes that did not fail answered
+    FIRST_HOLDER = "first_holder"  #: at the first node that holds the key
+    HOLDERS = "holders"  #: once the closest nodes answered and one holds the key
+
+
+#: With ``Until.HOLDERS``: how many of the closest nodes must have answered.
+HOLDERS_QUORUM = 3
+
+
+class LookupNode(Protocol):
+    """What a lookup needs of the node (:class:`p2pnet.dht.network.DHTNetwork`)."""
+
+    clock: IReactorTime
+    k: int
+    alpha: int
+    limits: Limits
+    refused: RefusalCounter
+    lookups: int
+    lookup_contacts: int
+
+    @property
+    def key(self) -> bytes: ...
+
+    @property
+    def routing_table(self) -> RoutingTable: ...
+
+    def find_nodes_from_node(self, node: Node, key: bytes) -> defer.Deferred[Any]: ...
+
+    def find_value_from_node(self, node: Node, key: bytes, index: bytes | None = None
+                             ) -> defer.Deferred[Any]: ...
+
+
+class Lookup:
+    """One iterative lookup of ``key``; :meth:`run` fires with its shortlist."""
+
+    def __init__(self, net: LookupNode, key: bytes, *, find_value: bool = False,
+                 index: bytes | None = None, until: Until = Until.CLOSEST,
+                 stats: LookupStats | None = None) -> None:
+        self.net = net
+        self.key = key
+        self.find_value = find_value
+        self.index = index
+        self.until = until
+        self.stats = stats
+        limits = net.limits
+        self.max_rounds = limits.lookup_max_rounds
+        self.max_seconds = limits.lookup_max_seconds
+        self.shortlist = Shortlist(key, net.key, net.k, index,
+                                   max_candidates=limits.lookup_max_candidates,
+                                   one_per_source=True)
+        self.rounds = 0
+        self._done: defer.Deferred[Shortlist] = defer.Deferred()
+        self._timer: IDelayedCall | None = None
+        self._pumping = False
+        self._again = False
+
+    def run(self) -> defer.Deferred[Shortlist]:
+        sl = self.shortlist
+        sl.add_nodes(self.net.routing_table.get_close_nodes(self.key, self.net.k))
+        self.net.routing_table.touch(self.key)
+        self._timer = self.net.clock.callLater(self.max_seconds, self._out_of_time)
+        self._pump()
+        return self._done
+
+    # -- answers ------------------------------------------------------------------
+
+    def _answered(self, result: Any, node: Node) -> None:
+        if self._done.called:
+            return
+        sl = self.shortlist
+        self.rounds += 1
+        depth = sl.depth_of(node) + 1
+        if result is None:
+            sl.mark_node(node, active=False)
+        elif self.find_value:
+            if result.values is not None:
+                sl.mark_node(node, True, useful=True, values=result.values)
+            else:
+                sl.add_nodes(result.nodes, depth)
+                sl.mark_node(node, True)
+        else:
+            sl.add_nodes(result, depth)
+            sl.mark_node(node, True)
+        self._pump()
+
+    def _bug(self, failure: Failure) -> None:
+        log.failure("lookup step failed", failure=failure)
+        self._finish(failure)
+
+    # -- the loop -----------------------------------------------------------------
+
+    def _stop_here(self) -> bool:
+        sl = self.shortlist
+        if sl.is_finished():
+            return True
+        if self.until is Until.FIRST_HOLDER:
+            return bool(sl.useful_nodes)
+        if self.until is Until.HOLDERS:
+            return sl.holders_settled(HOLDERS_QUORUM)
+        return False
+
+    def _pump(self) -> None:
+        if self._done.called:
+            return
+        if self._pumping:
+            self._again = True
+            return
+        self._pumping = True
+        try:
+            while True:
+                self._again = False
+                if self._stop_here():
+                    self._finish(self.shortlist)
+                    return
+                if self.rounds >= self.max_rounds:
+                    self.net.refused["lookup_rounds"] += 1
+                    self._finish(self.shortlist)
+                    return
+                sl = self.shortlist
+                # never more requests than rounds left: the bound holds for requests too
+                room = min(self.net.alpha - sl.in_flight,
+                           self.max_rounds - self.rounds - sl.in_flight)
+                for node in sl.get_nodes_for_contacting(room):
+                    if self.find_value:
+                        d = self.net.find_value_from_node(node, self.key, self.index)
+                    else:
+                        d = self.net.find_nodes_from_node(node, self.key)
+                    d.addCallback(self._answered, node)
+                    d.addErrback(self._bug)
+                if not self._again:
+                    return
+        finally:
+            self._pumping = False
+
+    def _out_of_time(self) -> None:
+        self._timer = None
+        if self._done.called:
+            return
+        self.net.refused["lookup_timeout"] += 1
+        if self.find_value and not self.shortlist.useful_nodes:
+            self._finish(Failure(LookupTimeoutError(
+                f"lookup of {self.key.hex()} ran past {self.max_seconds:g}s")))
+        else:
+            self._finish(self.shortlist)
+
+    def _finish(self, result: Shortlist | Failure) -> None:
+        if self._done.called:
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        sl = self.shortlist
+        net = self.net
+        net.lookups += 1
+        net.lookup_contacts += sl.contacted
+        for kind, count in sl.refused.items():
+            net.refused[kind] += count
+        if self.stats is not None:
+            self.stats.add(sl)
+        if isinstance(result, Failure):
+            self._done.errback(result)
+        else:
+            self._done.callback(result)
