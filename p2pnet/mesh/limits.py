@@ -1,0 +1,43 @@
+# -*- test-case-name: tests.test_mesh_socket -*-
+"""The bounds of one mesh node: everything a remote peer can make it hold or wait for."""
+
+from __future__ import annotations
+
+import attrs
+
+from p2pnet.mesh import flood
+
+
+@attrs.define
+class MeshLimits:
+    """Bounds and timings of a :class:`~p2pnet.mesh.socket.MeshSocket`."""
+
+    #: peers connected at once (hello past this is refused): a flood costs one send each
+    max_peers: int = 64
+    #: ZeroMQ high-water mark per peer, in messages, both directions (ZeroMQ's default)
+    hwm: int = 1000
+    #: messages of our own per-peer overflow queue, used while the ZeroMQ pipe is full;
+    #: a peer whose overflow fills is disconnected (it stopped reading)
+    queue_limit: int = 1000
+    #: kernel socket buffer sizes in bytes (0: the OS default); small in tests
+    sndbuf: int = 0
+    rcvbuf: int = 0
+    #: unhandled messages kept for ``recv()``; the oldest go first
+    inbox_limit: int = 10_000
+    #: seconds a broadcast lives and a seen id is kept (py2p's 60 s)
+    seen_ttl: float = flood.TTL
+    #: ids the seen-cache holds at most (100k ids of 16 bytes: a few MB)
+    seen_max: int = flood.MAX_ENTRIES
+    #: seconds a dial waits for the hello-ack
+    handshake_timeout: float = 5.0
+    #: a link silent this long gets a ping
+    ping_interval: float = 10.0
+    #: a link silent this long is dropped (three missed pings)
+    peer_timeout: float = 30.0
+    #: retries of a lost peer: first delay, factor, cap, +- jitter fraction
+    retry_initial: float = 0.5
+    retry_factor: float = 2.0
+    retry_max: float = 60.0
+    retry_jitter: float = 0.25
+    #: failed dials in a row after which a peer is marked unreachable (no more retries)
+    retry_max_failures: int = 6
