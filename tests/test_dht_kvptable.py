@@ -5,22 +5,24 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import struct
 import tempfile
 import threading
 from typing import Any
 
+import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
+from p2pnet.dht.kvptable import VALUE_CHUNK, LevelDBKVPTable, decode_record, encode_record
 from p2pnet.dht.table import IKVPTable, KVPRecord, MemoryKVPTable
 from p2pnet.models import MAX_VALUE_SIZE
 from p2pnet.store import leveldb
 from p2pnet.store.appointments import AppointmentsDBM
 from p2pnet.store.errors import DatabaseLockedError
-from p2pnet.dht.kvptable import LevelDBKVPTable, decode_record, encode_record
 from p2pnet.store.leveldb import DBManager
 from p2pnet.store.pool import StoreExecutor
 
@@ -54,6 +56,10 @@ records = st.builds(
     is_original=st.booleans(),
     last_update=times,
     expires_at=st.none() | times,
+    published=st.none() | times,
+    source=st.none() | st.tuples(
+        st.text(st.characters(blacklist_categories=("Cs",)), max_size=40),
+        st.integers(0, 65535)),
 )
 
 
@@ -63,7 +69,18 @@ class RecordCodecTests(unittest.SynchronousTestCase):
         self.assertEqual(decode_record(record.key, record.index, encode_record(record)), record)
 
     def test_compact(self) -> None:
-        self.assertEqual(len(encode_record(record_for(b"v"))), 35)
+        self.assertEqual(len(encode_record(record_for(b"v"))), 44)
+        with_source = attrs.evolve(record_for(b"v"), source=("10.0.0.1", 4000))
+        self.assertEqual(len(encode_record(with_source)), 44 + len("10.0.0.1"))
+
+    def test_reads_version_1(self) -> None:
+        """Records written by version 1 (no published time, no source) still load."""
+        v1 = struct.pack("<BQdBdBd", 1, 1, 1000.0, 1, 5.0, 1, 99.0)
+        self.assertEqual(decode_record(key(0), key(1), v1),
+                         KVPRecord(key(0), key(1), 1, 1000.0, is_original=True,
+                                   last_update=5.0, expires_at=99.0))
+        for bad in (v1[:-1], v1 + b"x", v1[:17] + b"\x02" + v1[18:]):
+            self.assertRaises(ValueError, decode_record, key(0), key(1), bad)
 
     @given(st.binary(max_size=64))
     def test_garbage_is_value_error(self, data: bytes) -> None:
@@ -74,7 +91,8 @@ class RecordCodecTests(unittest.SynchronousTestCase):
 
     def test_bad_encodings(self) -> None:
         good = encode_record(record_for(b"v"))
-        for bad in (b"", good[:-1], good + b"x", b"\x02" + good[1:]):
+        for bad in (b"", good[:-1], good + b"x", b"\x03" + good[1:],
+                    good[:17] + b"\x10" + good[18:]):
             self.assertRaises(ValueError, decode_record, key(0), key(1), bad)
         self.assertRaises(ValueError, decode_record, b"short", key(1), good)
 
@@ -131,10 +149,10 @@ class InlineTableTests(unittest.SynchronousTestCase):
         self.assertEqual(len(calls), 1)
         puts = list(calls[0][0])
         self.assertEqual(len(puts), 2)
-        self.assertEqual({k[:5] for k, _ in puts}, {b"kvp/r", b"kvp/v"})
+        self.assertEqual({k[:5] for k, _ in puts}, {b"kvp/r", b"kvp/c"})
         self.successResultOf(t.delete(rec.key, rec.index))
         self.assertEqual(len(calls), 2)
-        self.assertEqual(len(list(calls[1][1])), 2)
+        self.assertEqual({k[:5] for k in calls[1][1]}, {b"kvp/r", b"kvp/c", b"kvp/v"})
 
     def test_update_record(self) -> None:
         t = self.table
@@ -211,6 +229,53 @@ class InlineTableTests(unittest.SynchronousTestCase):
         self.assertEqual(t.get_record(old.key, old.index), old)
         self.failureResultOf(t.delete(old.key, old.index), OSError)
         self.assertEqual(t.get_record(old.key, old.index), old)
+
+    def test_read_loads_only_the_chunks_asked_for(self) -> None:
+        """Issue 11 #15: a 16 KiB getval of a 1 MiB value reads one or two 16 KiB chunks,
+        not the whole value (version 1 read the whole value for every chunk)."""
+        t = self.table
+        value = os.urandom(MAX_VALUE_SIZE)
+        rec = record_for(value)
+        self.successResultOf(t.put(rec, value))
+        real = t._db.raw
+        loaded: list[int] = []
+
+        class Counting:
+            def get(self, k: bytes) -> bytes | None:
+                v: bytes | None = real.get(k)
+                loaded.append(len(v) if v is not None else 0)
+                return v
+
+        self.patch(DBManager, "raw", property(lambda _self: Counting()))
+        for offset, length in [(0, 16384), (5000, 16384), (MAX_VALUE_SIZE - 10, 16384),
+                               (123457, 60 * 1024), (0, 0), (MAX_VALUE_SIZE, 10)]:
+            del loaded[:]
+            got = self.successResultOf(t.read(rec.key, rec.index, offset, length))
+            self.assertEqual(got, value[offset:offset + length])
+            self.assertLessEqual(sum(loaded), length + 2 * VALUE_CHUNK)
+            self.assertLessEqual(len(loaded), length // VALUE_CHUNK + 2)
+        del loaded[:]
+        self.assertEqual(self.successResultOf(t.read(rec.key, rec.index)), value)
+        self.assertEqual(len(loaded), MAX_VALUE_SIZE // VALUE_CHUNK)
+
+    def test_version_1_values_still_read_and_replaced(self) -> None:
+        t = self.table
+        value = os.urandom(40000)
+        rec = record_for(value)
+        kvpid = rec.key + rec.index
+        v1 = struct.pack("<BQdBdBd", 1, len(value), rec.timestamp, 0, 0.0, 0, 0.0)
+        t._db.raw.put(b"kvp/r" + kvpid, v1)
+        t._db.raw.put(b"kvp/v" + kvpid, value)
+        t = self.reopen()
+        self.assertEqual(t.get_record(rec.key, rec.index), rec)
+        self.assertEqual(self.successResultOf(t.read(rec.key, rec.index, 20000, 100)),
+                         value[20000:20100])
+        newer = record_for(value, timestamp=2000.0)
+        self.successResultOf(t.put(newer, value))
+        self.assertIsNone(t._db.raw.get(b"kvp/v" + kvpid))  # rewritten in chunks
+        self.assertEqual(self.successResultOf(t.read(rec.key, rec.index)), value)
+        self.successResultOf(t.delete(rec.key, rec.index))
+        self.assertEqual(list(t._db.raw.iterator(prefix=b"kvp/")), [])
 
     def test_bad_and_orphan_records_skipped_on_load(self) -> None:
         t = self.table

@@ -4,12 +4,17 @@
 Layout, under a key namespace (default ``b"kvp/"``, so the table can share a database
 with other data)::
 
-    namespace + b"r" + key + index  ->  the record's metadata (:func:`encode_record`)
-    namespace + b"v" + key + index  ->  the value bytes
+    namespace + b"r" + key + index             ->  the record's metadata (:func:`encode_record`)
+    namespace + b"c" + key + index + chunk u32 ->  16 KiB chunk number ``chunk`` of the value
+    namespace + b"v" + key + index             ->  the whole value (version 1 tables only)
 
-A put writes both keys in one LevelDB write batch and a delete removes both in one, so
-a crash leaves a value wholly there or wholly gone.  Every record is loaded into memory
-when the table opens, so the metadata methods are synchronous as the interface requires;
+Values are stored in :data:`VALUE_CHUNK` chunks so that a getval of one chunk reads one
+or two chunks, not the whole 1 MiB value.  A put writes the record and every chunk in one
+LevelDB write batch and a delete removes them in one, so a crash leaves a value wholly
+there or wholly gone.  Version 1 records (whole values under ``b"v"``) are still read.
+
+Every record is loaded into memory when the table opens, so the metadata methods are
+synchronous as the interface requires;
 ``put``, ``update_record``, ``read`` and ``delete`` run on the database's
 :class:`~p2pnet.store.pool.StoreExecutor` thread and return Deferreds.  The memory copy
 changes when a call is made (so acceptance decisions see writes still in flight) and is
@@ -40,33 +45,73 @@ from p2pnet.store.pool import StoreExecutor
 
 log = Logger(namespace="p2pnet.dht.kvptable")
 
-_VERSION = 1
+#: Bytes per stored chunk of a value (a getval chunk reads one or two of them).
+VALUE_CHUNK = 16 * 1024
+
+_V1 = 1
 #: version, size, timestamp, is_original, last_update, has_expiry, expires_at
-_RECORD = struct.Struct("<BQdBdBd")
+_RECORD_V1 = struct.Struct("<BQdBdBd")
+_VERSION = 2
+#: version, size, timestamp, flags, last_update, expires_at, published, source port;
+#: then the source host (UTF-8, the rest).  Flags: 1 original, 2 has expiry,
+#: 4 has published, 8 has source.
+_RECORD = struct.Struct("<BQdBdddH")
+_CHUNK_NO = struct.Struct(">I")
 _KVPID_BYTES = 2 * ids.KEY_BYTES
 
 
 def encode_record(record: KVPRecord) -> bytes:
     """The metadata of ``record`` (its key and index live in the database key)."""
-    expires = record.expires_at
+    flags = ((1 if record.is_original else 0) | (0 if record.expires_at is None else 2)
+             | (0 if record.published is None else 4) | (0 if record.source is None else 8))
+    host, port = record.source if record.source is not None else ("", 0)
     return _RECORD.pack(
         _VERSION,
         record.size,
         record.timestamp,
-        1 if record.is_original else 0,
+        flags,
         record.last_update,
-        0 if expires is None else 1,
-        0.0 if expires is None else expires,
-    )
+        record.expires_at or 0.0,
+        record.published or 0.0,
+        port,
+    ) + host.encode("utf-8")
 
 
 def decode_record(key: bytes, index: bytes, data: bytes) -> KVPRecord:
-    """Inverse of :func:`encode_record`; ``ValueError`` for anything else."""
+    """Inverse of :func:`encode_record` (and reads version 1); ``ValueError`` otherwise."""
+    if data[:1] == bytes([_V1]):
+        return _decode_v1(key, index, data)
     try:
-        version, size, timestamp, original, last_update, has_expiry, expires = _RECORD.unpack(data)
+        version, size, timestamp, flags, last_update, expires, published, port = (
+            _RECORD.unpack_from(data))
+        host = data[_RECORD.size:].decode("utf-8")
+    except (struct.error, UnicodeDecodeError) as e:
+        raise ValueError(f"bad record encoding: {e}") from e
+    if version != _VERSION or flags & ~15 or (not flags & 8 and (host or port)):
+        raise ValueError("bad record encoding")
+    try:
+        return KVPRecord(
+            key=key,
+            index=index,
+            size=size,
+            timestamp=timestamp,
+            is_original=bool(flags & 1),
+            last_update=last_update,
+            expires_at=expires if flags & 2 else None,
+            published=published if flags & 4 else None,
+            source=(host, port) if flags & 8 else None,
+        )
+    except TypeError as e:
+        raise ValueError(str(e)) from e
+
+
+def _decode_v1(key: bytes, index: bytes, data: bytes) -> KVPRecord:
+    try:
+        version, size, timestamp, original, last_update, has_expiry, expires = (
+            _RECORD_V1.unpack(data))
     except struct.error as e:
         raise ValueError(f"bad record encoding: {e}") from e
-    if version != _VERSION or original not in (0, 1) or has_expiry not in (0, 1):
+    if version != _V1 or original not in (0, 1) or has_expiry not in (0, 1):
         raise ValueError("bad record encoding")
     try:
         return KVPRecord(
@@ -80,6 +125,10 @@ def decode_record(key: bytes, index: bytes, data: bytes) -> KVPRecord:
         )
     except TypeError as e:
         raise ValueError(str(e)) from e
+
+
+def _chunks(size: int) -> int:
+    return -(-size // VALUE_CHUNK)
 
 
 @implementer(IKVPTable)
@@ -105,6 +154,7 @@ class LevelDBKVPTable(Service, RecordIndex):
         self._owns_db = owns_db
         self._rprefix = namespace + b"r"
         self._vprefix = namespace + b"v"
+        self._cprefix = namespace + b"c"
         self._load()
 
     # -- opening and closing ------------------------------------------------------------
@@ -162,6 +212,10 @@ class LevelDBKVPTable(Service, RecordIndex):
             cut = len(self._vprefix)
             with snapshot.iterator(prefix=self._vprefix, include_value=False) as it:
                 with_value = {k[cut:] for k in it}
+            cut = len(self._cprefix)
+            first = _CHUNK_NO.pack(0)
+            with snapshot.iterator(prefix=self._cprefix, include_value=False) as it:
+                with_chunks = {k[cut:-4] for k in it if k[-4:] == first}
             cut = len(self._rprefix)
             with snapshot.iterator(prefix=self._rprefix) as it:
                 for k, data in it:
@@ -174,7 +228,8 @@ class LevelDBKVPTable(Service, RecordIndex):
                     except ValueError as e:
                         log.error("skipping a bad record {k!r}: {e}", k=k, e=e)
                         continue
-                    if kvpid not in with_value:
+                    if (kvpid not in with_value if data[:1] == bytes([_V1])
+                            else record.size and kvpid not in with_chunks):
                         log.error("skipping a record without value {k!r}", k=k)
                         continue
                     self._remember(record)
@@ -226,9 +281,10 @@ class LevelDBKVPTable(Service, RecordIndex):
         record: KVPRecord,
         previous: KVPRecord | None,
         puts: list[tuple[bytes, bytes]],
+        deletes: list[bytes] | None = None,
     ) -> defer.Deferred[None]:
         self._remember(record)
-        d = self._db.executor.submit(self._db.write_raw, puts)
+        d = self._db.executor.submit(self._db.write_raw, puts, deletes or ())
 
         def _failed(failure: Failure) -> Failure:
             self._rollback(record, previous)
@@ -243,8 +299,16 @@ class LevelDBKVPTable(Service, RecordIndex):
         if len(value) != record.size:
             return defer.fail(ValueError("value length does not match the record's size"))
         kvpid = record.key + record.index
-        puts = [(self._rprefix + kvpid, encode_record(record)), (self._vprefix + kvpid, value)]
-        return self._write(record, self._records.get(record.kvpid), puts)
+        previous = self._records.get(record.kvpid)
+        puts = [(self._rprefix + kvpid, encode_record(record))]
+        puts += [(self._cprefix + kvpid + _CHUNK_NO.pack(n),
+                  value[n * VALUE_CHUNK:(n + 1) * VALUE_CHUNK])
+                 for n in range(_chunks(len(value)))]
+        deletes = [self._vprefix + kvpid]  # a version 1 copy, if any
+        if previous is not None:
+            deletes += [self._cprefix + kvpid + _CHUNK_NO.pack(n)
+                        for n in range(_chunks(len(value)), _chunks(previous.size))]
+        return self._write(record, previous, puts, deletes)
 
     def update_record(self, record: KVPRecord) -> defer.Deferred[None]:
         old = self._records.get(record.kvpid)
@@ -258,22 +322,39 @@ class LevelDBKVPTable(Service, RecordIndex):
     def read(
         self, key: bytes, index: bytes, offset: int = 0, length: int | None = None
     ) -> defer.Deferred[bytes]:
-        if (key, index) not in self._records:
+        record = self._records.get((key, index))
+        if record is None:
             return defer.fail(KeyError((key, index)))
-        return self._db.executor.submit(self._read, key, index, offset, length)
+        end = record.size if length is None else min(offset + length, record.size)
+        if offset >= end:
+            return defer.succeed(b"")
+        return self._db.executor.submit(self._read, key + index, offset, end)
 
-    def _read(self, key: bytes, index: bytes, offset: int, length: int | None) -> bytes:
-        value: bytes | None = self._db.raw.get(self._vprefix + key + index)
-        if value is None:
-            raise KeyError((key, index))
-        end = len(value) if length is None else offset + length
-        return value[offset:end]
+    def _read(self, kvpid: bytes, offset: int, end: int) -> bytes:
+        """Bytes ``offset:end`` of a value: only the chunks that hold them are read."""
+        raw = self._db.raw
+        first, last = offset // VALUE_CHUNK, (end - 1) // VALUE_CHUNK
+        parts = []
+        for n in range(first, last + 1):
+            chunk: bytes | None = raw.get(self._cprefix + kvpid + _CHUNK_NO.pack(n))
+            if chunk is None:
+                whole: bytes | None = raw.get(self._vprefix + kvpid)  # version 1
+                if whole is None:
+                    raise KeyError((kvpid[: ids.KEY_BYTES], kvpid[ids.KEY_BYTES:]))
+                return whole[offset:end]
+            parts.append(chunk)
+        data = b"".join(parts)
+        skip = offset - first * VALUE_CHUNK
+        return data[skip:skip + end - offset]
 
     def delete(self, key: bytes, index: bytes) -> defer.Deferred[None]:
         old = self._forget(key, index)
         if not isinstance(key, bytes) or not isinstance(index, bytes):
             return defer.succeed(None)
-        deletes = [self._rprefix + key + index, self._vprefix + key + index]
+        kvpid = key + index
+        deletes = [self._rprefix + kvpid, self._vprefix + kvpid]
+        if old is not None:
+            deletes += [self._cprefix + kvpid + _CHUNK_NO.pack(n) for n in range(_chunks(old.size))]
         d = self._db.executor.submit(self._db.write_raw, (), deletes)
 
         def _failed(failure: Failure) -> Failure:
@@ -284,4 +365,4 @@ class LevelDBKVPTable(Service, RecordIndex):
         return d.addErrback(_failed)
 
 
-__all__ = ["LevelDBKVPTable", "decode_record", "encode_record"]
+__all__ = ["VALUE_CHUNK", "LevelDBKVPTable", "decode_record", "encode_record"]

@@ -1,10 +1,15 @@
 # -*- test-case-name: tests.test_dht_table -*-
 """The values a DHT node holds: :class:`KVPRecord` metadata and the :class:`IKVPTable` seam.
 
-Metadata (key, index, size, timestamp, flags, expiry) is small and is kept in memory by
-every implementation, so the protocol answers ``findval`` and decides on ``store``
-synchronously.  Value bytes may live on disk: reading and writing them returns Deferreds,
-so a persistent table can do its I/O off the reactor thread.
+Metadata (key, index, size, timestamp, flags, expiry, source) is small and is kept in
+memory by every implementation, so the protocol answers ``findval`` and decides on
+``store`` synchronously.  Value bytes may live on disk: reading and writing them returns
+Deferreds, so a persistent table can do its I/O off the reactor thread.
+
+Quotas (:meth:`RecordIndex.refusal`): records and bytes are counted in total, per source
+address (:func:`~p2pnet.dht.limits.source_key`) and per /24 or /64
+(:func:`~p2pnet.dht.limits.prefix_key`); every record is charged
+``Limits.store_record_overhead`` bytes on top of its size.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from twisted.internet import defer
 from zope.interface import Attribute, Interface, implementer
 
 from p2pnet import ids
+from p2pnet.dht.limits import Address, Limits, prefix_key, source_key
 from p2pnet.models import MAX_VALUE_SIZE
 
 #: Default byte quota of a value table (all values together).
@@ -42,6 +48,24 @@ class KVPRecord:
     last_update: float = attrs.field(default=0.0, validator=_finite)
     #: Local expiry time, or None for a value that does not expire here (an original).
     expires_at: float | None = attrs.field(default=None, validator=_finite)
+    #: When the value was last published by its publisher, on this node's clock (a copy
+    #: expires TIME_EXPIRE after it; replication does not move it); None: unknown.
+    published: float | None = attrs.field(default=None, validator=_finite)
+    #: The address that stored this copy here (charged for it), or None (an original).
+    source: Address | None = attrs.field(default=None)
+
+    @source.validator
+    def _check_source(self, _a: Any, source: Any) -> None:
+        if source is None:
+            return
+        if not (isinstance(source, tuple) and len(source) == 2 and isinstance(source[0], str)
+                and type(source[1]) is int and 0 <= source[1] <= 65535):
+            raise ValueError("source must be a (host, port) tuple")
+        try:
+            if len(source[0].encode("utf-8")) > 255:
+                raise ValueError("source host is over 255 bytes")
+        except UnicodeEncodeError as e:
+            raise ValueError("source host is not valid text") from e
 
     @size.validator
     def _check_size(self, _a: Any, size: int) -> None:
@@ -74,6 +98,11 @@ class IKVPTable(Interface):
     def is_acceptable(key: bytes, index: bytes, size: int, timestamp: float) -> bool:
         """Whether a store of this value would be taken (see :func:`acceptable`)."""
 
+    def refusal(key: bytes, index: bytes, size: int, timestamp: float,
+                source: Address | None = None, limits: Limits | None = None) -> str | None:
+        """Why a store of this value from ``source`` would be refused (a refusal kind for
+        :class:`~p2pnet.dht.limits.RefusalCounter`), or None when it would be taken."""
+
     def put(record: KVPRecord, value: bytes) -> defer.Deferred[None]:
         """Hold ``value`` under ``record`` (replacing what was held); len(value) == size."""
 
@@ -104,25 +133,76 @@ def acceptable(
     return total_bytes - freed + size <= max_bytes
 
 
+@attrs.define
+class Usage:
+    """Records and value bytes held for one holder of a quota."""
+
+    records: int = 0
+    bytes: int = 0
+
+    def charged(self, overhead: int) -> int:
+        """Bytes charged: value bytes plus ``overhead`` per record."""
+        return self.bytes + self.records * overhead
+
+
+def _over(usage: Usage | None, freed: Usage, size: int, max_records: int, max_bytes: int,
+          overhead: int) -> str | None:
+    """'records' or 'bytes' when adding a record of ``size`` in place of ``freed`` breaks
+    a quota of ``max_records`` records and ``max_bytes`` charged bytes, else None."""
+    records = (usage.records if usage else 0) - freed.records + 1
+    if records > max_records:
+        return "records"
+    if (usage.bytes if usage else 0) - freed.bytes + size + records * overhead > max_bytes:
+        return "bytes"
+    return None
+
+
 class RecordIndex:
     """The in-memory metadata every value table keeps: records by (key, index) and by key,
-    and the byte total; the synchronous half of :class:`IKVPTable`."""
+    the byte total and the quota counters; the synchronous half of :class:`IKVPTable`."""
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.max_bytes = max_bytes
         self.total_bytes = 0
         self._records: dict[tuple[bytes, bytes], KVPRecord] = {}
         self._by_key: dict[bytes, set[bytes]] = {}
+        #: usage by :func:`~p2pnet.dht.limits.source_key` of the storing address
+        self.by_source: dict[tuple[str, int], Usage] = {}
+        #: usage by :func:`~p2pnet.dht.limits.prefix_key` of the storing address
+        self.by_prefix: dict[str, Usage] = {}
+
+    def _charge(self, record: KVPRecord, sign: int) -> None:
+        if record.source is None:
+            return
+        skey, pkey = source_key(record.source), prefix_key(record.source)
+        usage = self.by_source.get(skey) or self.by_source.setdefault(skey, Usage())
+        usage.records += sign
+        usage.bytes += sign * record.size
+        if usage.records <= 0:
+            del self.by_source[skey]
+        pusage = self.by_prefix.get(pkey) or self.by_prefix.setdefault(pkey, Usage())
+        pusage.records += sign
+        pusage.bytes += sign * record.size
+        if pusage.records <= 0:
+            del self.by_prefix[pkey]
 
     def _remember(self, record: KVPRecord) -> None:
         old = self._records.get(record.kvpid)
+        if old is not None:
+            self._charge(old, -1)
+        self._charge(record, 1)
         self.total_bytes += record.size - (old.size if old is not None else 0)
         self._records[record.kvpid] = record
         self._by_key.setdefault(record.key, set()).add(record.index)
 
+    def _replace_metadata(self, record: KVPRecord) -> None:
+        """Swap a held record's metadata (same size) keeping the counters right."""
+        self._remember(record)
+
     def _forget(self, key: bytes, index: bytes) -> KVPRecord | None:
         old = self._records.pop((key, index), None)
         if old is not None:
+            self._charge(old, -1)
             self.total_bytes -= old.size
             indexes = self._by_key[key]
             indexes.discard(index)
@@ -146,6 +226,43 @@ class RecordIndex:
         held = self._records.get((key, index))
         return acceptable(held, size, timestamp, self.total_bytes, self.max_bytes)
 
+    def refusal(self, key: bytes, index: bytes, size: int, timestamp: float,
+                source: Address | None = None, limits: Limits | None = None) -> str | None:
+        """Why a store would be refused, or None.  Kinds: ``store_too_large``,
+        ``store_not_newer``, ``store_quota_records``/``_bytes`` (the whole table),
+        ``store_source_quota_records``/``_bytes``, ``store_prefix_quota_records``/``_bytes``.
+
+        A held copy that the store would replace frees its share first, where it was
+        charged (the table always; its source's quotas only if it came from the same one).
+        """
+        lim = limits or Limits()
+        if not 0 <= size <= MAX_VALUE_SIZE:
+            return "store_too_large"
+        held = self._records.get((key, index))
+        if held is not None and timestamp <= held.timestamp:
+            return "store_not_newer"
+        over = lim.store_record_overhead
+        freed = Usage(1, held.size) if held is not None else Usage()
+        kind = _over(Usage(len(self._records), self.total_bytes), freed, size,
+                     lim.store_max_records, self.max_bytes, over)
+        if kind:
+            return f"store_quota_{kind}"
+        if source is None:
+            return None
+        skey, pkey = source_key(source), prefix_key(source)
+        held_from = held.source if held is not None else None
+        none = Usage()
+        kind = _over(self.by_source.get(skey),
+                     freed if held_from and source_key(held_from) == skey else none,
+                     size, lim.store_source_max_records, lim.store_source_max_bytes, over)
+        if kind:
+            return f"store_source_quota_{kind}"
+        kind = _over(self.by_prefix.get(pkey),
+                     freed if held_from and prefix_key(held_from) == pkey else none,
+                     size, lim.store_prefix_max_records, lim.store_prefix_max_bytes, over)
+        if kind:
+            return f"store_prefix_quota_{kind}"
+        return None
 
 @implementer(IKVPTable)
 class MemoryKVPTable(RecordIndex):
@@ -168,7 +285,7 @@ class MemoryKVPTable(RecordIndex):
             return defer.fail(KeyError(record.kvpid))
         if old.size != record.size:
             return defer.fail(ValueError("update_record cannot change the size"))
-        self._records[record.kvpid] = record
+        self._replace_metadata(record)
         return defer.succeed(None)
 
     def read(
