@@ -1,0 +1,435 @@
+"""Tests for :mod:`p2pnet.chord.socket` on ``task.Clock``: the in-memory DHT network
+(:mod:`p2pnet.sim.memory`) under the values and the in-memory mesh
+(:mod:`p2pnet.mesh.memory`) under the key notices.  No socket is opened.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from twisted.internet import defer
+from twisted.trial.unittest import SynchronousTestCase
+
+from p2pnet.chord import record
+from p2pnet.chord.errors import (
+    ChordTimeoutError,
+    CorruptRecordError,
+    KeySetFullError,
+    ReactorThreadError,
+    SocketClosedError,
+)
+from p2pnet.chord.keyset import Entry, encode_entries
+from p2pnet.chord.socket import CHANNEL, NOTICE, SET, ChordSocket
+from p2pnet.dht.limits import Limits
+from p2pnet.dht.network import DHTNetwork
+from p2pnet.mesh.memory import MemoryMeshNetwork
+from tests.dhthelpers import Sim
+
+
+class ChordNet:
+    """``n`` nodes: a DHT node and a chord socket on a mesh node each, one clock.
+
+    The mesh is a tree (node i links to node (i - 1) // 2), so notices are relayed.
+    """
+
+    def __init__(self, n: int, *, seed: int = 0, link: bool = True, timeout: float = 10.0,
+                 limits: Limits | None = None, **dht_kw: Any) -> None:
+        self.sim = Sim(seed=seed)
+        self.clock = self.sim.clock
+        self.sim.add_many(n, **dht_kw)
+        self.sim.join_all()
+        self.mesh = MemoryMeshNetwork(self.clock, latency=0.005)
+        self.socks: list[ChordSocket] = []
+        self.events: list[Counter[tuple[str, bytes]]] = []
+        self.timeout = timeout
+        self.limits = limits
+        for node in self.sim.nodes:
+            self._add_socket(node)
+        if link:
+            for i in range(1, n):
+                self.mesh.link(self.id(i), self.id((i - 1) // 2))
+        self.flush()
+
+    @staticmethod
+    def id(i: int) -> bytes:
+        return b"n%03d" % i
+
+    def _add_socket(self, node: DHTNetwork) -> ChordSocket:
+        i = len(self.socks)
+        sock = ChordSocket(self.mesh.node(self.id(i)), node, timeout=self.timeout,
+                           limits=self.limits)
+        counts: Counter[tuple[str, bytes]] = Counter()
+        sock.on("add", lambda s, k, c=counts, me=sock: c.update([("add", k)])
+                if s is me else None)
+        sock.on("delete", lambda s, k, c=counts: c.update([("delete", k)]))
+        self.socks.append(sock)
+        self.events.append(counts)
+        return sock
+
+    def add_node(self, link_to: int | None = 0) -> ChordSocket:
+        node = self.sim.add()
+        self.sim.run(node.join_network(self.sim.nodes[0].address))
+        sock = self._add_socket(node)
+        if link_to is not None:
+            self.mesh.link(sock.mesh.peer_id, self.id(link_to))
+        self.flush()
+        return sock
+
+    def flush(self) -> None:
+        self.mesh.flush()
+
+    def do(self, d: defer.Deferred[Any]) -> Any:
+        """Run the clock until ``d`` fires, deliver the notices, return its result (or
+        the Failure)."""
+        self.sim.run(d)
+        self.flush()
+        return outcome(d)
+
+    def ok(self, d: defer.Deferred[Any]) -> Any:
+        result = self.do(d)
+        if isinstance(result, Exception) or hasattr(result, "raiseException"):
+            result.raiseException()
+        return result
+
+    def kill(self, i: int) -> None:
+        """Node ``i`` drops without a word: its UDP endpoint and mesh links vanish."""
+        self.sim.nodes[i].protocol.transport.stopListening()
+        self.mesh.remove(self.id(i))
+
+
+def outcome(d: defer.Deferred[Any]) -> Any:
+    """The result or Failure of a fired Deferred (the Failure is consumed)."""
+    box: list[Any] = []
+    d.addBoth(lambda r: box.append(r))
+    if not box:
+        raise AssertionError(f"{d!r} has not fired")
+    return box[0]
+
+
+def fails_with(test: SynchronousTestCase, result: Any, exc: type[BaseException]) -> Any:
+    test.assertTrue(hasattr(result, "check"), f"expected a failure, got {result!r}")
+    test.assertTrue(result.check(exc), f"expected {exc.__name__}, got {result!r}")
+    return result.value
+
+
+class DictAPITests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.net = ChordNet(8)
+        self.a, self.b, self.c = self.net.socks[0], self.net.socks[5], self.net.socks[7]
+
+    def test_set_on_one_get_on_another(self) -> None:
+        self.assertIsNone(self.net.ok(self.a.d_set(b"k", b"v")))
+        self.assertEqual(self.net.ok(self.b.d_get(b"k")), b"v")
+        self.assertEqual(self.net.ok(self.c.d_get("k")), b"v")
+
+    def test_str_is_utf8(self) -> None:
+        self.net.ok(self.a.d_set("clé", "valeur"))
+        self.assertEqual(self.net.ok(self.b.d_get("clé".encode())), b"valeur")
+        self.net.ok(self.a.d_set(bytearray(b"ba"), memoryview(b"mv")))
+        self.assertEqual(self.net.ok(self.b.d_get(b"ba")), b"mv")
+        self.assertIn("clé", self.c)
+        self.assertFalse(self.c.__contains__(5))
+        self.assertIsInstance(self.net.do(self.a.d_set(5, b"x")).value, TypeError)
+        self.assertIsInstance(self.net.do(self.a.d_set(b"k", None)).value, TypeError)
+
+    def test_missing_key(self) -> None:
+        err = fails_with(self, self.net.do(self.b.d_get(b"nope")), KeyError)
+        self.assertIs(type(err), KeyError)
+        self.assertEqual(self.net.ok(self.b.d_get(b"nope", None)), None)
+        self.assertEqual(self.net.ok(self.b.d_get(b"nope", b"dflt")), b"dflt")
+
+    def test_delete_is_a_tombstone(self) -> None:
+        self.net.ok(self.a.d_set(b"k", b"v"))
+        self.net.ok(self.b.d_delete(b"k"))
+        fails_with(self, self.net.do(self.c.d_get(b"k")), KeyError)
+        fails_with(self, self.net.do(self.a.d_get(b"k")), KeyError)
+        # the tombstone is in the DHT: the newest record under the key
+        raw = self.net.ok(self.net.sim.nodes[3].get(record.dht_key(b"k")))
+        self.assertFalse(record.decode(raw).present)
+        # and the key can come back
+        self.net.ok(self.c.d_set(b"k", b"again"))
+        self.assertEqual(self.net.ok(self.a.d_get(b"k")), b"again")
+
+    def test_delete_unknown_key(self) -> None:
+        fails_with(self, self.net.do(self.a.d_delete(b"never")), KeyError)
+        self.net.ok(self.a.d_set(b"k", b"v"))
+        self.net.ok(self.a.d_delete(b"k"))
+        fails_with(self, self.net.do(self.b.d_delete(b"k")), KeyError)
+
+    def test_pop_popitem_setdefault(self) -> None:
+        self.net.ok(self.a.d_set(b"x", b"1"))
+        self.net.ok(self.a.d_set(b"y", b"2"))
+        self.assertEqual(self.net.ok(self.b.d_pop(b"x")), b"1")
+        fails_with(self, self.net.do(self.b.d_pop(b"x")), KeyError)
+        self.assertEqual(self.net.ok(self.b.d_pop(b"x", b"d")), b"d")
+        self.assertEqual(self.net.ok(self.c.d_setdefault(b"y", b"9")), b"2")
+        self.assertEqual(self.net.ok(self.c.d_setdefault(b"z", b"3")), b"3")
+        self.assertEqual(self.net.ok(self.a.d_get(b"z")), b"3")
+        fails_with(self, self.net.do(self.c.d_setdefault(b"w")), TypeError)
+        # popitem takes the last key added
+        self.assertEqual(self.net.ok(self.a.d_popitem()), (b"z", b"3"))
+        self.assertEqual(self.net.ok(self.b.d_popitem()), (b"y", b"2"))
+        err = fails_with(self, self.net.do(self.c.d_popitem()), KeyError)
+        self.assertIn("empty", str(err))
+
+    def test_update_keys_values_items_copy_clear(self) -> None:
+        self.net.ok(self.a.d_update({b"a": b"1", "b": "2"}, c=b"3"))
+        self.net.ok(self.a.d_update([(b"d", b"4")]))
+        for s in self.net.socks:
+            self.assertEqual(sorted(s.keys()), [b"a", b"b", b"c", b"d"])
+            self.assertEqual(len(s), 4)
+        self.assertEqual(list(self.b), [b"a", b"b", b"c", b"d"])
+        self.assertEqual(self.net.ok(self.b.d_keys()), [b"a", b"b", b"c", b"d"])
+        self.assertEqual(self.net.ok(self.b.d_len()), 4)
+        self.assertTrue(self.net.ok(self.b.d_contains("a")))
+        self.assertEqual(self.net.ok(self.c.d_values()), [b"1", b"2", b"3", b"4"])
+        self.assertEqual(self.net.ok(self.c.d_items())[0], (b"a", b"1"))
+        self.assertEqual(self.net.ok(self.c.d_copy()),
+                         {b"a": b"1", b"b": b"2", b"c": b"3", b"d": b"4"})
+        self.net.ok(self.b.d_clear())
+        for s in self.net.socks:
+            self.assertEqual(list(s.keys()), [])
+        fails_with(self, self.net.do(self.a.d_get(b"c")), KeyError)
+        self.assertIsInstance(self.net.do(self.a.d_update([(b"only one",)])).value,
+                              ValueError)
+
+    def test_overwrite_keeps_one_key(self) -> None:
+        self.net.ok(self.a.d_set(b"k", b"1"))
+        self.net.ok(self.b.d_set(b"k", b"2"))
+        self.net.ok(self.c.d_set(b"k", b"3"))
+        for s in self.net.socks:
+            self.assertEqual(list(s.keys()), [b"k"])
+        self.assertEqual(self.net.ok(self.a.d_get(b"k")), b"3")
+
+    def test_same_clock_time_writes_are_ordered(self) -> None:
+        """Writes in the same instant still order: each is just past the newest known."""
+        for i in range(5):
+            d = self.a.d_set(b"k", b"%d" % i)
+            self.net.ok(d)
+        self.assertEqual(self.net.ok(self.b.d_get(b"k")), b"4")
+
+    def test_sizes(self) -> None:
+        big_key = b"k" * (Limits().chord_max_key_size + 1)
+        self.assertIsInstance(self.net.do(self.a.d_set(big_key, b"v")).value, ValueError)
+        self.assertIsInstance(self.net.do(self.a.d_get(big_key)).value, ValueError)
+        too_big = b"v" * (record.max_value_size(b"k", 1024 * 1024) + 1)
+        self.assertIsInstance(self.net.do(self.a.d_set(b"k", too_big)).value, ValueError)
+
+    def test_hops_counted(self) -> None:
+        self.assertIsNone(self.a.last_hops)
+        self.net.ok(self.a.d_set(b"k", b"v"))
+        self.assertGreaterEqual(self.a.last_hops, 1)
+        self.net.ok(self.b.d_get(b"k"))
+        self.assertGreaterEqual(self.b.last_hops, 1)
+        self.assertEqual(self.a.stats.ops["set"], 1)
+        self.assertEqual(self.b.stats.ops["get"], 1)
+        self.assertGreaterEqual(self.b.stats.mean_hops("get"), 1.0)
+        self.assertEqual(self.b.stats.mean_hops("set"), 0.0)
+        self.net.do(self.b.d_get(b"nope"))
+        self.assertEqual(self.b.stats.failures["get"], 1)
+
+    def test_corrupt_record(self) -> None:
+        """Bytes under a chord key that are not its record: a typed error, counted."""
+        node = self.net.sim.nodes[2]
+        self.net.ok(node.put(record.dht_key(b"k"), b"garbage"))
+        fails_with(self, self.net.do(self.a.d_get(b"k")), CorruptRecordError)
+        other = record.encode(record.Record.value_of(b"other", b"v", 1e6))
+        self.net.ok(node.put(record.dht_key(b"k"), other, 2e6))
+        fails_with(self, self.net.do(self.a.d_get(b"k")), CorruptRecordError)
+        self.assertEqual(self.a.refused["corrupt_record"], 2)
+
+    def test_read_repair(self) -> None:
+        """A node that missed a notice learns the write when it reads the key."""
+        lone = self.net.add_node(link_to=None)
+        self.net.ok(self.a.d_set(b"k", b"v"))
+        self.assertNotIn(b"k", lone)
+        self.assertEqual(self.net.ok(lone.d_get(b"k")), b"v")
+        self.assertIn(b"k", lone)
+        self.assertEqual(self.net.events[-1][("add", b"k")], 1)
+
+
+class EventTests(SynchronousTestCase):
+    def test_exactly_once_on_every_node(self) -> None:
+        net = ChordNet(12)
+        s = net.socks
+        net.ok(s[0].d_set(b"a", b"1"))         # add a
+        net.ok(s[5].d_set(b"a", b"2"))         # overwrite: no event
+        net.ok(s[7].d_set(b"b", b"1"))         # add b
+        net.ok(s[11].d_delete(b"a"))           # delete a
+        net.ok(s[3].d_set(b"a", b"3"))         # add a again
+        net.ok(s[2].d_pop(b"b"))               # delete b
+        net.ok(s[9].d_update({b"c": b"1", b"d": b"2"}))
+        net.ok(s[4].d_clear())                 # delete a, c, d
+        want = Counter({("add", b"a"): 2, ("delete", b"a"): 2, ("add", b"b"): 1,
+                        ("delete", b"b"): 1, ("add", b"c"): 1, ("delete", b"c"): 1,
+                        ("add", b"d"): 1, ("delete", b"d"): 1})
+        for i, counts in enumerate(net.events):
+            self.assertEqual(counts, want, f"node {i}")
+
+    def test_events_with_reordering_and_duplicates(self) -> None:
+        net = ChordNet(10)
+        net.mesh.jitter = 0.05
+        net.mesh.duplicate = 0.3
+        for i in range(6):
+            net.ok(net.socks[i].d_set(b"k%d" % i, b"v"))
+        net.ok(net.socks[9].d_delete(b"k2"))
+        for i, counts in enumerate(net.events):
+            self.assertEqual(sum(v for (ev, _), v in counts.items() if ev == "add"), 6,
+                             f"node {i}")
+            self.assertEqual(counts[("delete", b"k2")], 1)
+
+    def test_handler_gets_socket_and_key(self) -> None:
+        net = ChordNet(3)
+        seen: list[tuple[Any, bytes]] = []
+        net.socks[1].on("add")(lambda sock, key: seen.append((sock, key)))
+        net.ok(net.socks[0].d_set("k", b"v"))
+        self.assertEqual(seen, [(net.socks[1], b"k")])
+        self.assertRaises(ValueError, net.socks[1].on, "update", print)
+
+
+class ConnectTests(SynchronousTestCase):
+    def test_connecting_node_receives_whole_set(self) -> None:
+        net = ChordNet(6)
+        net.ok(net.socks[0].d_update({b"a": b"1", b"b": b"2", b"c": b"3"}))
+        net.ok(net.socks[1].d_delete(b"b"))
+        late = net.add_node(link_to=3)
+        self.assertEqual(list(late.keys()), [b"a", b"c"])
+        # tombstones came too: an old notice cannot bring b back
+        self.assertFalse(late.keyset.get(b"b").present)
+        self.assertEqual(net.events[-1], Counter({("add", b"a"): 1, ("add", b"c"): 1}))
+        self.assertEqual(net.ok(late.d_get(b"c")), b"3")
+
+    def test_partition_heals(self) -> None:
+        """Both sides write while cut; one link heals them and the news spreads to all."""
+        net = ChordNet(10)
+        cut = net.mesh.partition([net.id(i) for i in (0, 1, 3, 4, 7, 8, 9)],
+                                 [net.id(i) for i in (2, 5, 6)])
+        self.assertTrue(cut)
+        net.ok(net.socks[7].d_set(b"left", b"1"))
+        net.ok(net.socks[5].d_set(b"right", b"2"))
+        net.ok(net.socks[0].d_set(b"both", b"L"))
+        net.ok(net.socks[6].d_set(b"both", b"R"))  # later: wins
+        net.mesh.link(net.id(9), net.id(6))  # a different link than the ones cut
+        net.flush()
+        for i, s in enumerate(net.socks):
+            self.assertEqual(sorted(s.keys()), [b"both", b"left", b"right"], f"node {i}")
+            self.assertEqual(s.keyset.get(b"both"), net.socks[6].keyset.get(b"both"))
+        self.assertGreater(sum(s.counters["passed_on"] for s in net.socks), 0)
+        self.assertEqual(net.ok(net.socks[0].d_get(b"both")), b"R")
+
+
+class HostileNoticeTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.net = ChordNet(2, limits=Limits(chord_max_keys=50, chord_max_key_size=16))
+        self.sock = self.net.socks[1]
+        self.evil = self.net.mesh.node(b"evil")
+        self.net.mesh.link(b"evil", self.sock.mesh.peer_id)
+        self.net.flush()
+
+    def send(self, *parts: bytes) -> None:
+        self.evil.send(self.sock.mesh.peer_id, *parts, channel=CHANNEL)
+        self.net.flush()
+
+    def test_malformed_dropped_and_counted(self) -> None:
+        self.send(b"N")
+        self.send(b"X", encode_entries([]))
+        self.send(NOTICE, b"\x00\x01garbage")
+        self.send(SET, b"", b"")
+        self.assertEqual(self.sock.refused["malformed"], 4)
+        self.assertEqual(len(self.sock), 0)
+        # still works
+        self.net.ok(self.net.socks[0].d_set(b"k", b"v"))
+        self.assertEqual(list(self.sock.keys()), [b"k"])
+
+    def test_key_set_is_bounded(self) -> None:
+        entries = [Entry(b"k%d" % i, 1.0, b"\x01" * 20, True) for i in range(200)]
+        self.send(SET, encode_entries(entries))
+        self.send(NOTICE, encode_entries([Entry(b"x" * 17, 1.0, b"\x01" * 20, True)]))
+        self.assertEqual(self.sock.keyset.size, 50)
+        self.assertEqual(self.sock.refused["keyset_full"], 150)
+        self.assertEqual(self.sock.refused["key_too_large"], 1)
+        # a local write of a new key is refused with a clear error, not dropped
+        fails_with(self, self.net.do(self.sock.d_set(b"new", b"v")), KeySetFullError)
+        # an existing key can still be written and deleted (the tombstone makes room)
+        self.net.ok(self.sock.d_set(b"k3", b"v"))
+        self.net.ok(self.sock.d_delete(b"k3"))
+        self.net.ok(self.sock.d_set(b"new", b"v"))
+        self.assertEqual(self.sock.refused["tombstone_evicted"], 1)
+
+
+class FailureTests(SynchronousTestCase):
+    def test_timeout_is_typed_and_not_keyerror(self) -> None:
+        net = ChordNet(6, timeout=1.0)
+        for i in range(1, 6):
+            net.sim.net.blocked_hosts.add(net.sim.nodes[i].address[0])
+        result = net.do(net.socks[0].d_get(b"k"))
+        err = fails_with(self, result, ChordTimeoutError)
+        self.assertNotIsInstance(err, KeyError)
+        self.assertIsInstance(err, TimeoutError)
+        fails_with(self, net.do(net.socks[0].d_set(b"k", b"v")), ChordTimeoutError)
+        self.assertEqual(net.socks[0].stats.failures["set"], 1)
+        self.assertEqual(list(net.socks[0].keys()), [])  # a failed write adds nothing
+        self.assertFalse(net.clock.getDelayedCalls() and
+                         any(c.func.__name__ == "expire" for c in net.clock.getDelayedCalls()))
+
+    def test_values_may_raise_keyerror_when_holders_gone(self) -> None:
+        net = ChordNet(12, k=3)
+        net.ok(net.socks[0].d_set(b"k", b"v"))
+        holders = [i for i, n in enumerate(net.sim.nodes)
+                   if n.kvp_table.records_for_key(record.dht_key(b"k"))]
+        reader = next(i for i in range(12) if i not in holders)
+        for i in holders:
+            net.sim.nodes[i].protocol.transport.stopListening()
+        self.assertIn(b"k", net.socks[reader])
+        fails_with(self, net.do(net.socks[reader].d_values()), KeyError)
+        fails_with(self, net.do(net.socks[reader].d_items()), KeyError)
+
+    def test_stop_fails_pending(self) -> None:
+        net = ChordNet(3)
+        sock = net.socks[0]
+        sock.startService()
+        d = sock.d_set(b"k", b"v")
+        self.assertFalse(d.called)
+        self.successResultOf(sock.stopService())
+        fails_with(self, outcome(d), SocketClosedError)
+        fails_with(self, outcome(sock.d_get(b"k")), SocketClosedError)
+        sock.startService()
+        net.ok(sock.d_set(b"k", b"v"))
+
+    def test_blocking_api_refuses_without_reactor_thread(self) -> None:
+        net = ChordNet(2)
+        sock = net.socks[0]
+        with self.assertRaises(ReactorThreadError) as cm:
+            sock[b"k"]
+        self.assertIn("d_get", str(cm.exception))
+        self.assertRaises(ReactorThreadError, sock.__setitem__, b"k", b"v")
+        self.assertRaises(ReactorThreadError, sock.pop, b"k")
+        # local reads need no lookup and work anywhere
+        self.assertEqual(list(sock.keys()), [])
+        self.assertEqual(len(sock), 0)
+
+    def test_constructor(self) -> None:
+        net = ChordNet(1)
+        self.assertRaises(ValueError, ChordSocket, net.mesh.node(b"x"), net.sim.nodes[0],
+                          timeout=0)
+        self.assertIn("0 keys", repr(net.socks[0]))
+
+
+class SurvivalTests(SynchronousTestCase):
+    def test_values_survive_killing_a_third(self) -> None:
+        net = ChordNet(30, seed=3)
+        values = {b"key%d" % i: b"value%d" % i for i in range(30)}
+        for i, (k, v) in enumerate(values.items()):
+            net.ok(net.socks[i].d_set(k, v))
+        for i in range(0, 30, 3):  # every third node, writers included, no goodbye
+            net.kill(i)
+        alive = [s for i, s in enumerate(net.socks) if i % 3]
+        for j, (k, v) in enumerate(values.items()):
+            reader = alive[j % len(alive)]
+            self.assertEqual(net.ok(reader.d_get(k)), v)
+            self.assertIn(k, reader)
+        self.assertEqual(sorted(alive[0].keys()), sorted(values))
+        # and the dict still works
+        net.ok(alive[3].d_delete(b"key4"))
+        fails_with(self, net.do(alive[5].d_get(b"key4")), KeyError)
