@@ -54,8 +54,13 @@ class _Pausable:
     paused = False
     deliver: Callable[..., None]
 
+    read_scheduled: Any
+
     def doRead(self) -> None:
         if self.paused:
+            scheduled = self.read_scheduled
+            if scheduled is not None and not scheduled.active():
+                self.read_scheduled = None
             return
         super().doRead()  # type: ignore[misc]
 
