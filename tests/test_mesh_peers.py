@@ -118,6 +118,37 @@ class PeerBookTests(SynchronousTestCase):
         self.assertEqual(self.book.state(b"p"), PeerState.UNREACHABLE)
 
 
+class BoundTests(SynchronousTestCase):
+    def test_book_bounded_unreachable_evicted_first(self) -> None:
+        clock = task.Clock()
+        store = PeerStore(None, app_uuid=b"self", reactor=clock, inline=True)
+        store.start_db()
+        dial = FakeDialer()
+        book = PeerBook(clock, dial, own_id=b"self", store=store, max_known=3,
+                        backoff=Backoff(jitter=0, max_failures=1))
+        book.start()
+        book.connected(b"a", "h", 1)
+        book.connected(b"b", "h", 2)
+        book.connected(b"c", "h", 3)
+        book.lost(b"b")
+        clock.advance(0.5)
+        dial.calls[0][2].errback(HandshakeTimeoutError("h", 2, 1))
+        self.assertEqual(book.state(b"b"), PeerState.UNREACHABLE)
+        book.lost(b"c")  # c: NO_CONNECTION, retry pending
+        book.connected(b"d", "h", 4)
+        self.assertIsNone(book.get(b"b"))
+        self.assertNotIn(b"b", store.peers)
+        book.connected(b"e", "h", 5)
+        self.assertIsNone(book.get(b"c"))
+        self.assertFalse(book.retry_pending(b"c"))
+        self.assertEqual(sorted(p.uuid for p in book.known()), [b"a", b"d", b"e"])
+        self.assertEqual(book.evicted, 2)
+        # all connected: nothing to evict, the bound waits
+        book.connected(b"f", "h", 6)
+        self.assertEqual(len(book.known()), 4)
+        store.terminate_db()
+
+
 class PeerStoreTests(SynchronousTestCase):
     def test_restart_dials_known_peers(self) -> None:
         path = self.mktemp()

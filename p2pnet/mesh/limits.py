@@ -39,5 +39,7 @@ class MeshLimits:
     retry_factor: float = 2.0
     retry_max: float = 60.0
     retry_jitter: float = 0.25
+    #: peers the peer book (and the PeerStore) remembers; unreachable ones go first
+    max_known: int = 1024
     #: failed dials in a row after which a peer is marked unreachable (no more retries)
     retry_max_failures: int = 6

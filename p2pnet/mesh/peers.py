@@ -73,8 +73,10 @@ class PeerBook:
         store: PeerStore | None = None,
         backoff: Backoff | None = None,
         rng: random.Random | None = None,
+        max_known: int = 1024,
     ) -> None:
         self.clock = clock
+        self.max_known = max_known
         self.dial = dial
         self.own_id = own_id
         self.store = store
@@ -86,6 +88,8 @@ class PeerBook:
         #: dials made by retries, and how many failed
         self.dials = 0
         self.dial_failures = 0
+        #: peers forgotten because the book was full
+        self.evicted = 0
 
     # -- queries ---------------------------------------------------------------------
 
@@ -158,6 +162,7 @@ class PeerBook:
         peer.conn_state = PeerState.CONNECTED
         entry.failures = 0
         self._cancel(entry)
+        self._evict()
         if changed:
             self._flush()
         return peer
@@ -177,6 +182,26 @@ class PeerBook:
             self._schedule(peer_id, 0.0)
 
     # -- internals -------------------------------------------------------------------
+
+    _EVICT_ORDER = (PeerState.UNREACHABLE, PeerState.NO_CONNECTION, PeerState.INITIAL)
+
+    def _evict(self) -> None:
+        """Forget peers past ``max_known`` (unreachable first, never a connected one):
+        peers that come and go under new ids cannot grow the book or the store."""
+        while len(self._entries) > self.max_known:
+            victim = next((pid for state in self._EVICT_ORDER
+                           for pid, e in self._entries.items()
+                           if e.peer.conn_state == state and not e.dialling), None)
+            if victim is None:
+                return
+            entry = self._entries.pop(victim)
+            self._cancel(entry)
+            self.evicted += 1
+            if self.store is not None:
+                try:
+                    self.store.take_peer(victim)
+                except KeyError:
+                    pass
 
     def _cancel(self, entry: _Entry) -> None:
         if entry.timer is not None and entry.timer.active():

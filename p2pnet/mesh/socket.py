@@ -303,7 +303,7 @@ class MeshSocket(service.Service):
             self._clock, self.connect, own_id=self.peer_id, store=self.peer_store,
             backoff=Backoff(limits.retry_initial, limits.retry_factor, limits.retry_max,
                             limits.retry_jitter, limits.retry_max_failures),
-            rng=self._rng)
+            rng=self._rng, max_known=limits.max_known)
         interval = min(limits.ping_interval, limits.peer_timeout / 3)
         self._keepalive = Periodic(self._clock, interval, self._keepalive_round,
                                    name="mesh keepalive")
