@@ -151,6 +151,8 @@ class StoreTests(TwoNodeMixin, SynchronousTestCase):
         super().setUp()
         # A key next to b's id: b knows nobody closer, so c = 0 in the expiry rule.
         self.key = key_near(self.b.key, 1)
+        # The timestamps used below (1000, 2000) must not lie in the future.
+        self.sim.clock.advance(10_000)
 
     def store(self, value: bytes, timestamp: float = 1000.0, node: DHTNetwork | None = None,
               index: bytes | None = None) -> bool:
@@ -189,6 +191,7 @@ class StoreTests(TwoNodeMixin, SynchronousTestCase):
     def test_pulls_at_once_are_bounded(self) -> None:
         from p2pnet.dht.rpcs import MAX_PULLS
 
+        self.b.limits.pull_max_per_source = MAX_PULLS  # one source here
         values = [blob(INLINE_MAX + 1, seed) for seed in range(MAX_PULLS + 3)]
         calls = [self.a.store.call(self.b.node, self.key, ids.key_for(v), v, 1000.0)
                  for v in values]
@@ -246,7 +249,8 @@ class StoreTests(TwoNodeMixin, SynchronousTestCase):
                          2000.0)
 
     def test_over_quota_refused(self) -> None:
-        self.b.kvp_table.max_bytes = 100
+        # Every record is charged its size plus Limits.store_record_overhead.
+        self.b.kvp_table.max_bytes = 100 + self.b.limits.store_record_overhead
         self.assertFalse(self.store(b"x" * 101))
         self.assertTrue(self.store(b"x" * 100))
 
@@ -286,10 +290,12 @@ class StoreTests(TwoNodeMixin, SynchronousTestCase):
                                                                            other_key)))
         self.assertFalse(result.useful)
         self.assertEqual(list(result.nodes), [self.c.node])
-        # Asking for an index b does not hold also answers with nodes.
+        # Asking for an index b does not hold answers with the entries of every index
+        # of the key b holds (SEMANTICS §3), not with nodes.
         result = self.successResultOf(self.go(self.a.find_value_from_node(
             self.b.node, self.key, ids.key_for(b"other"))))
-        self.assertFalse(result.useful)
+        self.assertTrue(result.useful)
+        self.assertEqual([v.index for v in result.values], [ids.key_for(b"held")])
 
     def test_find_value_hides_expired(self) -> None:
         self.assertTrue(self.store(b"short-lived"))

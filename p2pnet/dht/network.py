@@ -29,6 +29,7 @@ from p2pnet.dht.errors import (
     DHTError,
     LookupTimeoutError,
     ValueNotFoundError,
+    VerificationError,
 )
 from p2pnet.dht.limits import Limits, RefusalCounter
 from p2pnet.dht.lookup import Lookup, LookupStats, Until
@@ -224,7 +225,7 @@ class DHTNetwork:
     def expiry_for(self, key: bytes, now: float) -> float:
         """When a copy stored here expires: sooner the more nodes lie between us and it."""
         c = self._routing_table.count_close(key)
-        return now + TIME_EXPIRE / math.exp(c / self.k)
+        return now + self.TIME_EXPIRE / math.exp(c / self.k)
 
     # -- requests from the protocol ------------------------------------------------------
 
@@ -298,15 +299,24 @@ class DHTNetwork:
 
     def get_value_from_node(self, node: Node, key: bytes, index: bytes,
                             offset: int = 0, size: int | None = None) -> defer.Deferred[bytes]:
-        """Download a value (from ``offset``) from ``node``; fails on any error."""
-        return self.get_value_rpc.fetch(node.address, key, index, size, offset)
+        """Download a value (from ``offset``) from ``node``; fails on any error, and with
+        :class:`VerificationError` when a whole value (offset 0) does not hash to
+        ``index`` or is not ``size`` bytes."""
+        d = self.get_value_rpc.fetch(node.address, key, index, size, offset)
+        if offset == 0:
+            d.addCallback(_verified, index, size)
+        return d
 
     def store_to_node(self, node: Node, key: bytes, index: bytes, bytes_: bytes,
-                      timestamp: float) -> defer.Deferred[bool]:
-        """Offer a value to ``node``: True when the node holds it afterwards."""
-        if len(bytes_) > MAX_VALUE_SIZE or not math.isfinite(timestamp) or timestamp < 0:
+                      timestamp: float, *, age: float = 0.0) -> defer.Deferred[bool]:
+        """Offer a value to ``node``: True when the node holds it afterwards.
+
+        ``age``: seconds since the value's publisher last published it; 0 (a publish)
+        renews the node's copy, a replication passes the copy's age so it does not.
+        """
+        if len(bytes_) > self.MAX_VALUE_SIZE or not math.isfinite(timestamp) or timestamp < 0:
             return defer.fail(ValueError("value over the size limit or bad timestamp"))
-        d: defer.Deferred[Any] = self.store.call(node, key, index, bytes_, timestamp)
+        d: defer.Deferred[Any] = self.store.call(node, key, index, bytes_, timestamp, age)
         d.addCallback(lambda status: status != codec.StoreStatus.REFUSED)
         return d.addErrback(self._failed_false, node)
 
@@ -329,7 +339,12 @@ class DHTNetwork:
 
     def store_value(self, key: bytes, index: bytes, *, stats: LookupStats | None = None
                     ) -> defer.Deferred[int]:
-        """Store a held value to the k closest nodes; fires with how many hold it."""
+        """Store a held value to the k closest nodes; fires with how many hold it.
+
+        An original is (re)published: its copies are renewed.  Another copy is
+        replicated: the store carries its age, so it expires TIME_EXPIRE after its
+        publisher last published it.  ``last_update`` is set only when a node took it.
+        """
         return defer.Deferred.fromCoroutine(self._store_value(key, index, stats))
 
     async def _store_value(self, key: bytes, index: bytes,
@@ -340,15 +355,20 @@ class DHTNetwork:
         value: bytes = await self.kvp_table.read(key, index)
         shortlist = await self.find_node_shortlist(key, stats=stats)
         targets = shortlist.closest(self.k)
-        sem = defer.DeferredSemaphore(NETWORK_PARALLELISM)
+        sem = defer.DeferredSemaphore(self.NETWORK_PARALLELISM)
+        now = self.clock.seconds()
+        published = record.published if record.published is not None else record.last_update
+        age = 0.0 if record.is_original else max(0.0, now - published)
         results = await defer.gatherResults([
-            sem.run(self.store_to_node, node, key, index, value, record.timestamp)
+            sem.run(self.store_to_node, node, key, index, value, record.timestamp, age=age)
             for node in targets])
+        took = sum(1 for ok in results if ok)
         current = self.kvp_table.get_record(key, index)
-        if current is not None and current.timestamp == record.timestamp:
-            await self.kvp_table.update_record(
-                attrs.evolve(current, last_update=self.clock.seconds()))
-        return sum(1 for ok in results if ok)
+        if took and current is not None and current.timestamp == record.timestamp:
+            await self.kvp_table.update_record(attrs.evolve(
+                current, last_update=self.clock.seconds(),
+                published=now if current.is_original else current.published))
+        return took
 
     def get_value(self, key: bytes, index: bytes | None = None, *,
                   stats: LookupStats | None = None) -> defer.Deferred[bytes]:
@@ -521,3 +541,9 @@ class DHTNetwork:
 
 def _false(_: object) -> bool:
     return False
+
+
+def _verified(value: bytes, index: bytes, size: int | None) -> bytes:
+    if (size is not None and len(value) != size) or ids.key_for(value) != index:
+        raise VerificationError("the value does not match its index and size")
+    return value

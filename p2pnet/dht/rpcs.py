@@ -3,31 +3,44 @@
 
 The wire form of each request and answer lives in :mod:`p2pnet.dht.codec`; the protocol
 (:mod:`p2pnet.dht.protocol`) frames and matches.  An RPC object works against the node
-that owns it (:class:`p2pnet.dht.network.DHTNetwork`, typed here as ``Any`` to keep the
-arrows pointing one way).
+that owns it through :class:`NodeView`, the part of
+:class:`p2pnet.dht.network.DHTNetwork` the RPCs use (a ``typing.Protocol``, so the
+import arrows keep pointing one way).
+
+Storing (:class:`Store`) takes a value only under the acceptance rule of
+:meth:`p2pnet.dht.table.RecordIndex.refusal` (newer timestamp, quotas in total, per source
+address and per prefix) and refuses timestamps far in the future; a pulled value is
+checked again when it lands.  A pull has a deadline, and every chunk must be as long as
+asked for (only the last may be shorter).  A copy expires ``TIME_EXPIRE`` after its
+publisher last published it: the store request carries the value's age, which a
+replication keeps and only a (re)publish resets.  Every refusal is counted by kind in
+``net.refused``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections import Counter
+from typing import Any, Protocol
 
 import attrs
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from p2pnet import ids
 from p2pnet.dht import codec
 from p2pnet.dht.errors import VerificationError
-from p2pnet.dht.protocol import Address, RequestRefused
-from p2pnet.dht.table import KVPRecord
+from p2pnet.dht.limits import Limits, RefusalCounter, source_key
+from p2pnet.dht.protocol import Address, DHTProtocol, RequestRefused
+from p2pnet.dht.table import IKVPTable, KVPRecord
 from p2pnet.models import MAX_VALUE_SIZE, Node, NodeList
 
 _PING = codec.PingRequest()
 _PONG = codec.PingResponse()
 
-#: Values this node pulls at once for store requests; more are refused while busy.
-MAX_PULLS = 16
+#: Values this node pulls at once by default (``Limits.pull_max``).
+MAX_PULLS = Limits().pull_max
 
 #: Largest value chunk one getval answer carries (fits one datagram with its header).
 MAX_CHUNK = 60 * 1024
@@ -45,10 +58,41 @@ class FindValueFromNodeResult:
         return self.values is not None
 
 
+class NodeView(Protocol):
+    """What the RPC objects use of the node that owns them (:class:`DHTNetwork`)."""
+
+    TIME_EXPIRE: float
+    clock: IReactorTime
+    protocol: DHTProtocol
+    kvp_table: IKVPTable
+    limits: Limits
+    refused: RefusalCounter
+    chunk_size: int
+    window: int
+    inline_max: int
+    stats_stored: int
+    stats_refused: int
+    get_value_rpc: GetValue
+
+    def node_for(self, node_id: bytes, address: Address) -> Node: ...
+
+    def close_nodes_for(self, key: bytes, requester: bytes | None = None) -> list[Node]: ...
+
+    def expiry_for(self, key: bytes, now: float) -> float: ...
+
+    def offer(self, key: bytes, index: bytes, value: bytes) -> None: ...
+
+    def withdraw(self, key: bytes, index: bytes) -> None: ...
+
+    def offered(self, key: bytes, index: bytes) -> bytes | None: ...
+
+
 class RPCCommand:
+    """One RPC: ``call`` sends the request, ``answer`` serves it."""
+
     rpc: codec.RPC
 
-    def __init__(self, net: Any) -> None:
+    def __init__(self, net: NodeView) -> None:
         self.net = net
 
     def answer(self, body: Any, sender: bytes, address: Address) -> Any:
@@ -79,7 +123,8 @@ class FindNode(RPCCommand):
     rpc = codec.RPC.FIND_NODE
 
     def call(self, node: Node, key: bytes) -> defer.Deferred[NodeList]:
-        d = self.net.protocol.request(node.address, codec.FindNodeRequest(ids.check_key(key)))
+        d: defer.Deferred[Any] = self.net.protocol.request(
+            node.address, codec.FindNodeRequest(ids.check_key(key)))
         return d.addCallback(lambda msg: NodeList(msg.body.nodes))
 
     def answer(self, body: codec.FindNodeRequest, sender: bytes, address: Address
@@ -107,9 +152,14 @@ class FindValue(RPCCommand):
 
     def answer(self, body: codec.FindValueRequest, sender: bytes, address: Address
                ) -> codec.Body:
+        """The entry for exactly ``(key, index)`` if held; else the entries of every index
+        of the key held; else the nodes closest to the key (SEMANTICS §3)."""
         now = self.net.clock.seconds()
         records = [r for r in self.net.kvp_table.records_for_key(body.key)
-                   if not r.is_expired(now) and (body.index is None or r.index == body.index)]
+                   if not r.is_expired(now)]
+        exact = [r for r in records if r.index == body.index]
+        if exact:
+            records = exact
         if records:
             records.sort(key=lambda r: r.timestamp, reverse=True)
             return codec.ValuesResponse(tuple(
@@ -118,35 +168,55 @@ class FindValue(RPCCommand):
         return codec.NodesResponse(tuple(self.net.close_nodes_for(body.key, sender)))
 
 
+@attrs.define(eq=False)
+class _Pull:
+    """A value being pulled for a store request, and the requests waiting on it."""
+
+    source: tuple[str, int]
+    waiters: list[defer.Deferred[codec.StoreStatus]] = attrs.Factory(list)
+
+
 class Store(RPCCommand):
-    """``store(key, index, size, timestamp)``: offer a value.
+    """``store(key, index, size, timestamp, age)``: offer a value.
 
     Small values travel inline; larger ones are pulled by the receiver with ``getval``
     from the offering node.  The receiver keeps a value only if it hashes to its index.
-    Answer: stored, already held (its expiry is refreshed) or refused.
+    Answer: stored, already held (its expiry is renewed if the store is a republish)
+    or refused.
     """
 
     rpc = codec.RPC.STORE
 
-    def __init__(self, net: Any) -> None:
+    def __init__(self, net: NodeView) -> None:
         super().__init__(net)
-        self._pulls: dict[tuple[bytes, bytes, float], list[defer.Deferred[codec.StoreStatus]]] = {}
+        self._pulls: dict[tuple[bytes, bytes, float], _Pull] = {}
+        self._pulls_by_source: Counter[tuple[str, int]] = Counter()
 
-    def call(self, node: Node, key: bytes, index: bytes, value: bytes, timestamp: float
-             ) -> defer.Deferred[codec.StoreStatus]:
+    @property
+    def pulls(self) -> int:
+        """Pulls under way."""
+        return len(self._pulls)
+
+    def call(self, node: Node, key: bytes, index: bytes, value: bytes, timestamp: float,
+             age: float = 0.0) -> defer.Deferred[codec.StoreStatus]:
+        """Offer ``value``; ``age``: seconds since its publisher last published it (0 for
+        a publish, the copy's age for a replication)."""
         size = len(value)
         if size > MAX_VALUE_SIZE:
             return defer.fail(ValueError(f"value is over {MAX_VALUE_SIZE} bytes"))
         if not (math.isfinite(timestamp) and timestamp >= 0):
             return defer.fail(ValueError("timestamp must be finite and not negative"))
+        if not (math.isfinite(age) and age >= 0):
+            return defer.fail(ValueError("age must be finite and not negative"))
         inline = size <= self.net.inline_max
-        req = codec.StoreRequest(key, index, size, float(timestamp), value if inline else None)
+        req = codec.StoreRequest(key, index, size, float(timestamp), value if inline else None,
+                                 min(math.ceil(age), 0xFFFFFFFF))
         timeout = None
         if not inline:
             chunks = math.ceil(size / self.net.chunk_size)
             timeout = self.net.protocol.timeout * (2 + chunks / self.net.window)
             self.net.offer(key, index, value)
-        d = self.net.protocol.request(node.address, req, timeout=timeout)
+        d: defer.Deferred[Any] = self.net.protocol.request(node.address, req, timeout=timeout)
         d.addCallback(lambda msg: msg.body.status)
         if not inline:
             d.addBoth(self._withdraw, key, index)
@@ -156,63 +226,113 @@ class Store(RPCCommand):
         self.net.withdraw(key, index)
         return result
 
-    def answer(self, body: codec.StoreRequest, sender: bytes, address: Address
-               ) -> Any:
+    def _refuse(self, kind: str) -> codec.StoreResponse:
+        self.net.refused[kind] += 1
+        self.net.stats_refused += 1
+        return codec.StoreResponse(codec.StoreStatus.REFUSED)
+
+    def answer(self, body: codec.StoreRequest, sender: bytes, address: Address) -> Any:
         net = self.net
-        table = net.kvp_table
+        limits = net.limits
         now = net.clock.seconds()
+        if body.timestamp > now + limits.store_max_future_seconds:
+            return self._refuse("store_future_timestamp")
+        published = max(0.0, now - body.age)
+        if published + net.TIME_EXPIRE <= now:
+            return self._refuse("store_expired")
+        table = net.kvp_table
         held = table.get_record(body.key, body.index)
         if held is not None and held.timestamp == body.timestamp and held.size == body.size:
-            return self._refresh(held, now)
-        if not table.is_acceptable(body.key, body.index, body.size, body.timestamp):
-            net.stats_refused += 1
-            return codec.StoreResponse(codec.StoreStatus.REFUSED)
+            return self._refresh(held, now, published)
+        kind = table.refusal(body.key, body.index, body.size, body.timestamp, address, limits)
+        if kind is not None:
+            return self._refuse(kind)
         if body.data is not None:
-            return self._keep(body, body.data, held, now)
+            return self._keep(body, body.data, address, published)
         pull_id = (body.key, body.index, body.timestamp)
-        out: defer.Deferred[codec.StoreStatus] = defer.Deferred()
-        waiters = self._pulls.get(pull_id)
-        if waiters is None and len(self._pulls) >= MAX_PULLS:
-            net.stats_refused += 1  # busy: the storer will try again at the next round
-            return codec.StoreResponse(codec.StoreStatus.REFUSED)
-        if waiters is not None:
-            waiters.append(out)  # a retried request joins the pull under way
-        else:
-            self._pulls[pull_id] = [out]
-            d = net.get_value_rpc.fetch(address, body.key, body.index, body.size)
-            d.addCallback(lambda value: self._keep(body, value, held, net.clock.seconds()))
+        pull = self._pulls.get(pull_id)
+        if pull is None:
+            source = source_key(address)
+            if len(self._pulls) >= limits.pull_max:
+                return self._refuse("pull_busy")  # the storer tries again next round
+            if self._pulls_by_source[source] >= limits.pull_max_per_source:
+                return self._refuse("pull_source_busy")
+            pull = self._pulls[pull_id] = _Pull(source)
+            self._pulls_by_source[source] += 1
+            d: defer.Deferred[Any] = net.get_value_rpc.fetch(
+                address, body.key, body.index, body.size)
+            d.addTimeout(limits.pull_max_seconds, net.clock)
+            d.addCallback(lambda value: self._keep(body, value, address, published))
             d.addCallback(lambda resp: resp.status)
             d.addBoth(self._pull_done, pull_id)
+        out: defer.Deferred[codec.StoreStatus] = defer.Deferred()
+        pull.waiters.append(out)  # a retried request joins the pull under way
         return out.addCallback(codec.StoreResponse)
 
     def _pull_done(self, result: Any, pull_id: tuple[bytes, bytes, float]) -> None:
-        waiters = self._pulls.pop(pull_id, [])
-        if isinstance(result, Failure) and not result.check(RequestRefused):
-            result = Failure(RequestRefused(codec.ErrorCode.BAD_REQUEST,
-                                            f"could not fetch the value: {result.value}"))
-        for w in waiters:
+        pull = self._pulls.pop(pull_id)
+        self._pulls_by_source[pull.source] -= 1
+        if self._pulls_by_source[pull.source] <= 0:
+            del self._pulls_by_source[pull.source]
+        if isinstance(result, Failure):
+            if result.check(defer.TimeoutError):
+                self.net.refused["pull_timeout"] += 1
+            elif not result.check(RequestRefused):
+                self.net.refused["pull_failed"] += 1
+            if not result.check(RequestRefused):
+                result = Failure(RequestRefused(codec.ErrorCode.BAD_REQUEST,
+                                                f"could not fetch the value: {result.value}"))
+        for w in pull.waiters:
             if isinstance(result, Failure):
                 w.errback(result)
             else:
                 w.callback(result)
 
-    def _refresh(self, held: KVPRecord, now: float) -> Any:
-        expires = self.net.expiry_for(held.key, now)
-        if held.is_original or (held.expires_at is not None and held.expires_at >= expires):
+    def _expiry(self, key: bytes, now: float, published: float) -> float:
+        """A copy expires by the cache rule, and at most TIME_EXPIRE after its publish."""
+        return min(self.net.expiry_for(key, now), published + self.net.TIME_EXPIRE)
+
+    def _refresh(self, held: KVPRecord, now: float, published: float) -> Any:
+        """The value is held: a republish (a newer publish time) renews its expiry; a
+        replication does not."""
+        if held.is_original:
             return codec.StoreResponse(codec.StoreStatus.HELD)
-        d = self.net.kvp_table.update_record(attrs.evolve(held, expires_at=expires))
+        if held.published is not None:
+            published = max(published, held.published)
+        expires = self._expiry(held.key, now, published)
+        if held.expires_at is not None and held.expires_at >= expires:
+            return codec.StoreResponse(codec.StoreStatus.HELD)
+        d = self.net.kvp_table.update_record(
+            attrs.evolve(held, expires_at=expires, published=published))
         return d.addCallback(lambda _: codec.StoreResponse(codec.StoreStatus.HELD))
 
-    def _keep(self, body: codec.StoreRequest, value: bytes, held: KVPRecord | None,
-              now: float) -> Any:
+    def _keep(self, body: codec.StoreRequest, value: bytes, source: Address,
+              published: float) -> Any:
+        """Keep a value that arrived (inline, or pulled: then perhaps much later, so the
+        acceptance rule is applied again to what the table holds now)."""
+        net = self.net
         if len(value) != body.size or ids.key_for(value) != body.index:
+            net.refused["store_bad_value"] += 1
             raise RequestRefused(codec.ErrorCode.BAD_REQUEST,
                                  "value does not match its size and index")
+        now = net.clock.seconds()
+        table = net.kvp_table
+        held = table.get_record(body.key, body.index)
+        if held is not None and held.is_original:
+            # published here meanwhile: this node's own copy stays as it is
+            return codec.StoreResponse(codec.StoreStatus.HELD)
+        if held is not None and held.timestamp == body.timestamp and held.size == body.size:
+            return self._refresh(held, now, published)
+        kind = table.refusal(body.key, body.index, body.size, body.timestamp, source,
+                             net.limits)
+        if kind is not None:
+            return self._refuse(kind)
         record = KVPRecord(body.key, body.index, body.size, body.timestamp,
-                           is_original=held.is_original if held else False,
-                           last_update=now, expires_at=self.net.expiry_for(body.key, now))
-        d = self.net.kvp_table.put(record, value)
-        self.net.stats_stored += 1
+                           is_original=False, last_update=now,
+                           expires_at=self._expiry(body.key, now, published),
+                           published=published, source=source)
+        d = table.put(record, value)
+        net.stats_stored += 1
         return d.addCallback(lambda _: codec.StoreResponse(codec.StoreStatus.STORED))
 
 
@@ -221,14 +341,26 @@ class GetValue(RPCCommand):
 
     rpc = codec.RPC.GET_VALUE
 
+    def __init__(self, net: NodeView) -> None:
+        super().__init__(net)
+        #: reads of held values queued on the value table now
+        self.reading = 0
+
     def call(self, address: Address, key: bytes, index: bytes, offset: int, length: int
              ) -> defer.Deferred[codec.GetValueResponse]:
         req = codec.GetValueRequest(key, index, offset, length)
-        return self.net.protocol.request(address, req).addCallback(lambda m: m.body)
+        d: defer.Deferred[Any] = self.net.protocol.request(address, req)
+        return d.addCallback(lambda m: m.body)
 
     def fetch(self, address: Address, key: bytes, index: bytes, size: int | None = None,
               offset: int = 0) -> defer.Deferred[bytes]:
-        """The whole value from ``offset``, in chunks with a window of requests in flight."""
+        """The whole value from ``offset``, in chunks with a window of requests in flight.
+
+        Every chunk must be exactly as long as asked for, except the value's last one: a
+        short chunk ends the fetch (VerificationError), so the bytes held while fetching
+        never exceed the announced size, and a peer cannot dribble a value out.
+        Cancelling the Deferred (e.g. ``addTimeout``) stops the fetch.
+        """
         return defer.Deferred.fromCoroutine(self._fetch(address, key, index, size, offset))
 
     async def _fetch(self, address: Address, key: bytes, index: bytes, size: int | None,
@@ -238,45 +370,54 @@ class GetValue(RPCCommand):
         total = first.total
         if size is not None and total != size:
             raise VerificationError(f"value is {total} bytes, {size} were announced")
-        if first.offset != offset or (len(first.data) == 0 and offset < total):
-            raise VerificationError("getval answered the wrong chunk")
-        step = len(first.data)
-        parts = {offset: first.data}
-        # step is 0 only when the first answer already reached the end (an empty value,
-        # or offset == total): nothing more to fetch.
-        starts = list(range(offset + step, total, step)) if step else []
+        if total > MAX_VALUE_SIZE or first.offset != offset or (
+                len(first.data) != max(0, min(chunk, total - offset))):
+            raise VerificationError("getval answered a wrong or short chunk")
+        parts = [first.data]
+        starts = list(range(offset + chunk, total, chunk))
         window = self.net.window
         for i in range(0, len(starts), window):
             batch = starts[i:i + window]
             try:
                 answers = await defer.gatherResults(
-                    [self.call(address, key, index, s, step) for s in batch],
+                    [self.call(address, key, index, s, chunk) for s in batch],
                     consumeErrors=True)
             except defer.FirstError as e:
                 e.subFailure.raiseException()
             for s, ans in zip(batch, answers):
                 if ans.offset != s or ans.total != total or (
-                        len(ans.data) != min(step, total - s)):
-                    raise VerificationError("getval answered the wrong chunk")
-                parts[s] = ans.data
-        return b"".join(parts[s] for s in sorted(parts))
+                        len(ans.data) != min(chunk, total - s)):
+                    raise VerificationError("getval answered a wrong or short chunk")
+                parts.append(ans.data)
+        return b"".join(parts)
 
     def answer(self, body: codec.GetValueRequest, sender: bytes, address: Address) -> Any:
+        net = self.net
         length = min(body.length, MAX_CHUNK)
-        offered = self.net.offered(body.key, body.index)
+        offered = net.offered(body.key, body.index)
         if offered is not None:
             if body.offset > len(offered):
                 raise RequestRefused(codec.ErrorCode.BAD_REQUEST, "offset past the end")
             return codec.GetValueResponse(len(offered), body.offset,
                                           offered[body.offset:body.offset + length])
-        record = self.net.kvp_table.get_record(body.key, body.index)
-        if record is None or record.is_expired(self.net.clock.seconds()):
+        record = net.kvp_table.get_record(body.key, body.index)
+        if record is None or record.is_expired(net.clock.seconds()):
             raise RequestRefused(codec.ErrorCode.NOT_FOUND, "value not held")
         if body.offset > record.size:
             raise RequestRefused(codec.ErrorCode.BAD_REQUEST, "offset past the end")
-        d = self.net.kvp_table.read(body.key, body.index, body.offset, length)
+        if self.reading >= net.limits.read_max_pending:
+            net.refused["read_busy"] += 1
+            raise RequestRefused(codec.ErrorCode.INTERNAL, "busy: too many reads queued")
+        self.reading += 1
+        d = net.kvp_table.read(body.key, body.index, body.offset, length)
+
+        def done(result: Any) -> Any:
+            self.reading -= 1
+            return result
+
+        d.addBoth(done)
         return d.addCallback(lambda data: codec.GetValueResponse(record.size, body.offset, data))
 
 
 __all__ = ["MAX_CHUNK", "MAX_VALUE_SIZE", "FindNode", "FindValue", "FindValueFromNodeResult",
-           "GetValue", "Ping", "RPCCommand", "Store"]
+           "GetValue", "NodeView", "Ping", "RPCCommand", "Store"]
