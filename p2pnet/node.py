@@ -15,9 +15,10 @@ into one) and what an application embeds::
 - ``leveldb/``: one LevelDB database shared by the stores through key spaces
   (:mod:`p2pnet.store.keyspace`): the DHT's values under ``kvp/``, the sync socket's
   dict under ``sync/``;
-- ``peers.sqlite``: the :class:`~p2pnet.store.peerstore.PeerStore`: the DHT's contacts
-  (uuid ``dht:<node id>``, UDP port) and the mesh's peers, so a restarted node rejoins
-  the peers it knew without ``--bootstrap``;
+- ``peers.sqlite`` and ``contacts.sqlite``: two :class:`~p2pnet.store.peerstore.PeerStore`
+  files, the mesh's peers (its peer book dials every peer of its store, so the DHT's UDP
+  contacts live apart) and the DHT's contacts (uuid: the contact's node id), so a
+  restarted node rejoins the peers it knew without ``--bootstrap``;
 - ``p2pnode.lock``: held (``flock``) by the running node and naming its pid; a second
   node on the same directory fails at once with :class:`DataDirBusyError`;
 - ``control.json`` (mode 0600): the control API's address and access token
@@ -68,8 +69,7 @@ LOCK_FILE = "p2pnode.lock"
 NODE_ID_FILE = "node_id"
 LEVELDB_DIR = "leveldb"
 PEERS_FILE = "peers.sqlite"
-#: uuid prefix of the DHT contacts kept in the PeerStore (mesh peers use their own id)
-DHT_PEER_PREFIX = b"dht:"
+CONTACTS_FILE = "contacts.sqlite"
 #: DHT contacts kept in the PeerStore at most, and tried when the node restarts
 MAX_SAVED_CONTACTS = 256
 REJOIN_CONTACTS = 8
@@ -275,6 +275,12 @@ class P2PNode(service.MultiService):
             reactor=reactor,
         )
         self.peers.setName("peers")
+        self.contacts = PeerStore(
+            None if memory else os.path.join(self.data_dir, CONTACTS_FILE),
+            app_uuid=self.node_id.hex(),
+            reactor=reactor,
+        )
+        self.contacts.setName("contacts")
         self.db: DBManager | None = None
         if not memory:
             self.db = DBManager(self._leveldb_path(), reactor=reactor, lazy=True, repair=True)
@@ -301,8 +307,8 @@ class P2PNode(service.MultiService):
             self.control.setName("control")
         self._saver = Periodic(reactor, SAVE_CONTACTS_INTERVAL, self.save_contacts,
                                name="save DHT contacts")
-        for child in (self.peers, self.db, self.dht, self.mesh, self.sync, self.chord,
-                      self.control):
+        for child in (self.peers, self.contacts, self.db, self.dht, self.mesh, self.sync,
+                      self.chord, self.control):
             if child is not None and service.IService.providedBy(child):
                 self.addService(child)
 
@@ -322,7 +328,6 @@ class P2PNode(service.MultiService):
         self.mesh = mesh_cls(
             self.interface,
             self.mesh_port,
-            peer_id=self.node_id,
             network_id=self.network_id,
             peer_store=self.peers,
             reactor=self._reactor,
@@ -405,8 +410,10 @@ class P2PNode(service.MultiService):
 
     async def _start(self) -> None:
         self._start_child(self.peers)
+        self._start_child(self.contacts)
         self._start_child(self.db)
         await self.peers.when_ready()
+        await self.contacts.when_ready()
         if self.db is not None:
             await self.db.when_ready()
             from p2pnet.dht.kvptable import LevelDBKVPTable
@@ -430,6 +437,9 @@ class P2PNode(service.MultiService):
             if ready is not None:
                 await ready()
             self._start_child(self.sync)
+            ready = getattr(self.sync, "when_ready", None)
+            if ready is not None:
+                await ready()
             self._start_child(self.chord)
             self._connect_mesh()
         if self.control is not None:
@@ -441,9 +451,8 @@ class P2PNode(service.MultiService):
 
     def _add_known_contacts(self) -> None:
         """The DHT contacts the PeerStore kept become join candidates (a restart rejoins)."""
-        with self.peers.peers_lock:
-            known = [p for uuid, p in self.peers.peers.items()
-                     if uuid.startswith(DHT_PEER_PREFIX) and p.host and p.port]
+        with self.contacts.peers_lock:
+            known = [p for p in self.contacts.peers.values() if p.host and p.port]
         known.sort(key=lambda p: -(p.db_id or 0))
         joiner = getattr(self.dht, "joiner", None)
         targets = [self.dht.bootstrap] + ([joiner.bootstrap] if joiner is not None else [])
@@ -458,14 +467,9 @@ class P2PNode(service.MultiService):
             log.info("rejoining through {n} DHT contacts kept from the last run", n=added)
 
     def _connect_mesh(self) -> None:
-        """Connect the mesh to the bootstrap hosts (mesh port = DHT port + 1) and to the
-        mesh peers the PeerStore kept."""
+        """Connect the mesh to the bootstrap hosts (mesh port = DHT port + 1); the mesh's
+        peer book dials the peers its PeerStore kept."""
         targets: list[tuple[str, int]] = [(h, p + 1) for h, p in self.bootstrap]
-        with self.peers.peers_lock:
-            for uuid, peer in self.peers.peers.items():
-                if (not uuid.startswith(DHT_PEER_PREFIX) and uuid != self.node_id
-                        and peer.host and peer.port):
-                    targets.append((str(peer.host), int(peer.port)))
         own = self.mesh_address
         seen: set[tuple[str, int]] = set()
         for host, port in targets:
@@ -479,20 +483,19 @@ class P2PNode(service.MultiService):
     # -- contacts --------------------------------------------------------------------
 
     def save_contacts(self) -> int:
-        """Copy the DHT's contacts into the PeerStore (written at its next sync); the
+        """Copy the DHT's contacts into their PeerStore (written at its next sync); the
         number of contacts saved."""
         rt = self.dht.network.routing_table
         nodes = rt.get_close_nodes(self.node_id, MAX_SAVED_CONTACTS)
-        current = {DHT_PEER_PREFIX + n.key: n for n in nodes}
+        current = {n.key: n for n in nodes}
         saved = 0
-        with self.peers.peers_lock:
-            stored = {u: p for u, p in self.peers.peers.items()
-                      if u.startswith(DHT_PEER_PREFIX)}
+        with self.contacts.peers_lock:
+            stored = dict(self.contacts.peers)
         for uuid, node in current.items():
             peer = stored.get(uuid)
             try:
                 if peer is None:
-                    self.peers.add_peer(Peer(uuid, node.host, node.port))
+                    self.contacts.add_peer(Peer(uuid, node.host, node.port))
                 elif (peer.host, peer.port) != (node.host, node.port):
                     peer.host, peer.port = node.host, node.port
             except (TypeError, ValueError) as e:
@@ -504,7 +507,7 @@ class P2PNode(service.MultiService):
         if extra > 0:
             for uuid in [u for u in stored if u not in current][:extra]:
                 try:
-                    self.peers.take_peer(uuid)
+                    self.contacts.take_peer(uuid)
                 except KeyError:
                     pass
         return saved
@@ -530,7 +533,7 @@ class P2PNode(service.MultiService):
         await self._saver.stop()
         while self._up:
             child = self._up.pop()
-            if child is self.peers:
+            if child is self.contacts:
                 try:
                     self.save_contacts()
                 except Exception:
