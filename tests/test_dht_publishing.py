@@ -320,6 +320,7 @@ class MaintenanceTests(NetworkMixin, SynchronousTestCase):
     def test_start_and_stop(self) -> None:
         maintenance = Maintenance(self.nodes[0])
         maintenance.startService()
+        maintenance.joined()
         self.assertTrue(maintenance.running)
         self.assertEqual(maintenance.publisher.runs, 1)  # at once
         now = self.clock.seconds()
@@ -335,7 +336,8 @@ class MaintenanceTests(NetworkMixin, SynchronousTestCase):
         self.assertStopped()
 
     def test_custom_intervals(self) -> None:
-        maintenance = Maintenance(self.nodes[0], MaintenanceIntervals(10, 20, 30, 40))
+        maintenance = Maintenance(self.nodes[0], MaintenanceIntervals(10, 20, 30, 40),
+                                  wait_for_join=False)
         maintenance.startService()
         self.sim.settle(120)
         self.assertEqual((maintenance.publisher.runs, maintenance.replicator.runs,
@@ -348,6 +350,7 @@ class MaintenanceTests(NetworkMixin, SynchronousTestCase):
         a = self.nodes[0]
         self.hold(a, b"pub", b"original", is_original=True)
         maintenance = Maintenance(a)
+        maintenance.joined()  # before the start: remembered
         maintenance.startService()
         stopped = maintenance.stopService()
         self.assertNoResult(stopped)  # the first publish is still under way
@@ -358,6 +361,7 @@ class MaintenanceTests(NetworkMixin, SynchronousTestCase):
     def test_restart(self) -> None:
         maintenance = Maintenance(self.nodes[0])
         maintenance.startService()
+        maintenance.joined()
         self.successResultOf(maintenance.stopService())
         maintenance.startService()
         self.assertEqual(len(looping_calls(self.clock)), 4)
@@ -379,3 +383,77 @@ class MaintenanceTests(NetworkMixin, SynchronousTestCase):
         self.assertEqual(len(calls), 3)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 3)
         self.successResultOf(maintenance.stopService())
+
+
+class JoinGateTests(NetworkMixin, SynchronousTestCase):
+    """Issue 10: republishing starts only once the node has joined."""
+
+    nodes_count = 4
+
+    def test_publishing_waits_for_join(self) -> None:
+        a = self.nodes[0]
+        record = self.hold(a, b"pub", b"original", is_original=True)
+        stores = count_stores(*self.nodes[1:])
+        maintenance = Maintenance(a)
+        maintenance.startService()
+        self.sim.settle(2 * 3600)
+        self.assertEqual((maintenance.publisher.runs, maintenance.replicator.runs), (0, 0))
+        self.assertEqual(stores, [])
+        self.assertEqual(len(looping_calls(self.clock)), 2)  # expirer and refresher
+        maintenance.joined()
+        self.assertEqual(maintenance.publisher.runs, 1)
+        self.sim.settle(1)
+        self.assertEqual(len(stores), self.nodes_count - 1)
+        self.assertEqual(self.holders(record), {n.key for n in self.nodes})
+        maintenance.joined()  # a second call changes nothing
+        self.assertEqual(len(looping_calls(self.clock)), 4)
+        self.successResultOf(maintenance.stopService())
+        self.assertStopped()
+
+    def test_original_counts_as_published_only_when_a_node_took_it(self) -> None:
+        sim = Sim(seed=5)
+        alone = sim.add()
+        self.assertEqual(sim.run(alone.put("k", b"v")).result, 0)  # nobody to take it
+        (record,) = alone.kvp_table.records()
+        self.assertEqual(record.last_update, 0.0)  # so a restart would not mark it done
+        self.assertEqual(Publisher(alone).due(), [record.kvpid])
+        other = sim.add()
+        self.assertEqual(sim.join_all(alone), [True])
+        self.assertEqual(sim.run(alone.store_value(*record.kvpid)).result, 1)
+        self.assertEqual(alone.kvp_table.get_record(*record.kvpid).last_update,
+                         sim.clock.seconds())
+        self.assertIsNotNone(other.kvp_table.get_record(*record.kvpid))
+        self.assertEqual(Publisher(alone).due(), [])
+
+
+class ClassConstantsTests(NetworkMixin, SynchronousTestCase):
+    """Issue 11 "Also": DHTNetwork's TIME_* constants are read, so overriding works."""
+
+    nodes_count = 3
+
+    def test_time_expire_override(self) -> None:
+        a, b = self.nodes[0], self.nodes[1]
+        b.TIME_EXPIRE = 500.0  # type: ignore[misc]
+        key = key_near(b.key, 1)
+        self.assertTrue(self.sim.run(a.store_to_node(b.node, key, ids.key_for(b"v"), b"v",
+                                                     1.0)).result)
+        record = b.kvp_table.get_record(key, ids.key_for(b"v"))
+        self.assertLessEqual(record.expires_at - self.clock.seconds(), 500.0)
+        self.assertGreater(record.expires_at - self.clock.seconds(), 400.0)
+
+    def test_republish_replicate_refresh_overrides(self) -> None:
+        a = self.nodes[0]
+        a.TIME_REPUBLISH = 7200.0  # type: ignore[misc]
+        a.TIME_REPLICATE = 1200.0  # type: ignore[misc]
+        a.TIME_REFRESH = 60.0  # type: ignore[misc]
+        record = self.hold(a, b"pub", b"original", is_original=True)
+        publisher = Publisher(a)
+        self.sim.run(publisher.run_once())
+        self.sim.settle(7200 - REPUBLISH_CHECK_INTERVAL - 5)
+        self.assertEqual(publisher.due(), [])
+        self.sim.settle(10)
+        self.assertEqual(publisher.due(), [record.kvpid])  # 2 h, not 24 h
+        self.assertEqual(Replicator(a).interval, 1200.0)
+        refresher = Refresher(a)
+        self.clock.advance(61)
+        self.assertGreater(self.sim.run(refresher.run_once()).result, 0)
