@@ -108,7 +108,7 @@ async def latency(net: Net, rounds: int) -> tuple[list[float], float]:
     for _ in range(rounds):
         t0 = time.perf_counter()
         mid = net.nodes[0].broadcast(b"x" * 64, channel=b"b")
-        ok = await wait_until(lambda: len(net.arrivals.get(mid, ())) >= net.n - 1, 10)
+        ok = await wait_until(lambda mid=mid: len(net.arrivals.get(mid, ())) >= net.n - 1, 10)
         if not ok:
             print(f"    broadcast reached {len(net.arrivals.get(mid, ()))} of {net.n - 1}")
             continue
@@ -131,7 +131,8 @@ async def throughput(net: Net, count: int, window: int) -> float:
         while sent < count and sent - got[0] < window:
             src.broadcast(b"y" * 64, channel=b"r")
             sent += 1
-        ok = await wait_until(lambda: sent - got[0] < window // 2 or got[0] >= count, 30)
+        ok = await wait_until(lambda sent=sent: sent - got[0] < window // 2 or got[0] >= count,
+                              30)
         if not ok:
             break
     await wait_until(lambda: got[0] >= count, 30)
@@ -143,7 +144,8 @@ async def main(args: argparse.Namespace) -> None:
 
     shared = None if args.context_per_node else ZmqFactory()
     rng = random.Random(args.seed)
-    print(f"MeshSocket flood over loopback ZeroMQ ({'one context' if shared else 'a context per node'})")
+    contexts = "one context" if shared else "a context per node"
+    print(f"MeshSocket flood over loopback ZeroMQ ({contexts})")
     print(f"{'shape':<18}{'N':>4}{'links':>7}{'median ms':>11}{'max ms':>9}{'dups/bcast':>12}")
     for n in args.nodes:
         for shape, edges in (("chain", chain(n)), ("random degree 4", random_mesh(n, rng))):
