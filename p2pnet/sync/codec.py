@@ -9,6 +9,9 @@ network never mix) and ``type``:
   answers by sending its whole state;
 - ``b"R"`` refuse, ``parts[1]`` the reason (UTF-8, at most 1024 bytes): the peer runs
   the other mode;
+- ``b"G"`` digest, ``parts[1]`` the 16-byte digest of the sender's whole state (see
+  :attr:`p2pnet.sync.merge.SyncState.digest`): a peer whose digest differs answers with
+  a hello and its dump;
 - ``b"W"`` writes (flooded to every node) and ``b"D"`` dump (sent to one peer on
   connect): ``parts[1]`` is a run of entries, each
   ``>HBQIBI`` (key length, owner length, timestamp, seq, kind, value length) then the
@@ -33,12 +36,14 @@ HELLO = b"H"
 REFUSE = b"R"
 WRITES = b"W"
 DUMP = b"D"
+DIGEST = b"G"
+DIGEST_SIZE = 16
 MAX_REASON = 1024
 #: bytes of entries put in one message at most (the mesh carries at most 1 MiB)
 MAX_BATCH = 512 * 1024
 
 _ENTRY = struct.Struct(">HBQIBI")
-_TYPES = (HELLO, REFUSE, WRITES, DUMP)
+_TYPES = (HELLO, REFUSE, WRITES, DUMP, DIGEST)
 
 
 class SyncDecodeError(ValueError):
@@ -51,6 +56,7 @@ class SyncMessage:
     type: bytes
     entries: tuple[tuple[bytes, Entry], ...] = ()
     reason: str = ""
+    digest: bytes = b""
 
 
 def header(leasing: bool, type_: bytes) -> bytes:
@@ -96,6 +102,12 @@ def encode_hello(leasing: bool) -> tuple[bytes]:
 def encode_refuse(leasing: bool, reason: str) -> tuple[bytes, bytes]:
     data = reason.encode("utf-8")[:MAX_REASON]
     return (header(leasing, REFUSE), data.decode("utf-8", "ignore").encode("utf-8"))
+
+
+def encode_digest(leasing: bool, digest: bytes) -> tuple[bytes, bytes]:
+    if len(digest) != DIGEST_SIZE:
+        raise ValueError(f"a digest is {DIGEST_SIZE} bytes")
+    return (header(leasing, DIGEST), digest)
 
 
 def decode_entries(body: bytes) -> tuple[tuple[bytes, Entry], ...]:
@@ -154,4 +166,8 @@ def decode(parts: tuple[bytes, ...] | list[bytes]) -> SyncMessage:
         except UnicodeDecodeError:
             raise SyncDecodeError("reason is not UTF-8") from None
         return SyncMessage(leasing, type_, reason=reason)
+    if type_ == DIGEST:
+        if len(parts[1]) != DIGEST_SIZE:
+            raise SyncDecodeError(f"a digest is {DIGEST_SIZE} bytes")
+        return SyncMessage(leasing, type_, digest=parts[1])
     return SyncMessage(leasing, type_, entries=decode_entries(parts[1]))

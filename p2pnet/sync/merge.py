@@ -49,6 +49,13 @@ bring the key back; a tombstone is forgotten ``tombstone_seconds`` (the lease pe
 after its timestamp.  A replica cut off for longer than that may bring back a key that
 was deleted meanwhile (every replica then agrees on the returned value).
 
+**Anti-entropy**: :attr:`SyncState.digest` is an order-free digest of every entry
+(the XOR of a 128-bit hash per ``(key, entry)``, kept up to date in O(1) a change), so
+two replicas compare their whole state in 16 bytes; the socket exchanges digests with
+its peers now and then and dumps to a peer whose digest differs.  That repairs what a
+lost message (a link cut while it was in flight, a broadcast dropped as too old) left
+behind.
+
 **Bounds** (:class:`SyncLimits`): what a peer can make us hold.  Entries over the key or
 value size, with an owner id over 64 bytes, a timestamp more than ``max_clock_skew``
 seconds in our future, or a new key past ``max_keys`` (tombstones count) are refused and
@@ -58,6 +65,7 @@ node from a peer that floods or lies.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import struct
 from collections import Counter
@@ -249,6 +257,21 @@ class SyncLimits:
     tombstone_seconds: int = LEASE_SECONDS
 
 
+_HASHED = struct.Struct(">HBQIBI")
+
+
+def entry_hash(key: bytes, entry: Entry) -> int:
+    """A 128-bit hash of ``(key, entry)`` (XORed into :attr:`SyncState.digest`)."""
+    value = entry.value or b""
+    h = hashlib.blake2b(_HASHED.pack(len(key), len(entry.owner), entry.timestamp,
+                                     entry.seq, entry.kind, len(value)),
+                        digest_size=16)
+    h.update(key)
+    h.update(entry.owner)
+    h.update(value)
+    return int.from_bytes(h.digest(), "big")
+
+
 @attrs.frozen
 class Change:
     """What a merge changed in the visible dict (``value`` None: the key went away)."""
@@ -268,6 +291,8 @@ class SyncState:
         #: the visible dict: live values only (reads are one dict look-up)
         self.values: dict[bytes, bytes] = {}
         self._tombstones: list[tuple[int, bytes]] = []  # (expiry, key), lazily pruned
+        #: XOR of :func:`entry_hash` over every entry: equal states, equal digests
+        self.digest = 0
         #: remote entries refused, by kind (see :meth:`check`)
         self.refused: Counter[str] = Counter() if refused is None else refused
 
@@ -313,8 +338,15 @@ class SyncState:
             return None
         return self._put(key, entry, current)
 
+    @property
+    def digest_bytes(self) -> bytes:
+        return self.digest.to_bytes(16, "big")
+
     def _put(self, key: bytes, entry: Entry, current: Entry | None) -> Change | None:
         self.entries[key] = entry
+        if current is not None:
+            self.digest ^= entry_hash(key, current)
+        self.digest ^= entry_hash(key, entry)
         if entry.value is None:
             heapq.heappush(self._tombstones,
                            (entry.timestamp + self.limits.tombstone_seconds, key))
@@ -382,6 +414,7 @@ class SyncState:
             if (entry is not None and entry.value is None
                     and entry.timestamp + self.limits.tombstone_seconds <= now):
                 del self.entries[key]
+                self.digest ^= entry_hash(key, entry)
                 gone.append(key)
         return gone
 

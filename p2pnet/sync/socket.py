@@ -24,8 +24,12 @@ Lease time comes from ``clock`` (an ``IReactorTime``, default the reactor).
 ``b"sync"``; each node merges it with the one rule of :mod:`p2pnet.sync.merge`.  When a
 peer connects, both sides say hello with their mode; a peer of the same mode is sent the
 whole state (tombstones included), and what that dump changes is flooded on, so a late
-joiner and both sides of a healed partition converge.  A peer of the other mode is
-refused with a reason sent to it (``refused['leasing_mismatch']``) and never synced with.
+joiner and both sides of a healed partition converge.  Every ``anti_entropy`` seconds
+(while the service runs) each node sends its peers a 16-byte digest of its whole state;
+a peer whose digest differs swaps full dumps with it, which repairs what lost messages
+left behind (a link cut while a write was in flight, a broadcast dropped as too old).
+A peer of the other mode is refused with a reason sent to it
+(``refused['leasing_mismatch']``) and never synced with.
 Malformed messages are dropped (``refused['malformed']``), as are entries over the
 bounds of :class:`~p2pnet.sync.merge.SyncLimits`.
 
@@ -70,6 +74,7 @@ from p2pnet.sync.merge import (
     encode_map,
     may_write,
 )
+from p2pnet.timers import Periodic
 
 log = Logger(namespace="p2pnet.sync")
 
@@ -112,12 +117,15 @@ class SyncSocket(Service):
     :param store: an ``IKeySpace`` to persist the dict in (loaded on ``startService``).
     :param limits: the bounds of what peers can make us hold.
     :param lease_seconds: how long a lease lasts (3600 s, as py2p).
+    :param anti_entropy: seconds between digest rounds while the service runs (None: no
+        rounds; :meth:`sync_round` runs one by hand).
     """
 
     def __init__(self, mesh: IMesh, *, leasing: bool = True,
                  clock: IReactorTime | None = None, store: IKeySpace | None = None,
                  limits: SyncLimits | None = None,
-                 lease_seconds: int = LEASE_SECONDS) -> None:
+                 lease_seconds: int = LEASE_SECONDS,
+                 anti_entropy: float | None = 60.0) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
         assert clock is not None
@@ -141,6 +149,8 @@ class SyncSocket(Service):
         self._synced: set[bytes] = set()
         self._pending: set[defer.Deferred[Any]] = set()
         self._ready: OneShotObserver[None] = OneShotObserver()
+        self._rounds = (Periodic(clock, anti_entropy, self.sync_round, "sync anti-entropy")
+                        if anti_entropy else None)
         if store is None:
             self._ready.fire(None)
         mesh.handle(CHANNEL, self._received)
@@ -157,6 +167,8 @@ class SyncSocket(Service):
 
     def startService(self) -> None:  # noqa: N802 - IService
         super().startService()
+        if self._rounds is not None:
+            self._rounds.start()
         if self.store is not None and not self._ready.fired:
             d = self.store.d_items()
             d.addCallback(self._loaded)
@@ -164,8 +176,10 @@ class SyncSocket(Service):
 
     def stopService(self) -> defer.Deferred[None]:  # noqa: N802 - IService
         super().stopService()
-        d: defer.Deferred[Any] = defer.DeferredList(list(self._pending),
-                                                    consumeErrors=True)
+        waits = list(self._pending)
+        if self._rounds is not None:
+            waits.append(self._rounds.stop())
+        d: defer.Deferred[Any] = defer.DeferredList(waits, consumeErrors=True)
         return d.addCallback(lambda _: None)
 
     def when_ready(self) -> defer.Deferred[None]:
@@ -388,6 +402,13 @@ class SyncSocket(Service):
             self._send(peer, *parts)
         self.stats["dumps_sent"] += 1
 
+    def sync_round(self) -> None:
+        """Send every peer we sync with the digest of our state (anti-entropy)."""
+        parts = codec.encode_digest(self.leasing, self._state.digest_bytes)
+        for peer in sorted(self._synced):
+            self._send(peer, *parts)
+        self.stats["digest_rounds"] += 1
+
     def _mode_text(self, leasing: bool) -> str:
         return "leasing on" if leasing else "leasing off (leasing=False)"
 
@@ -415,6 +436,13 @@ class SyncSocket(Service):
                 log.warn("sync: refused peer {peer!r}: {reason}", peer=peer, reason=reason)
             else:
                 self.refused["mode_mismatch"] += 1
+            return
+        if m.type == codec.DIGEST:
+            self._purge(self._now())
+            if m.digest != self._state.digest_bytes:
+                self.stats["digest_mismatch"] += 1
+                self._hello(peer)   # the peer answers with its dump
+                self._dump(peer)
             return
         if m.type == codec.HELLO:
             if peer not in self._hello_sent:
