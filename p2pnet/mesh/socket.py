@@ -466,7 +466,9 @@ class MeshSocket(service.Service):
                 self.stats[f"broadcast_{decision.dropped}"] += 1
                 return
             for target in decision.relay_to:
-                self._transmit(self._by_peer[target][0], frames)
+                links = self._by_peer.get(target)  # a relay may have dropped a slow peer
+                if links:
+                    self._transmit(links[0], frames)
             self._dispatch(MeshMessage(msg.origin, peer_id, msg.channel, msg.parts,
                                        msg.msg_id, msg.sent_at))
         elif isinstance(msg, Direct):
