@@ -221,10 +221,10 @@ class FloodTests(SynchronousTestCase):
         for _ in range(50):
             a.broadcast(b"x", channel=b"app")
         net.flush()
-        self.assertLessEqual(len(b._seen), 10)
+        self.assertLessEqual(len(b.flood.seen), 10)
         clock.advance(10)
         b.broadcast(b"y")
-        self.assertEqual(len(b._seen), 1)  # the rest aged out
+        self.assertEqual(len(b.flood.seen), 1)  # the rest aged out
 
     def test_flush_bounded(self) -> None:
         clock = task.Clock()

@@ -18,11 +18,12 @@ probability ``duplicate``; both draw from ``random.Random(seed)``, so a run is
 reproducible).  A message in flight on a link that is unlinked before it arrives is lost,
 as on a closed connection.
 
-Flooding follows the mesh rule (SEMANTICS §6): a broadcast carries a message id and the
-origin's send time; a node that has not seen the id delivers it and relays it to every
-neighbour but the one it came from; a seen id, or a broadcast older than ``max_age``, is
-dropped.  The seen-cache keeps ids for ``max_age`` seconds and at most ``seen_size`` ids.
-So every node reachable from the sender receives a broadcast once, the sender never.
+Flooding is the real mesh's rule, :class:`p2pnet.mesh.flood.Flood` (SEMANTICS §6): a
+broadcast carries a message id and the origin's send time; a node that has not seen the
+id delivers it and relays it to every neighbour but the one it came from; a seen id, or
+a broadcast more than ``max_age`` seconds old, is dropped.  The seen-cache keeps ids for
+``max_age`` seconds and at most ``seen_size`` ids.  So every node reachable from the
+sender receives a broadcast once, the sender never.
 
 This is public test API: applications test their own code on the sync and chord sockets
 over it, on ``task.Clock``, the way p2pnet's own tests do.
@@ -31,7 +32,7 @@ over it, on ``task.Clock``, the way p2pnet's own tests do.
 from __future__ import annotations
 
 import random
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -39,6 +40,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from p2pnet.mesh.flood import Flood
 from p2pnet.mesh.interfaces import IMesh, MeshMessage
 from p2pnet.observer import EventEmitter
 
@@ -216,10 +218,10 @@ class MemoryMesh:
         self._neighbours: set[bytes] = set()
         self._events = EventEmitter(MESH_EVENTS)
         self._handlers: dict[bytes, Callable[[MeshMessage], None]] = {}
-        #: msg id -> when first seen (insertion order == time order)
-        self._seen: OrderedDict[bytes, float] = OrderedDict()
+        self.flood = Flood(network.clock, network.max_age, network.seen_size)
         self._counter = 0
-        #: delivered, relayed, duplicate, too_old, handler_failed, unhandled
+        #: delivered, relayed, seen (duplicates), too_old, from_future, handler_failed,
+        #: unhandled
         self.stats: Counter[str] = Counter()
 
     def __repr__(self) -> str:
@@ -250,8 +252,7 @@ class MemoryMesh:
         self._check_parts(parts, channel)
         self._counter += 1
         msg_id = self.peer_id + b":" + str(self._counter).encode()
-        now = self.network.clock.seconds()
-        self._remember(msg_id, now)
+        now = self.flood.originate(msg_id)
         msg = MeshMessage(origin=self.peer_id, via=self.peer_id, channel=channel,
                           parts=tuple(parts), msg_id=msg_id, sent_at=now)
         for peer_id in sorted(self._neighbours):
@@ -271,30 +272,17 @@ class MemoryMesh:
             if not isinstance(part, bytes):
                 raise TypeError(f"message parts must be bytes, not {type(part).__name__}")
 
-    def _remember(self, msg_id: bytes, now: float) -> None:
-        seen = self._seen
-        seen[msg_id] = now
-        horizon = now - self.network.max_age
-        while seen:
-            oldest_id, at = next(iter(seen.items()))
-            if at >= horizon and len(seen) <= self.network.seen_size:
-                break
-            del seen[oldest_id]
-
     def _receive(self, msg: MeshMessage) -> None:
         if msg.msg_id is not None:
-            now = self.network.clock.seconds()
-            if msg.msg_id in self._seen:
-                self.stats["duplicate"] += 1
+            decision = self.flood.receive(msg.msg_id, msg.sent_at, msg.via,
+                                          sorted(self._neighbours))
+            if not decision.deliver:
+                self.stats[decision.dropped or "dropped"] += 1
                 return
-            if now - msg.sent_at > self.network.max_age:
-                self.stats["too_old"] += 1
-                return
-            self._remember(msg.msg_id, now)
             relay = MeshMessage(origin=msg.origin, via=self.peer_id, channel=msg.channel,
                                 parts=msg.parts, msg_id=msg.msg_id, sent_at=msg.sent_at)
-            for peer_id in sorted(self._neighbours):
-                if peer_id != msg.via and peer_id != msg.origin:
+            for peer_id in decision.relay_to:
+                if peer_id != msg.origin:
                     self.network._transmit(self.peer_id, peer_id, relay)
                     self.stats["relayed"] += 1
         self.stats["delivered"] += 1
