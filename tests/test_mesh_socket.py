@@ -192,6 +192,29 @@ class MessagingTests(MeshTestCase):
         await wait_until(lambda: b.stats["inbox_dropped"] == 2)
         self.assertEqual([m.parts for m in b.recv(10)], [(b"2",), (b"3",), (b"4",)])  # type: ignore[union-attr]
 
+    async def test_burst_arrives_whole_and_in_order(self) -> None:
+        a, b = await self.nodes(2)
+        await self.link(a, b)
+        got: list[bytes] = []
+        b.handle(b"n", lambda m: got.append(m.parts[0]))
+        for i in range(700):  # more than one read batch
+            a.send(b.peer_id, b"%d" % i, channel=b"n")
+        await wait_until(lambda: len(got) == 700)
+        self.assertEqual(got, [b"%d" % i for i in range(700)])
+
+    async def test_failing_handler_counted_socket_goes_on(self) -> None:
+        a, b = await self.nodes(2)
+        await self.link(a, b)
+
+        def boom(msg: MeshMessage) -> None:
+            raise RuntimeError("handler bug")
+        b.handle(b"bad", boom)
+        a.send(b.peer_id, b"1", channel=b"bad")
+        a.send(b.peer_id, b"2")
+        await wait_until(lambda: len(b._inbox) == 1)
+        self.assertEqual(b.stats["handler_failed"], 1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
     async def test_send_to_unknown_peer(self) -> None:
         a = await self.node()
         self.assertRaises(PeerNotConnectedError, a.send, b"nobody", b"x")
