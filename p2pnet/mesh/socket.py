@@ -326,7 +326,8 @@ class MeshSocket(service.Service):
             self._drain_call.cancel()
         self._drain_call = None
         for link in list(self._incoming.values()) + list(self._outgoing.values()):
-            self._close_link(link, reason="stopping", bye=link.peer_id is not None)
+            up = link.peer_id is not None  # a dial still waiting gets no linger
+            self._close_link(link, reason="stopping", bye=up, flush=up)
         if self._transport is not None:
             self._transport.shutdown()
             self._transport = None
