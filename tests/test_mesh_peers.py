@@ -103,6 +103,19 @@ class PeerBookTests(SynchronousTestCase):
         self.clock.advance(10)
         self.assertEqual(self.dial.calls, [])
 
+    def test_routed_while_heard_through_others(self) -> None:
+        self.book.connected(b"p", "h", 1)
+        self.book.heard_from(b"p")
+        self.assertEqual(self.book.state(b"p"), PeerState.CONNECTED)
+        self.book.lost(b"p")
+        self.book.heard_from(b"p")
+        self.assertEqual(self.book.state(b"p"), PeerState.ROUTED)
+        self.assertTrue(self.book.retry_pending(b"p"))
+        self.book.heard_from(b"stranger")  # unknown origins are not recorded
+        self.assertIsNone(self.book.state(b"stranger"))
+        self.clock.advance(0.5)
+        self.assertEqual(self.book.state(b"p"), PeerState.CONNECTING)
+
     def test_stop_cancels_retries(self) -> None:
         self.book.connected(b"p", "h", 1)
         self.book.lost(b"p")

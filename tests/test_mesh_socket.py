@@ -435,6 +435,21 @@ class ReconnectTests(MeshTestCase):
         self.assertEqual(b2.peers(), [a.peer_id])
         self.assertEqual(book.state(b"bee"), PeerState.CONNECTED)
 
+    async def test_peer_heard_through_others_is_routed(self) -> None:
+        a = await self.node(limits=MeshLimits(retry_initial=5.0))
+        b, c = await self.nodes(2)
+        await self.link(a, b)
+        await self.link(b, c)
+        await self.link(a, c)
+        a._close_link(a._by_peer[c.peer_id][0], reason="test")  # only the a-c link goes
+        await wait_until(lambda: a.peer_id not in c.peers())
+        book = a.peer_book
+        assert book is not None
+        self.assertEqual(book.state(c.peer_id), PeerState.NO_CONNECTION)
+        c.broadcast(b"via b")
+        await wait_until(lambda: len(a._inbox) == 1)
+        self.assertEqual(book.state(c.peer_id), PeerState.ROUTED)
+
     async def test_unreachable_after_failures(self) -> None:
         limits = MeshLimits(retry_initial=0.02, retry_max=0.05, handshake_timeout=0.1,
                             retry_max_failures=2)

@@ -4,8 +4,9 @@
 :class:`PeerBook` knows every peer this node has been connected to (from either side,
 with the address it listens on).  The states are :class:`~p2pnet.store.peer.PeerState`:
 ``INITIAL`` (known, not dialled yet, e.g. loaded from the store), ``CONNECTING`` (a dial is
-under way), ``CONNECTED`` (handshake done), ``NO_CONNECTION`` (lost or a dial failed; a
-retry is scheduled) and ``UNREACHABLE`` (``max_failures`` dials in a row failed, or the
+under way), ``CONNECTED`` (handshake done), ``ROUTED`` (no link, but its broadcasts reach us through
+other peers; retries go on), ``NO_CONNECTION`` (lost or a dial failed; a retry is
+scheduled) and ``UNREACHABLE`` (``max_failures`` dials in a row failed, or the
 peer refused us: no more retries until it connects again or someone dials it).
 
 Retries wait ``initial * factor**(failures)`` seconds, capped at ``maximum``, times a
@@ -126,7 +127,8 @@ class PeerBook:
                 self._entries[peer.uuid] = _Entry(peer)
         for peer_id, entry in self._entries.items():
             if entry.peer.host and entry.peer.port and entry.peer.conn_state in (
-                PeerState.INITIAL, PeerState.NO_CONNECTION, PeerState.UNREACHABLE
+                PeerState.INITIAL, PeerState.NO_CONNECTION, PeerState.UNREACHABLE,
+                PeerState.ROUTED,
             ):
                 self._schedule(peer_id, 0.0)
 
@@ -175,6 +177,14 @@ class PeerBook:
         entry.peer.conn_state = PeerState.NO_CONNECTION
         if self._running:
             self._schedule(peer_id, self.backoff.delay(entry.failures, self.rng))
+
+    def heard_from(self, origin: bytes) -> None:
+        """A broadcast from ``origin`` reached us through the mesh: a known peer we have
+        no link to is ``ROUTED`` (reachable through others; retries go on)."""
+        entry = self._entries.get(origin)
+        if entry is not None and entry.peer.conn_state in (
+                PeerState.NO_CONNECTION, PeerState.UNREACHABLE, PeerState.INITIAL):
+            entry.peer.conn_state = PeerState.ROUTED
 
     def retry_now(self, peer_id: bytes) -> None:
         """Dial a known peer now, whatever its state (e.g. after it was unreachable)."""

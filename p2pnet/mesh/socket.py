@@ -470,6 +470,8 @@ class MeshSocket(service.Service):
                 links = self._by_peer.get(target)  # a relay may have dropped a slow peer
                 if links:
                     self._transmit(links[0], frames)
+            if msg.origin != peer_id and self._book is not None:
+                self._book.heard_from(msg.origin)
             self._dispatch(MeshMessage(msg.origin, peer_id, msg.channel, msg.parts,
                                        msg.msg_id, msg.sent_at))
         elif isinstance(msg, Direct):
