@@ -17,7 +17,14 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from p2pnet import ids
 from p2pnet.dht.errors import BucketFullError
-from p2pnet.dht.routing import MAX_BUCKET_SIZE, Bucket, RoutingTable
+from p2pnet.dht.limits import prefix_key, source_key
+from p2pnet.dht.routing import (
+    MAX_BUCKET_SIZE,
+    AddressConflictError,
+    Bucket,
+    PrefixFullError,
+    RoutingTable,
+)
 from p2pnet.models import Node
 
 OWN = bytes(20)  # the local node: all zero, so a node's bucket is its leading zero bits
@@ -92,11 +99,12 @@ class BytestagTablesTests(SynchronousTestCase):
         self.assertTrue(bucket.locked)
         self.assertEqual(bucket.pending, newcomer)
         self.assertNotIn(newcomer, rt)
-        # locked: further new nodes are ignored, without an exception
+        # locked: further new nodes are kept aside too, without an exception
         rt.node_update(another)
-        rt.node_update(newcomer)
         self.assertNotIn(another, rt)
-        self.assertEqual(bucket.pending, newcomer)
+        self.assertEqual(bucket.pending, another)
+        rt.node_update(newcomer)  # seen again: the newest of the replacement cache
+        self.assertEqual(bucket.replacements, [another, newcomer])
         self.assertEqual(bucket.nodes, added)
         self.assertEqual(rt.num_contacts, MAX_BUCKET_SIZE)
         # other buckets are not affected
@@ -141,10 +149,10 @@ class EvictionTests(SynchronousTestCase):
         self.error = cm.exception
 
     def test_keep_old_node(self) -> None:
-        """The LRS answered: it moves to the end, the newcomer is dropped, unlocked."""
+        """The LRS answered: it moves to the end, the newcomer stays aside, unlocked."""
         self.bucket.keep_old_node()
         self.assertFalse(self.bucket.locked)
-        self.assertIsNone(self.bucket.pending)
+        self.assertEqual(self.bucket.replacements, [self.newcomer])
         self.assertEqual(self.bucket.nodes, self.added[1:] + self.added[:1])
         self.assertNotIn(self.newcomer, self.rt)
         self.assertEqual(self.bucket.last_update, 10)
@@ -161,6 +169,46 @@ class EvictionTests(SynchronousTestCase):
         self.assertNotIn(self.added[0], self.rt)
         self.assertIn(self.newcomer, self.rt)
         self.assertEqual(len(self.bucket), MAX_BUCKET_SIZE)
+        self.assertEqual(self.bucket.replacements, [])
+
+    def test_newest_replacement_is_promoted(self) -> None:
+        later = [node(k, 7100 + i) for i, k in enumerate(keys_in_bucket(3, 3, seed=8))]
+        for n in later:
+            self.rt.node_update(n)  # locked: kept aside quietly
+        self.assertEqual(self.bucket.replacements, [self.newcomer, *later])
+        self.bucket.keep_new_node()
+        self.assertEqual(self.bucket.nodes[-1], later[-1])
+        self.assertEqual(self.bucket.replacements, [self.newcomer, *later[:-1]])
+        self.assertTrue(self.rt.remove(self.added[7]))  # a stale contact leaves
+        self.assertEqual(self.bucket.nodes[-1], later[-2])
+
+    def test_replacement_cache_is_bounded(self) -> None:
+        rt = RoutingTable(OWN, replacements=3)
+        fill(rt, 3)
+        extra = [node(k, 8000 + i) for i, k in enumerate(keys_in_bucket(3, 10, seed=9))]
+        for n in extra:
+            try:
+                rt.node_update(n)
+            except BucketFullError:
+                pass
+        self.assertEqual(rt.buckets[3].replacements, extra[-3:])
+
+    def test_old_replacements_are_not_promoted(self) -> None:
+        clock = task.Clock()
+        rt = RoutingTable(OWN, now=clock.seconds, replacement_max_age=100)
+        added = fill(rt, 3)
+        old, fresh = (node(k, 9000 + i) for i, k in enumerate(keys_in_bucket(3, 2, seed=5)))
+        with self.assertRaises(BucketFullError):
+            rt.node_update(fresh)
+        clock.advance(50)
+        rt.node_update(old)  # newest, then nothing for a while
+        clock.advance(60)
+        rt.buckets[3].keep_new_node()
+        self.assertIn(old, rt)  # 60 s old: promoted
+        rt.remove(added[1])
+        self.assertNotIn(fresh, rt)  # 110 s old: dropped
+        self.assertEqual(len(rt.buckets[3]), MAX_BUCKET_SIZE - 1)
+        self.assertEqual(rt.buckets[3].replacements, [])
 
     def test_keep_without_lock_is_a_no_op(self) -> None:
         self.bucket.keep_old_node()
@@ -194,15 +242,15 @@ class EvictionTests(SynchronousTestCase):
 
     def test_remove_lets_the_newcomer_in(self) -> None:
         self.assertTrue(self.rt.remove(self.added[4]))
-        self.assertFalse(self.bucket.locked)
         self.assertNotIn(self.added[4], self.rt)
         self.assertIn(self.newcomer, self.rt)
         self.assertEqual(self.bucket.nodes[-1], self.newcomer)
         self.assertEqual(len(self.bucket), MAX_BUCKET_SIZE)
-        self.bucket.keep_new_node()  # the late ping result changes nothing
-        self.bucket.keep_old_node()
-        self.assertIn(self.added[0], self.rt)
-        self.assertEqual(len(self.bucket), MAX_BUCKET_SIZE)
+        self.assertTrue(self.bucket.locked)  # the check of the LRS is still out
+        self.bucket.keep_new_node()  # ... and it failed: evicted, nobody left aside
+        self.assertNotIn(self.added[0], self.rt)
+        self.assertEqual(len(self.bucket), MAX_BUCKET_SIZE - 1)
+        self.assertFalse(self.bucket.locked)
 
     def test_remove_unknown(self) -> None:
         self.assertFalse(self.rt.remove(node(keys_in_bucket(3, 1, seed=1234)[0])))
@@ -229,11 +277,20 @@ class UpdateTests(SynchronousTestCase):
         self.assertEqual(rt.buckets[2].last_update, 6)
         self.assertEqual(rt.num_contacts, 5)
 
-    def test_update_replaces_address_of_known_id(self) -> None:
+    def test_known_id_at_new_address_is_a_conflict(self) -> None:
+        """Issue 11 #5: a known id seen at a new address does not take the slot; the
+        incumbent is named, to be pinged; only replace() moves the id."""
         rt = RoutingTable(OWN)
         added = fill(rt, 2, 5)
         moved = node(added[0].key, 9999, "10.9.9.9")
-        rt.node_update(moved)
+        with self.assertRaises(AddressConflictError) as cm:
+            rt.node_update(moved)
+        self.assertIs(cm.exception.incumbent, added[0])
+        self.assertIs(cm.exception.node, moved)
+        self.assertIs(rt.find(added[0].key), added[0])
+        self.assertEqual(rt.buckets[2].nodes, added)
+        self.assertFalse(rt.seen(moved))  # a request from the new address refreshes nothing
+        rt.replace(added[0], moved)  # the old address stayed silent
         self.assertEqual(rt.num_contacts, 5)
         self.assertNotIn(added[0], rt)
         self.assertIn(moved, rt)
@@ -248,6 +305,83 @@ class UpdateTests(SynchronousTestCase):
         rt.node_update(n)
         self.assertEqual(rt.get_bucket(n).last_update, 42)
         self.assertEqual(rt.buckets[1].last_update, 0)
+
+
+class AddressLimitTests(SynchronousTestCase):
+    """Issue 11 #6: one contact per address, a few per /24 or /64 per bucket."""
+
+    def table(self) -> RoutingTable:
+        return RoutingTable(OWN, one_per_address=True, max_per_prefix=2)
+
+    def test_one_contact_per_address(self) -> None:
+        rt = self.table()
+        a, b = keys_in_bucket(5, 2)
+        first = Node(a, "192.0.2.7", 4000)
+        rt.node_update(first)
+        for port in (4000, 4001):  # another id at that IP, whatever the port
+            with self.assertRaises(AddressConflictError) as cm:
+                rt.node_update(Node(b, "192.0.2.7", port))
+            self.assertIs(cm.exception.incumbent, first)
+        self.assertEqual(list(rt.nodes()), [first])
+        self.assertIs(rt.holder_of(("192.0.2.7", 1)), first)
+        rt.remove(first)
+        self.assertIsNone(rt.holder_of(("192.0.2.7", 1)))
+        rt.node_update(Node(b, "192.0.2.7", 4001))
+        self.assertEqual(rt.num_contacts, 1)
+
+    def test_loopback_keys_on_port(self) -> None:
+        """A 1,000-node local network shares 127.0.0.1: there a port is an address."""
+        rt = self.table()
+        added = [Node(k, "127.0.0.1", 5000 + i)
+                 for i, k in enumerate(keys_in_bucket(0, 20) + keys_in_bucket(1, 20))]
+        for n in added:
+            rt.node_update(n)
+        self.assertEqual(rt.num_contacts, 40)
+        with self.assertRaises(AddressConflictError):
+            rt.node_update(Node(keys_in_bucket(2, 1)[0], "127.0.0.1", 5000))
+        six = Node(keys_in_bucket(3, 1)[0], "::1", 5000)
+        rt.node_update(six)
+        self.assertIn(six, rt)
+
+    def test_few_per_prefix_per_bucket(self) -> None:
+        rt = self.table()
+        in5 = keys_in_bucket(5, 4)
+        rt.node_update(Node(in5[0], "198.51.100.1", 1))
+        rt.node_update(Node(in5[1], "198.51.100.2", 1))
+        with self.assertRaises(PrefixFullError) as cm:
+            rt.node_update(Node(in5[2], "198.51.100.3", 1))
+        self.assertEqual(cm.exception.bucket_number, 5)
+        rt.node_update(Node(in5[3], "198.51.101.3", 1))  # the next /24 is another prefix
+        rt.node_update(Node(keys_in_bucket(6, 1)[0], "198.51.100.9", 1))  # another bucket
+        self.assertEqual(rt.num_contacts, 4)
+
+    def test_ipv6_prefix_is_the_64(self) -> None:
+        rt = self.table()
+        k = keys_in_bucket(9, 4)
+        rt.node_update(Node(k[0], "2001:db8:0:1::1", 1))
+        rt.node_update(Node(k[1], "2001:db8:0:1:ffff::2", 1))
+        with self.assertRaises(PrefixFullError):
+            rt.node_update(Node(k[2], "2001:db8:0:1::3", 1))
+        rt.node_update(Node(k[3], "2001:db8:0:2::3", 1))
+        self.assertEqual(rt.num_contacts, 3)
+
+    def test_promotion_respects_the_limits(self) -> None:
+        rt = RoutingTable(OWN, bucket_size=2, one_per_address=True, max_per_prefix=2)
+        k = keys_in_bucket(4, 4)
+        a, b = Node(k[0], "203.0.113.1", 1), Node(k[1], "203.0.114.1", 1)
+        rt.node_update(a)
+        rt.node_update(b)
+        clash = Node(k[2], "203.0.114.1", 1)  # b's address: refused outright
+        with self.assertRaises(AddressConflictError):
+            rt.node_update(clash)
+        spare = Node(k[3], "203.0.115.1", 1)
+        with self.assertRaises(BucketFullError):
+            rt.node_update(spare)
+        rt.buckets[4]._keep_aside(Node(k[2], "203.0.113.1", 1))  # would clash with a
+        rt.buckets[4].keep_new_node()  # a (the LRS) is evicted: its address frees up
+        self.assertEqual(rt.buckets[4].nodes, [b, Node(k[2], "203.0.113.1", 1)])
+        rt.remove(b)
+        self.assertEqual(rt.buckets[4].nodes, [Node(k[2], "203.0.113.1", 1), spare])
 
 
 class QueryTests(SynchronousTestCase):
@@ -335,9 +469,12 @@ def table_with(own: bytes, nodes: list[Node]) -> tuple[RoutingTable, dict[bytes,
     rt = RoutingTable(own, bucket_size=1000)
     model: dict[bytes, Node] = {}
     for n in nodes:
-        rt.node_update(n)
+        try:
+            rt.node_update(n)
+        except AddressConflictError:
+            pass  # a known id at another port: the first address stays
         if n.key != own:
-            model[n.key] = n
+            model.setdefault(n.key, n)
     return rt, model
 
 
@@ -373,55 +510,109 @@ class HypothesisQueryTests(SynchronousTestCase):
 OWN_H = b"\x5a" * 20
 POOL = ([OWN_H] + keys_in_bucket(0, 30, OWN_H, 1) + keys_in_bucket(1, 24, OWN_H, 2)
         + keys_in_bucket(2, 10, OWN_H, 3) + keys_in_bucket(150, 5, OWN_H, 4))
-_update = st.tuples(st.just("update"), st.integers(0, len(POOL) - 1), st.integers(1, 3))
+# Addresses from a few /24s, and loopback (which keys on IP and port).
+ADDRESSES = ([(f"10.0.{p}.{h}", 4000) for p in range(3) for h in range(1, 5)]
+             + [(f"10.0.0.{h}", 4001) for h in range(1, 3)]
+             + [("127.0.0.1", port) for port in range(1, 4)] + [("::1", 1)]
+             + [(f"2001:db8::{h}", 1) for h in range(1, 4)])
+SIZE, PER_PREFIX, SPARES = 6, 2, 3
+_update = st.tuples(st.just("update"), st.integers(0, len(POOL) - 1),
+                    st.integers(0, len(ADDRESSES) - 1), st.booleans())
 op_strategy = st.one_of(
     _update, _update, _update, _update,
-    st.tuples(st.just("keep_old"), st.integers(0, 3), st.just(0)),
-    st.tuples(st.just("keep_new"), st.integers(0, 3), st.just(0)),
-    st.tuples(st.just("remove"), st.integers(0, len(POOL) - 1), st.just(0)),
-    st.tuples(st.just("refresh_lrs"), st.integers(0, 3), st.just(0)),
+    st.tuples(st.just("keep_old"), st.integers(0, 3), st.just(0), st.just(False)),
+    st.tuples(st.just("keep_new"), st.integers(0, 3), st.just(0), st.just(False)),
+    st.tuples(st.just("remove"), st.integers(0, len(POOL) - 1), st.just(0), st.just(False)),
+    st.tuples(st.just("seen"), st.integers(0, len(POOL) - 1),
+              st.integers(0, len(ADDRESSES) - 1), st.just(False)),
+    st.tuples(st.just("refresh_lrs"), st.integers(0, 3), st.just(0), st.just(False)),
 )
 
 
 class InvariantTests(SynchronousTestCase):
-    def check_invariants(self, rt: RoutingTable) -> None:
+    def check_invariants(self, rt: RoutingTable, size: int = MAX_BUCKET_SIZE,
+                         per_prefix: int | None = None, spares: int | None = None,
+                         per_address: bool = False) -> None:
+        """Brute force over every contact: ids unique and in their bucket, buckets at
+        most ``size``, at most one contact per address key, at most ``per_prefix`` of a
+        /24 or /64 per bucket, replacement caches at most ``spares``."""
         seen: set[bytes] = set()
+        by_address: dict[object, list[Node]] = {}
         for bucket in rt.buckets:
-            self.assertLessEqual(len(bucket), MAX_BUCKET_SIZE)
+            self.assertLessEqual(len(bucket), size)
+            prefixes: dict[str, int] = {}
             for n in bucket:
                 self.assertNotEqual(n.key, rt.key)
                 self.assertEqual(ids.bucket_number(rt.key, n.key), bucket.number)
                 self.assertNotIn(n.key, seen)
                 seen.add(n.key)
-            self.assertEqual(bucket.locked, bucket.pending is not None)
-            if bucket.pending is not None:
-                self.assertEqual(len(bucket), MAX_BUCKET_SIZE)
-                self.assertNotIn(bucket.pending.key, {n.key for n in bucket})
-                self.assertEqual(ids.bucket_number(rt.key, bucket.pending.key), bucket.number)
+                by_address.setdefault(source_key(n.address), []).append(n)
+                p = prefix_key(n.address)
+                prefixes[p] = prefixes.get(p, 0) + 1
+            if per_prefix is not None:
+                self.assertLessEqual(max(prefixes.values(), default=0), per_prefix)
+            if spares is not None:
+                self.assertLessEqual(len(bucket.replacements), spares)
+            for n in bucket.replacements:
+                self.assertEqual(ids.bucket_number(rt.key, n.key), bucket.number)
+        if per_address:
+            for holders in by_address.values():
+                self.assertEqual(len(holders), 1)
+                self.assertIs(rt.holder_of(holders[0].address), holders[0])
         self.assertEqual(rt.num_contacts, len(seen))
 
     @given(st.randoms(use_true_random=False), st.sampled_from([len(POOL), 60, 40, 20, 0]),
-           st.lists(op_strategy, min_size=20, max_size=80))
+           st.lists(op_strategy, min_size=20, max_size=80), st.booleans())
     def test_invariants_after_any_sequence(self, rnd: random.Random, first: int,
-                                           ops: list[tuple[str, int, int]]) -> None:
-        """Updates (some of the pool, in any order) then any mix of updates, keep_old,
-        keep_new and remove; ourselves is in the pool too."""
-        rt = RoutingTable(OWN_H)
+                                           ops: list[tuple[str, int, int, bool]],
+                                           limited: bool) -> None:
+        """Updates (some of the pool, in any order) then any mix of updates (a conflict
+        resolved either way), keep_old, keep_new, remove and seen; ourselves is in the
+        pool too.  ``limited``: small buckets, one contact per address, two per prefix
+        per bucket, three kept aside."""
+        if limited:
+            rt = RoutingTable(OWN_H, bucket_size=SIZE, one_per_address=True,
+                              max_per_prefix=PER_PREFIX, replacements=SPARES)
+            bounds = dict(size=SIZE, per_prefix=PER_PREFIX, spares=SPARES, per_address=True)
+        else:
+            rt = RoutingTable(OWN_H)
+            bounds = dict(spares=8)
         touched: list[int] = []
-        named: dict[int, tuple[bytes, bytes]] = {}
+        named: dict[int, bytes] = {}
         order = rnd.sample(range(len(POOL)), first)
-        for step, (op, i, port) in enumerate([("update", j, 1) for j in order] + ops):
+        start = [("update", j, j % len(ADDRESSES), False) for j in order]
+        for step, (op, i, a, resolve) in enumerate(start + ops):
             if op == "update":
-                n = node(POOL[i], port)
+                n = Node(POOL[i], *ADDRESSES[a])
                 try:
                     rt.node_update(n)
                 except BucketFullError as e:
                     self.assertIs(e.bucket, rt.buckets[e.bucket_number])
                     self.assertEqual(e.node, e.bucket.nodes[0])  # type: ignore[attr-defined]
+                    self.assertTrue(e.bucket.locked)  # type: ignore[attr-defined]
+                    self.assertEqual(e.bucket.pending, n)  # type: ignore[attr-defined]
                     touched.append(e.bucket_number)
-                    named[e.bucket_number] = (e.node.key, n.key)  # type: ignore[attr-defined]
+                    named[e.bucket_number] = e.node.key  # type: ignore[attr-defined]
+                except AddressConflictError as e:
+                    self.assertIn(e.incumbent, rt)
+                    self.assertTrue(e.incumbent.key == n.key
+                                    or source_key(e.incumbent.address) == source_key(n.address))
+                    if resolve:  # the incumbent stayed silent
+                        try:
+                            rt.replace(e.incumbent, n)
+                        except BucketFullError as full:
+                            touched.append(full.bucket_number)
+                            named[full.bucket_number] = full.node.key  # type: ignore[attr-defined]
+                        except (AddressConflictError, PrefixFullError):
+                            pass
+                        self.assertNotIn(e.incumbent, rt)
+                except PrefixFullError as e:
+                    bucket = rt.buckets[e.bucket_number]
+                    same = [m for m in bucket if prefix_key(m.address) == prefix_key(n.address)]
+                    self.assertEqual(len(same), PER_PREFIX)
+                    self.assertNotIn(n, rt)
                 else:
-                    if n.key != OWN_H and not rt.get_bucket(n).locked:
+                    if n.key != OWN_H and n in rt:
                         self.assertEqual(rt.get_bucket(n).nodes[-1], n)
             elif op in ("keep_old", "keep_new") and touched:
                 bucket = rt.buckets[touched[i % len(touched)]]
@@ -429,23 +620,26 @@ class InvariantTests(SynchronousTestCase):
                 getattr(bucket, op + "_node")()
                 self.assertFalse(bucket.locked)
                 if was_locked:
-                    old_key, new_key = named[bucket.number]
-                    if op == "keep_new":  # the named node is evicted, the newcomer is in
+                    old_key = named[bucket.number]
+                    if op == "keep_new":  # the named node is evicted
                         self.assertIsNone(rt.find(old_key))
-                        self.assertEqual(bucket.nodes[-1].key, new_key)
-                    else:  # the named node is the most recent, the newcomer is dropped
+                    elif rt.find(old_key) is not None:  # the named node is the most recent
                         self.assertEqual(bucket.nodes[-1].key, old_key)
-                        self.assertIsNone(rt.find(new_key))
             elif op == "refresh_lrs" and touched:  # the LRS is seen again
                 bucket = rt.buckets[touched[i % len(touched)]]
                 if len(bucket):
                     rt.node_update(bucket.nodes[0])
+            elif op == "seen":
+                n = Node(POOL[i], *ADDRESSES[a])
+                before = rt.num_contacts
+                self.assertEqual(rt.seen(n), n in rt)
+                self.assertEqual(rt.num_contacts, before)
             elif op == "remove":
                 rt.remove(node(POOL[i]))
                 if POOL[i] != OWN_H:
                     self.assertIsNone(rt.find(POOL[i]))
             if step >= first - 1:
-                self.check_invariants(rt)
+                self.check_invariants(rt, **bounds)  # type: ignore[arg-type]
 
     @given(st.lists(st.builds(node, keys, st.integers(1, 3)), max_size=200))
     def test_invariants_with_plain_updates(self, nodes: list[Node]) -> None:
@@ -454,10 +648,36 @@ class InvariantTests(SynchronousTestCase):
         for n in nodes:
             try:
                 rt.node_update(n)
-            except BucketFullError:
+            except (BucketFullError, AddressConflictError):
                 pass
         self.check_invariants(rt)
         self.assertNotIn(nodes[0] if nodes else node(OWN), rt)
+
+    @given(st.lists(st.tuples(keys, st.sampled_from(ADDRESSES)), max_size=300))
+    def test_address_limits_vs_brute_force(self, offers: list[tuple[bytes, tuple[str, int]]]
+                                           ) -> None:
+        """A flood of answers from few addresses: the table holds exactly what a
+        brute-force model of the admission rule admits (no evictions: buckets of 1000)."""
+        rt = RoutingTable(OWN, bucket_size=1000, one_per_address=True, max_per_prefix=2)
+        model: list[Node] = []
+        for key, address in offers:
+            n = Node(key, *address)
+            try:
+                rt.node_update(n)
+            except (AddressConflictError, PrefixFullError):
+                pass
+            if key == OWN or any(m.key == key for m in model):
+                continue
+            if any(source_key(m.address) == source_key(address) for m in model):
+                continue
+            b = ids.bucket_number(OWN, key)
+            if sum(1 for m in model if ids.bucket_number(OWN, m.key) == b
+                   and prefix_key(m.address) == prefix_key(address)) >= 2:
+                continue
+            model.append(n)
+        self.assertEqual(sorted(rt.nodes(), key=lambda n: n.key),
+                         sorted(model, key=lambda n: n.key))
+        self.check_invariants(rt, size=1000, per_prefix=2, per_address=True)
 
     def test_iteration_is_a_snapshot(self) -> None:
         rt = RoutingTable(OWN)

@@ -1,42 +1,89 @@
 # -*- test-case-name: tests.test_dht_routing -*-
-"""The Kademlia routing table: 160 k-buckets with least-recently-seen eviction.
+"""The Kademlia routing table: 160 k-buckets, each with a replacement cache.
 
 A contact's bucket number is the count of leading zero bits of ``own_id XOR node_id``.
-A bucket lists its nodes least recently seen first.  When a full bucket is offered a new
-node, the bucket locks, keeps the newcomer aside and raises :class:`BucketFullError`
-naming the least recently seen node; its owner pings that node and calls
-:meth:`Bucket.keep_old_node` (it answered) or :meth:`Bucket.keep_new_node` (it did not).
+A bucket lists its nodes least recently seen first, with the time each was last seen.
+
+Admission (:meth:`RoutingTable.node_update`, for a node that *answered* one of our
+requests -- the caller's job, see :mod:`p2pnet.dht.contacts`) follows Kademlia with the
+hardening of libtorrent's ``restrict_routing_ips``:
+
+* a known id at a new address, or a new id at an address (IP; IP and port on loopback)
+  that another contact holds, raises :class:`AddressConflictError` naming the incumbent:
+  the owner pings it and calls :meth:`RoutingTable.replace` only if it stays silent (or
+  another id answers) -- one spoofed packet cannot take a live contact's slot;
+* a bucket holds at most ``max_per_prefix`` nodes of one IPv4 /24 or IPv6 /64
+  (:class:`PrefixFullError`), so one network cannot fill a bucket;
+* a full bucket keeps the newcomer aside in its replacement cache (bounded, newest kept)
+  and, unless an eviction check is already out, locks and raises
+  :class:`~p2pnet.dht.errors.BucketFullError` naming its least recently seen node; its
+  owner pings that node and calls :meth:`Bucket.keep_old_node` (it answered) or
+  :meth:`Bucket.keep_new_node` (it did not: evicted, the newest admissible replacement
+  takes its place).  A removed contact is also replaced from the cache.
+
+Pure: no Twisted import; time comes from the ``now`` callable.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Callable, Hashable, Iterator
 from typing import overload
 
 from p2pnet import ids
-from p2pnet.dht.errors import BucketFullError
+from p2pnet.dht.errors import BucketFullError, DHTError
+from p2pnet.dht.limits import Address, prefix_key, source_key
 from p2pnet.models import Node
 
 MAX_BUCKET_SIZE = 20
+#: Newcomers a full bucket keeps aside by default.
+REPLACEMENTS = 8
 
-__all__ = ["MAX_BUCKET_SIZE", "Bucket", "BucketFullError", "RoutingTable"]
+__all__ = ["MAX_BUCKET_SIZE", "AddressConflictError", "Bucket", "BucketFullError",
+           "PrefixFullError", "RoutingTable"]
+
+
+class AddressConflictError(DHTError):
+    """``node`` claims an id or an address that ``incumbent`` holds: ping the incumbent
+    before giving the slot away."""
+
+    def __init__(self, incumbent: Node, node: Node) -> None:
+        super().__init__(f"{node!r} conflicts with {incumbent!r}")
+        self.incumbent = incumbent
+        self.node = node
+
+
+class PrefixFullError(DHTError):
+    """The bucket already holds its share of nodes from ``node``'s /24 or /64."""
+
+    def __init__(self, bucket_number: int, node: Node) -> None:
+        super().__init__(f"bucket {bucket_number} is full for the prefix of {node!r}")
+        self.bucket_number = bucket_number
+        self.node = node
+
+
+def address_key(address: Address) -> Hashable:
+    """The per-address key of :func:`~p2pnet.dht.limits.source_key`, stored compactly:
+    the host string itself (shared with the :class:`Node`) off loopback."""
+    host, port = source_key(address)
+    return host if port == 0 else (host, port)
 
 
 class Bucket:
-    """Up to :data:`MAX_BUCKET_SIZE` nodes, least recently seen first."""
+    """Up to ``size`` nodes, least recently seen first, and a replacement cache."""
 
     MAX_BUCKET_SIZE = MAX_BUCKET_SIZE
-    __slots__ = ("_number", "_now", "_size", "_nodes", "_pending", "_stale", "_last_update",
-                 "last_lookup")
+    __slots__ = ("_number", "_table", "_nodes", "_seen", "_spares", "_spares_seen",
+                 "_stale", "_last_update", "last_lookup")
 
-    def __init__(self, number: int, now: Callable[[], float] = lambda: 0.0,
-                 size: int = MAX_BUCKET_SIZE) -> None:
+    def __init__(self, number: int, table: RoutingTable) -> None:
         self._number = number
-        self._now = now
-        self._size = size
+        self._table = table
         self._nodes: list[Node] = []
-        self._pending: Node | None = None
+        self._seen: list[float] = []   # parallel to _nodes: when each was last seen
+        self._spares: list[Node] | None = None  # replacement cache, oldest first
+        self._spares_seen: list[float] | None = None
         self._stale = b""  # while locked: the id of the node the BucketFullError named
         self._last_update = 0.0
         self.last_lookup = 0.0
@@ -50,17 +97,24 @@ class Bucket:
         return list(self._nodes)
 
     @property
+    def replacements(self) -> list[Node]:
+        """The replacement cache, oldest first."""
+        return list(self._spares or ())
+
+    @property
     def last_update(self) -> float:
         """When a node was last added to or refreshed in this bucket."""
         return self._last_update
 
     @property
     def locked(self) -> bool:
-        return self._pending is not None
+        """An eviction check of the least recently seen node is out."""
+        return self._stale != b""
 
     @property
     def pending(self) -> Node | None:
-        return self._pending
+        """The newest node kept aside (the next to be promoted)."""
+        return self._spares[-1] if self._spares else None
 
     def __len__(self) -> int:
         return len(self._nodes)
@@ -71,65 +125,105 @@ class Bucket:
     def __contains__(self, node: object) -> bool:
         return node in self._nodes
 
-    def _index_of_key(self, key: bytes) -> int:
+    def index_of(self, key: bytes) -> int:
         for i, n in enumerate(self._nodes):
             if n.key == key:
                 return i
         return -1
 
-    def node_update(self, node: Node) -> None:
-        """Add ``node`` or move it to the most-recently-seen end.
+    def last_seen(self, key: bytes) -> float | None:
+        i = self.index_of(key)
+        return self._seen[i] if i >= 0 else None
 
-        A node with a known id and a new address replaces the old entry.  Raises
-        :class:`BucketFullError` when full (and locks); ignored while locked.
-        """
-        i = self._index_of_key(node.key)
-        if i >= 0:
-            del self._nodes[i]
-            self._nodes.append(node)
-            self._last_update = self._now()
+    # -- changes (the table keeps its per-address index in step) ----------------------
+
+    def _touch(self, i: int) -> None:
+        now = self._table._now()
+        if i != len(self._nodes) - 1:
+            self._nodes.append(self._nodes.pop(i))
+            self._seen.pop(i)
+            self._seen.append(now)
+        else:
+            self._seen[i] = now
+        self._last_update = now
+
+    def _add(self, node: Node) -> None:
+        now = self._table._now()
+        self._nodes.append(node)
+        self._seen.append(now)
+        self._last_update = now
+        self._table._indexed(node, True)
+
+    def _drop(self, i: int) -> Node:
+        node = self._nodes.pop(i)
+        self._seen.pop(i)
+        self._table._indexed(node, False)
+        return node
+
+    def _keep_aside(self, node: Node) -> None:
+        limit = self._table._replacements
+        if limit <= 0:
             return
-        if self._pending is not None:
-            return
-        if len(self._nodes) < self._size:
-            self._nodes.append(node)
-            self._last_update = self._now()
-            return
-        self._pending = node
-        self._stale = self._nodes[0].key
-        raise BucketFullError(self._number, self._nodes[0], self)
+        if self._spares is None or self._spares_seen is None:
+            self._spares, self._spares_seen = [], []
+        for i, n in enumerate(self._spares):
+            if n.key == node.key:
+                del self._spares[i], self._spares_seen[i]
+                break
+        self._spares.append(node)
+        self._spares_seen.append(self._table._now())
+        while len(self._spares) > limit:
+            del self._spares[0], self._spares_seen[0]
+
+    def _promote(self) -> Node | None:
+        """Move the newest admissible replacement into the bucket (if it has room)."""
+        spares, seen = self._spares, self._spares_seen
+        table = self._table
+        oldest = table._now() - table._replacement_max_age
+        while spares and seen and len(self._nodes) < table._size:
+            node, at = spares.pop(), seen.pop()
+            if at >= oldest and table._admissible(self, node):
+                self._add(node)
+                break
+        else:
+            node = None
+        if spares is not None and not spares:
+            self._spares = self._spares_seen = None
+        return node
+
+    def node_update(self, node: Node) -> None:
+        """See :meth:`RoutingTable.node_update` (the node must fall in this bucket)."""
+        self._table.node_update(node)
 
     def keep_new_node(self) -> None:
-        """The least recently seen node did not answer: evict it, add the newcomer."""
-        if self._pending is None:
+        """The least recently seen node did not answer: evict it; the newest admissible
+        replacement takes its place."""
+        if not self._stale:
             return
         # the node that was pinged, not whichever is first now (it may have been seen since)
-        i = self._index_of_key(self._stale)
+        i = self.index_of(self._stale)
+        self._stale = b""
         if i >= 0:
-            del self._nodes[i]
-        self._nodes.append(self._pending)
-        self._pending = None
-        self._last_update = self._now()
+            self._drop(i)
+        self._promote()
 
     def keep_old_node(self) -> None:
-        """The least recently seen node answered: it becomes most recent; drop the newcomer."""
-        if self._pending is None:
+        """The least recently seen node answered: it becomes most recent; the newcomers
+        stay aside."""
+        if not self._stale:
             return
-        self._pending = None
-        i = self._index_of_key(self._stale)
+        i = self.index_of(self._stale)
+        self._stale = b""
         if i >= 0:
-            self._nodes.append(self._nodes.pop(i))
-        self._last_update = self._now()
+            self._touch(i)
 
     def remove(self, node: Node) -> bool:
-        """Drop ``node`` (by id); a waiting newcomer takes the free place."""
-        i = self._index_of_key(node.key)
+        """Drop ``node`` (by id); the newest admissible replacement takes the place."""
+        i = self.index_of(node.key)
         if i < 0:
             return False
-        del self._nodes[i]
-        if self._pending is not None:
-            self._nodes.append(self._pending)
-            self._pending = None
+        self._drop(i)
+        self._promote()
         return True
 
 
@@ -141,12 +235,11 @@ class BucketArray:
     far in ascending order -- an unmade bucket is empty and was never looked up.
     """
 
-    __slots__ = ("_made", "_now", "_size")
+    __slots__ = ("_made", "_table")
 
-    def __init__(self, now: Callable[[], float], size: int) -> None:
+    def __init__(self, table: RoutingTable) -> None:
         self._made: dict[int, Bucket] = {}
-        self._now = now
-        self._size = size
+        self._table = table
 
     @overload
     def __getitem__(self, number: int) -> Bucket: ...
@@ -161,7 +254,7 @@ class BucketArray:
         if bucket is None:
             if not isinstance(number, int) or not 0 <= number < ids.KEY_BITS:
                 raise IndexError(f"bucket numbers are 0..{ids.KEY_BITS - 1}")
-            bucket = self._made[number] = Bucket(number, self._now, self._size)
+            bucket = self._made[number] = Bucket(number, self._table)
         return bucket
 
     def __iter__(self) -> Iterator[Bucket]:
@@ -172,18 +265,38 @@ class BucketArray:
 
 
 class RoutingTable:
-    """160 buckets around ``key``; never holds the local node."""
+    """160 buckets around ``key``; never holds the local node.
+
+    ``one_per_address`` keeps at most one contact per address key (the IP; IP and port on
+    loopback); ``max_per_prefix`` bounds the contacts of one /24 or /64 in a bucket
+    (None: no bound); ``replacements`` is the size of each bucket's replacement cache and
+    ``replacement_max_age`` how long a kept-aside node stays eligible.
+    """
+
+    __slots__ = ("_key", "_key_int", "_now", "_size", "buckets", "_by_address",
+                 "_max_per_prefix", "_replacements", "_replacement_max_age")
 
     def __init__(self, key: bytes, now: Callable[[], float] = lambda: 0.0,
-                 bucket_size: int = MAX_BUCKET_SIZE) -> None:
+                 bucket_size: int = MAX_BUCKET_SIZE, *, one_per_address: bool = False,
+                 max_per_prefix: int | None = None, replacements: int = REPLACEMENTS,
+                 replacement_max_age: float = math.inf) -> None:
         self._key = ids.check_key(key)
         self._key_int = int.from_bytes(key, "big")
         self._now = now
-        self.buckets = BucketArray(now, bucket_size)
+        self._size = bucket_size
+        self._by_address: dict[Hashable, Node] | None = {} if one_per_address else None
+        self._max_per_prefix = max_per_prefix
+        self._replacements = replacements
+        self._replacement_max_age = replacement_max_age
+        self.buckets = BucketArray(self)
 
     @property
     def key(self) -> bytes:
         return self._key
+
+    @property
+    def bucket_size(self) -> int:
+        return self._size
 
     def get_bucket_number(self, node: Node | bytes) -> int:
         key = node if isinstance(node, bytes) else node.key
@@ -192,22 +305,113 @@ class RoutingTable:
     def get_bucket(self, node: Node | bytes) -> Bucket:
         return self.buckets[self.get_bucket_number(node)]
 
+    # -- admission -------------------------------------------------------------------
+
+    def _indexed(self, node: Node, present: bool) -> None:
+        index = self._by_address
+        if index is None:
+            return
+        k = address_key(node.address)
+        if present:
+            index[k] = node
+        elif index.get(k) is node:
+            del index[k]
+
+    def holder_of(self, address: Address) -> Node | None:
+        """The contact holding ``address``'s per-address slot (None when free or when
+        the table keeps no per-address index)."""
+        if self._by_address is None:
+            return None
+        return self._by_address.get(address_key(address))
+
+    def _prefix_full(self, bucket: Bucket, node: Node) -> bool:
+        limit = self._max_per_prefix
+        if limit is None or len(bucket._nodes) < limit:
+            return False
+        p = prefix_key(node.address)
+        return sum(1 for n in bucket._nodes if prefix_key(n.address) == p) >= limit
+
+    def _admissible(self, bucket: Bucket, node: Node) -> bool:
+        """Could ``node`` be added to ``bucket`` without any conflict?"""
+        if bucket.index_of(node.key) >= 0:
+            return False
+        if self._by_address is not None and address_key(node.address) in self._by_address:
+            return False
+        return not self._prefix_full(bucket, node)
+
     def node_update(self, node: Node) -> None:
-        """Record that ``node`` was seen; may raise :class:`BucketFullError`."""
+        """Record that ``node`` answered us: add it or move it to the most recent end.
+
+        Raises :class:`AddressConflictError` (its id or address is held by another
+        contact: nothing changes), :class:`PrefixFullError` (refused), or
+        :class:`BucketFullError` (full: the node is kept aside and the bucket locks; while
+        locked, further newcomers are kept aside without an exception).
+        """
         distance = node.key_int ^ self._key_int
         if distance == 0:
             return
         bucket = self.buckets[ids.KEY_BITS - distance.bit_length()]
         nodes = bucket._nodes
-        if nodes and nodes[-1] is node:
-            bucket._last_update = self._now()  # already the most recently seen
+        if nodes and nodes[-1] is node:  # already the most recently seen
+            bucket._seen[-1] = bucket._last_update = self._now()
             return
-        bucket.node_update(node)
+        i = bucket.index_of(node.key)
+        if i >= 0:
+            old = nodes[i]
+            if old.port == node.port and old.host == node.host:
+                bucket._touch(i)
+                return
+            raise AddressConflictError(old, node)
+        if self._by_address is not None:
+            holder = self._by_address.get(address_key(node.address))
+            if holder is not None:
+                raise AddressConflictError(holder, node)
+        if self._prefix_full(bucket, node):
+            raise PrefixFullError(bucket._number, node)
+        if len(nodes) < self._size:
+            bucket._add(node)
+            return
+        bucket._keep_aside(node)
+        if bucket._stale:
+            return
+        bucket._stale = nodes[0].key
+        raise BucketFullError(bucket._number, nodes[0], bucket)
+
+    def seen(self, node: Node) -> bool:
+        """Refresh ``node`` if it is a contact at this very address (a request from it);
+        never adds.  True when it was refreshed."""
+        if node.key_int == self._key_int:
+            return False
+        bucket = self.get_bucket(node)
+        i = bucket.index_of(node.key)
+        if i < 0:
+            return False
+        old = bucket._nodes[i]
+        if old.port != node.port or old.host != node.host:
+            return False
+        bucket._touch(i)
+        return True
+
+    def replace(self, incumbent: Node, node: Node) -> None:
+        """The incumbent of an :class:`AddressConflictError` did not answer as itself:
+        drop it and offer ``node`` in its place (may raise like :meth:`node_update`)."""
+        bucket = self.get_bucket(incumbent)
+        i = bucket.index_of(incumbent.key)
+        if i < 0 or bucket._nodes[i] != incumbent:
+            self.node_update(node)
+            return
+        bucket._drop(i)
+        try:
+            self.node_update(node)
+        finally:
+            bucket._promote()  # when the newcomer went elsewhere
 
     def remove(self, node: Node) -> bool:
         if node.key_int == self._key_int:
             return False
         return self.get_bucket(node).remove(node)
+
+    # -- queries ---------------------------------------------------------------------
 
     def __contains__(self, node: object) -> bool:
         if not isinstance(node, Node) or node.key_int == self._key_int:
@@ -218,10 +422,16 @@ class RoutingTable:
         """The contact with id ``key``, if known."""
         if key == self._key:
             return None
-        for n in self.buckets[ids.bucket_number(self._key, key)]:
+        for n in self.buckets[ids.bucket_number(self._key, key)]._nodes:
             if n.key == key:
                 return n
         return None
+
+    def last_seen(self, key: bytes) -> float | None:
+        """When the contact with id ``key`` was last seen (None if not a contact)."""
+        if key == self._key:
+            return None
+        return self.buckets[ids.bucket_number(self._key, key)].last_seen(key)
 
     def nodes(self) -> Iterator[Node]:
         for bucket in self.buckets:
