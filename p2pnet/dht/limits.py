@@ -62,6 +62,57 @@ class Limits:
     #: seconds one lookup runs at most
     lookup_max_seconds: float = 30.0
 
+    # -- the routing table (p2pnet.dht.routing, p2pnet.dht.contacts) -----------------
+    #: at most one contact per IP address in the whole table (per IP and port on
+    #: loopback), as libtorrent's ``dht_restrict_routing_ips``: one host, one slot
+    routing_one_per_address: bool = True
+    #: contacts of one IPv4 /24 or IPv6 /64 per bucket (libtorrent allows 1; a few lets
+    #: a small LAN or a NAT pool share a bucket while one network cannot fill it)
+    routing_max_per_prefix: int = 2
+    #: newcomers a full bucket keeps aside, newest first, to replace contacts that go
+    #: stale (libtorrent keeps a replacement bucket per bucket too)
+    routing_replacements: int = 8
+    #: seconds a kept-aside newcomer stays eligible for promotion
+    routing_replacement_max_age: float = 3600.0
+    #: failed requests in a row (timeouts or bad answers, never our own errors) after
+    #: which a contact leaves the table (Kademlia's "stale" rule; OpenDHT uses 3 too)
+    routing_stale_after: int = 3
+    #: seconds after which a contact's failure count is forgotten (per-id table age)
+    routing_failure_max_age: float = 900.0
+    #: contacts whose failures are counted at once (only table contacts are; the table
+    #: is ~20 per bucket, so this only bounds the map against bugs)
+    routing_failures_max: int = 4096
+    #: a contact heard from within this many seconds keeps its slot without a ping when
+    #: a newcomer or a conflicting address asks for it
+    routing_evict_ping_after: float = 60.0
+    #: pings out at once to check an incumbent (full bucket, id seen at a new address,
+    #: address claimed by another id); past it the incumbent simply keeps its slot
+    routing_checks_max: int = 16
+    #: ping-backs to unproven requesters in flight at once (a requester enters the table
+    #: only once it answers one of our own requests)
+    routing_verify_max: int = 8
+    #: ping-backs started per second at most (token bucket, burst of the same size)
+    routing_verify_per_second: float = 20.0
+    #: seconds before the same address (IP; IP and port on loopback) is pinged back again
+    routing_verify_interval: float = 60.0
+    #: addresses remembered as recently pinged back (the per-address table above)
+    routing_verify_recent_max: int = 2048
+    #: seconds after the first contact during which the table is "young": each new
+    #: contact may start a refresh lookup of a bucket not looked up for
+    #: ``routing_young_refresh_interval`` seconds (one such lookup at a time)
+    routing_young_seconds: float = 300.0
+    #: seconds between two refreshes of one bucket while the table is young
+    routing_young_refresh_interval: float = 30.0
+    #: records handed to one newcomer that enters their k closest (Kademlia §2.5)
+    routing_handover_max: int = 64
+    #: records scanned for one newcomer
+    routing_handover_scan: int = 4096
+    #: handover stores in flight at once; queued ones beyond ``routing_handover_queue``
+    #: are dropped (the replicator covers them within the hour)
+    routing_handover_in_flight: int = 4
+    #: handover stores waiting at most
+    routing_handover_queue: int = 256
+
     # -- stored values (p2pnet.dht.table, the Store and GetValue RPCs) -----------------
     # The total byte quota is the value table's ``max_bytes`` (256 MiB by default).
     #: bytes charged per record on top of its value's size, against every byte quota
