@@ -186,7 +186,9 @@ class Options(usage.Options):
         if not parent.get("nodaemon") and not parent.get("logfile"):
             parent["logfile"] = os.path.join(data_dir, LOGFILE)
         if self["log-format"] == "json":
-            parent["logger"] = _json_logger_factory(parent)
+            global _json_log_target
+            _json_log_target = (parent.get("logfile"), bool(parent.get("nodaemon")))
+            parent["logger"] = f"{__name__}.json_log_observer"
         self.take_lock()
 
     def take_lock(self) -> DataDirLock:
@@ -202,20 +204,21 @@ class Options(usage.Options):
         return self.lock
 
 
-def _json_logger_factory(parent: Any) -> Any:
-    """A twistd ``--logger`` factory writing JSON lines to twistd's log destination."""
+#: Where :func:`json_log_observer` writes: (logfile option, nodaemon flag) of twistd.
+_json_log_target: tuple[str | None, bool] = (None, True)
 
-    def factory() -> Any:
-        from twisted.logger import jsonFileLogObserver
 
-        logfile = parent.get("logfile")
-        if parent.get("nodaemon") and logfile in (None, "", "-"):
-            stream: Any = sys.stdout
-        else:
-            stream = open(logfile or LOGFILE, "a", encoding="utf-8")  # noqa: SIM115
-        return jsonFileLogObserver(stream, recordSeparator="")
+def json_log_observer() -> Any:
+    """twistd ``--logger`` factory (``p2pnet.tap.json_log_observer``): JSON lines to
+    twistd's log destination (stdout with ``-n`` and no log file)."""
+    from twisted.logger import jsonFileLogObserver
 
-    return factory
+    logfile, nodaemon = _json_log_target
+    if nodaemon and logfile in (None, "", "-"):
+        stream: Any = sys.stdout
+    else:
+        stream = open(logfile or LOGFILE, "a", encoding="utf-8")  # noqa: SIM115
+    return jsonFileLogObserver(stream, recordSeparator="")
 
 
 class DaemonService(service.MultiService):

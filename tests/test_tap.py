@@ -3,21 +3,25 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import re
 import signal
 import sys
 from typing import Any
 
+import attrs
 from twisted.internet import defer, error, protocol, reactor
 from twisted.python import usage
 from twisted.trial import unittest
 
 from p2pnet import ids, tap
+from p2pnet.dht.limits import Limits
 from p2pnet.dht.network import NETWORK_ID
 from p2pnet.dht.service import DHTService
 from p2pnet.dht.table import MemoryKVPTable
-from p2pnet.dht.kvptable import LevelDBKVPTable
+from p2pnet.node import DataDirLock, P2PNode
 
 #: The checkout (parent of ``tests/``): put first on the twistd subprocess's path so it
 #: runs this code, while the plugin is still found in the installed ``twisted/plugins``.
@@ -102,7 +106,7 @@ class OptionsTests(unittest.SynchronousTestCase):
 
     def test_port_bounds(self) -> None:
         self.assertEqual(parse("--port", "0")["port"], 0)
-        self.assertEqual(parse("--port", "65535")["port"], 65535)
+        self.assertEqual(parse("--port", "65535", "--mesh-port", "1")["port"], 65535)
         for bad in ["-1", "65536", "abc", ""]:
             with self.assertRaises(usage.UsageError, msg=repr(bad)):
                 parse("--port", bad)
@@ -157,58 +161,187 @@ class NodeIdTests(unittest.SynchronousTestCase):
                 self.assertEqual(f.read(), content)
 
 
+class NewOptionsTests(unittest.SynchronousTestCase):
+    """The options the node object added: mesh port, limits, log format."""
+
+    def test_mesh_port(self) -> None:
+        self.assertIsNone(parse()["mesh-port"])
+        self.assertEqual(parse("--mesh-port", "7000")["mesh-port"], 7000)
+        for bad in ["-1", "65536", "x"]:
+            with self.assertRaises(usage.UsageError, msg=repr(bad)):
+                parse("--mesh-port", bad)
+        # port + 1 would not be a port
+        self.assertRaises(usage.UsageError, parse, "--port", "65535")
+        self.assertEqual(parse("--port", "65535", "--mesh-port", "1")["mesh-port"], 1)
+
+    def test_log_format(self) -> None:
+        self.assertEqual(parse()["log-format"], "text")
+        self.assertEqual(parse("--log-format", "json")["log-format"], "json")
+        with self.assertRaises(usage.UsageError) as cm:
+            parse("--log-format", "xml")
+        self.assertIn("text or json", str(cm.exception))
+
+    def test_limits_default(self) -> None:
+        o = parse()
+        self.assertEqual(o["limits"], {})
+        self.assertEqual(o["limits-object"], Limits())
+
+    def test_every_limit_settable(self) -> None:
+        """Each field of Limits, whatever its type, is set by --limit NAME=VALUE."""
+        for field in attrs.fields(Limits):
+            default = field.default
+            if isinstance(default, bool):
+                text, want = str(not default).lower(), not default
+            elif isinstance(default, int):
+                text, want = str(default + 7), default + 7
+            else:
+                text, want = str(default + 0.5), default + 0.5
+            o = parse("--limit", f"{field.name}={text}")
+            self.assertEqual(getattr(o["limits-object"], field.name), want, field.name)
+            # every other field keeps its default
+            self.assertEqual(attrs.evolve(o["limits-object"], **{field.name: default}),
+                             Limits())
+
+    def test_limit_dashes_and_repeats(self) -> None:
+        name = attrs.fields(Limits)[0].name
+        o = parse("--limit", f"{name.replace('_', '-')}=5", "--limit", f"{name}=6")
+        self.assertEqual(getattr(o["limits-object"], name), 6)
+
+    def test_limit_errors(self) -> None:
+        int_name = next(f.name for f in attrs.fields(Limits)
+                        if type(f.default) is int)
+        float_name = next(f.name for f in attrs.fields(Limits)
+                          if type(f.default) is float)
+        cases = {
+            "no_such_limit=1": "unknown limit 'no_such_limit'",
+            "noequals": "NAME=VALUE",
+            "=5": "NAME=VALUE",
+            f"{int_name}=abc": f"limit {int_name} needs a int, not 'abc'",
+            f"{int_name}=1.5": f"limit {int_name} needs a int",
+            f"{int_name}=-3": "cannot be negative",
+            f"{float_name}=nan": f"limit {float_name} needs a float",
+            f"{float_name}=inf": f"limit {float_name} needs a float",
+            f"{float_name}=": f"limit {float_name} needs a float",
+        }
+        for text, message in cases.items():
+            with self.assertRaises(usage.UsageError, msg=text) as cm:
+                parse("--limit", text)
+            self.assertIn(message, str(cm.exception), text)
+
+    def test_limit_names(self) -> None:
+        names = tap.limit_names()
+        self.assertEqual(len(names), len(attrs.fields(Limits)))
+        self.assertTrue(all("=" in n for n in names))
+
+
+class _Parent(dict):  # type: ignore[type-arg]
+    """Stands in for twistd's ServerOptions (the plugin options' ``parent``)."""
+
+
+def parse_under_twistd(parent: dict[str, Any], *argv: str) -> tap.Options:
+    options = tap.Options()
+    options.parent = _Parent(parent)  # type: ignore[attr-defined]
+    options.parseOptions(list(argv))
+    return options
+
+
+class TwistdIntegrationTests(unittest.SynchronousTestCase):
+    """What postOptions arranges with twistd: pid file, log file, JSON logger, lock."""
+
+    def release(self, o: tap.Options) -> None:
+        if o.lock is not None:
+            self.addCleanup(o.lock.release)
+
+    def test_pidfile_and_logfile_in_the_data_dir(self) -> None:
+        data_dir = os.path.abspath(self.mktemp())
+        o = parse_under_twistd({"pidfile": "twistd.pid", "logfile": None, "nodaemon": False},
+                               "--data-dir", data_dir)
+        self.release(o)
+        parent: Any = o.parent  # type: ignore[attr-defined]
+        self.assertEqual(parent["pidfile"], os.path.join(data_dir, "twistd.pid"))
+        self.assertEqual(parent["logfile"], os.path.join(data_dir, "p2pnode.log"))
+
+    def test_given_pidfile_and_logfile_kept(self) -> None:
+        o = parse_under_twistd({"pidfile": "/x/y.pid", "logfile": "-", "nodaemon": True},
+                               "--data-dir", self.mktemp())
+        self.release(o)
+        parent: Any = o.parent  # type: ignore[attr-defined]
+        self.assertEqual((parent["pidfile"], parent["logfile"]), ("/x/y.pid", "-"))
+
+    def test_json_logger(self) -> None:
+        o = parse_under_twistd({"pidfile": "twistd.pid", "logfile": None, "nodaemon": True},
+                               "--data-dir", self.mktemp(), "--log-format", "json")
+        self.release(o)
+        parent: Any = o.parent  # type: ignore[attr-defined]
+        self.assertEqual(parent["logger"], "p2pnet.tap.json_log_observer")
+        self.assertTrue(callable(tap.json_log_observer))
+
+    def test_busy_data_dir_is_one_line_and_exit_1(self) -> None:
+        data_dir = os.path.abspath(self.mktemp())
+        holder = DataDirLock.acquire(data_dir)
+        self.addCleanup(holder.release)
+        err = io.StringIO()
+        self.patch(sys, "__stderr__", err)
+        with self.assertRaises(SystemExit) as cm:
+            parse_under_twistd({"pidfile": "twistd.pid", "nodaemon": True},
+                               "--data-dir", data_dir)
+        self.assertEqual(cm.exception.code, 1)
+        self.assertEqual(err.getvalue(),
+                         f"p2pnode: data directory {data_dir} is in use by process "
+                         f"{os.getpid()}\n")
+
+
 class MakeServiceTests(unittest.SynchronousTestCase):
     def make(self, o: Any) -> Any:
-        top: Any = tap.makeService(o)
-        try:
-            values = top.getServiceNamed("values")
-        except KeyError:
-            pass
-        else:
-            self.addCleanup(values.close)
-        return top
+        node: Any = tap.makeService(o)
+        self.addCleanup(node.lock.release)
+        return node
 
     def test_service_from_options(self) -> None:
         data_dir = self.mktemp()
         o = parse("--port", "0", "--interface", "127.0.0.1", "--data-dir", data_dir,
                   "--network-id", "testnet", "--bootstrap", "127.0.0.1:4455",
-                  "--bootstrap", "10.1.2.3:5")
-        top = self.make(o)
-        s = top.getServiceNamed("dht")
+                  "--bootstrap", "10.1.2.3:5", "--limit", "lookup_max_rounds=7")
+        node = self.make(o)
+        self.assertIsInstance(node, P2PNode)
+        s = node.getServiceNamed("dht")
+        self.assertIs(s, node.dht)
         self.assertIsInstance(s, DHTService)
         self.assertEqual(s.port, 0)
         self.assertEqual(s.interface, "127.0.0.1")
         self.assertEqual(s.bootstrap, [("127.0.0.1", 4455), ("10.1.2.3", 5)])
         self.assertEqual(s.network.protocol.network_id, b"testnet")
         self.assertEqual(s.network.key, tap.load_node_id(data_dir))
+        self.assertEqual(s.network.limits.lookup_max_rounds, 7)
         self.assertFalse(s.running)
-        # Values persist in LevelDB in the data dir; the table starts before the DHT.
-        values = top.getServiceNamed("values")
-        self.assertIsInstance(values, LevelDBKVPTable)
-        self.assertIs(s.network.kvp_table, values)
-        self.assertEqual(list(top), [values, s])
-        self.assertTrue(os.path.isdir(os.path.join(data_dir, "values")))
+        self.assertEqual(node.mesh_port, 0)  # follows port 0
+        self.assertEqual(node.db.db_path, os.path.join(os.path.abspath(data_dir), "leveldb"))
+
+    def test_mesh_port_follows_the_dht_port(self) -> None:
+        node = self.make(parse("--memory", "--data-dir", self.mktemp(), "--port", "5000"))
+        self.assertEqual((node.port, node.mesh_port), (5000, 5001))
+        node2 = self.make(parse("--memory", "--data-dir", self.mktemp(), "--port", "5000",
+                                "--mesh-port", "6000"))
+        self.assertEqual(node2.mesh_port, 6000)
 
     def test_memory_option(self) -> None:
-        top = self.make(parse("--memory", "--data-dir", self.mktemp()))
-        self.assertIsInstance(top.getServiceNamed("dht").network.kvp_table, MemoryKVPTable)
-        self.assertRaises(KeyError, top.getServiceNamed, "values")
+        node = self.make(parse("--memory", "--data-dir", self.mktemp()))
+        self.assertIsNone(node.db)
+        self.assertIsNone(node.peers.db_file_path)
+        self.assertIsInstance(node.dht.network.kvp_table, MemoryKVPTable)
 
-    def test_same_node_id_across_services(self) -> None:
+    def test_defaults(self) -> None:
         data_dir = self.mktemp()
-        o = parse("--memory", "--data-dir", data_dir)
-        first: Any = self.make(o).getServiceNamed("dht")
-        second: Any = self.make(o).getServiceNamed("dht")
-        self.assertEqual(first.network.key, second.network.key)
-        self.assertEqual(first.port, 4455)
-        self.assertEqual(first.interface, "0.0.0.0")
+        node = self.make(parse("--memory", "--data-dir", data_dir))
+        self.assertEqual((node.port, node.mesh_port, node.interface), (4455, 4456, "0.0.0.0"))
+        self.assertEqual(node.dht.network.key, tap.load_node_id(data_dir))
 
     def test_data_dir_in_use_is_a_usage_error(self) -> None:
         o = parse("--data-dir", self.mktemp())
         self.make(o)
         with self.assertRaises(usage.UsageError) as cm:
             tap.makeService(o)
-        self.assertIn("cannot open the value table", str(cm.exception))
+        self.assertIn("is in use by process", str(cm.exception))
 
     def test_bad_node_id_is_a_usage_error(self) -> None:
         data_dir = self.mktemp()
@@ -216,6 +349,9 @@ class MakeServiceTests(unittest.SynchronousTestCase):
         with open(os.path.join(data_dir, "node_id"), "w") as f:
             f.write("garbage\n")
         self.assertRaises(usage.UsageError, tap.makeService, parse("--data-dir", data_dir))
+        # the lock was released: the directory can be used once the file is fixed
+        os.unlink(os.path.join(data_dir, "node_id"))
+        self.make(parse("--data-dir", data_dir))
 
 
 class _Collect(protocol.ProcessProtocol):
@@ -349,4 +485,27 @@ class TwistdTests(unittest.TestCase):
         self.assertFalse(os.path.exists(pidfile))
         self.assertEqual(tap.load_node_id(data_dir), logged_id)
         # Nothing written outside the temporary directory given to twistd.
+        self.assertEqual(sorted(os.listdir(base)), ["data"])
+
+    def test_json_log_format(self) -> defer.Deferred[None]:
+        return defer.Deferred.fromCoroutine(self._json_log())
+
+    async def _json_log(self) -> None:
+        base = os.path.abspath(self.mktemp())
+        data_dir = os.path.join(base, "data")
+        os.makedirs(base)
+        pythonpath = os.pathsep.join(p for p in [CHECKOUT, os.environ.get("PYTHONPATH")] if p)
+        args = ["-n", "--logfile=-", "p2pnode", "--port", "0", "--interface", "127.0.0.1",
+                "--data-dir", data_dir, "--log-format", "json"]
+        proto = self._spawn(args, b"ready: DHT", _env(PYTHONPATH=pythonpath), base)
+        await _bounded(proto.seen, START_TIMEOUT)
+        # the pid file went to the data directory (no --pidfile given)
+        self.assertTrue(os.path.exists(os.path.join(data_dir, "twistd.pid")))
+        proto.transport.signalProcess("TERM")  # type: ignore[union-attr]
+        await _bounded(proto.ended, STOP_TIMEOUT)
+        lines = proto.output.decode("utf-8").splitlines()
+        events = [json.loads(line) for line in lines]  # every line is one JSON event
+        self.assertTrue(any("ready: DHT" in e.get("log_format", "") for e in events), lines)
+        self.assertTrue(any("Server Shut Down" in e.get("log_format", "") for e in events))
+        self.assertFalse(os.path.exists(os.path.join(data_dir, "twistd.pid")))
         self.assertEqual(sorted(os.listdir(base)), ["data"])

@@ -292,19 +292,23 @@ class DBManager(Service):
         #: What the last open found: entries, entries at the last clean close (or None),
         #: bytes LevelDB dropped from its log, whether a repair ran.
         self.damage: dict[str, Any] = {}
-        with _registry_lock:
-            if self._real_path in _registry:
-                raise DatabaseLockedError(
-                    f"LevelDB database {db_path!r} is already open in this process "
-                    f"(one handle per path; close the other DBManager first)",
-                    db_path,
-                )
-            _registry[self._real_path] = None  # reserved while plyvel opens it
         # Call groups of the Deferred API (one object each, so runs group by identity).
         self._write_group = self._run_writes
         self._read_group = self._run_reads
         if not lazy:
+            self._reserve()
             self._open_now()
+
+    def _reserve(self) -> None:
+        """Take the path in the registry (one handle per path per process)."""
+        with _registry_lock:
+            if self._real_path in _registry:
+                raise DatabaseLockedError(
+                    f"LevelDB database {self.db_path!r} is already open in this process "
+                    f"(one handle per path; close the other DBManager first)",
+                    self.db_path,
+                )
+            _registry[self._real_path] = None  # reserved while plyvel opens it
 
     def _open_now(self) -> None:
         """Open the database in the calling thread and take the path in the registry."""
@@ -444,6 +448,11 @@ class DBManager(Service):
             self._ready.reset()
         if self._db is not None or not self._lazy:
             self._ready.fire(None)
+            return
+        try:
+            self._reserve()
+        except DatabaseLockedError:
+            self._ready.fire(Failure())
             return
         d = self.executor.submit(self._open_checked)
 
