@@ -277,9 +277,10 @@ class Store(RPCCommand):
         if isinstance(result, Failure):
             if result.check(defer.TimeoutError):
                 self.net.refused["pull_timeout"] += 1
+                result = Failure(RequestRefused(codec.ErrorCode.BAD_REQUEST,
+                                                "the pull ran past its deadline"))
             elif not result.check(RequestRefused):
                 self.net.refused["pull_failed"] += 1
-            if not result.check(RequestRefused):
                 result = Failure(RequestRefused(codec.ErrorCode.BAD_REQUEST,
                                                 f"could not fetch the value: {result.value}"))
         for w in pull.waiters:
@@ -297,8 +298,9 @@ class Store(RPCCommand):
         replication does not."""
         if held.is_original:
             return codec.StoreResponse(codec.StoreStatus.HELD)
-        if held.published is not None:
-            published = max(published, held.published)
+        if held.published is not None and published < held.published + 1.0:
+            # not a newer publish (an age is whole seconds, and the store took some time)
+            published = held.published
         expires = self._expiry(held.key, now, published)
         if held.expires_at is not None and held.expires_at >= expires:
             return codec.StoreResponse(codec.StoreStatus.HELD)
