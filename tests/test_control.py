@@ -82,7 +82,7 @@ class ControlTests(unittest.TestCase):
         code, s = as_json((yield self.req("GET", "/status")))
         self.assertEqual(code, 200)
         self.assertEqual(s["node_id"], self.node.node_id.hex())
-        self.assertEqual(s["addresses"]["dht"], "127.0.0.1:%d" % self.node.dht_address[1])
+        self.assertEqual(s["addresses"]["dht"], f"127.0.0.1:{self.node.dht_address[1]}")
         self.assertEqual(s["addresses"]["control"], self.node.control.url)
         self.assertTrue(s["ready"])
         self.assertTrue(s["joined"])
@@ -113,7 +113,7 @@ class ControlTests(unittest.TestCase):
         code, p = as_json((yield self.req("GET", "/peers")))
         self.assertEqual(code, 200)
         self.assertEqual([c["id"] for c in p["dht"]], [other.node_id.hex()])
-        self.assertEqual(p["dht"][0]["address"], "127.0.0.1:%d" % other.dht_address[1])
+        self.assertEqual(p["dht"][0]["address"], f"127.0.0.1:{other.dht_address[1]}")
         self.assertIsInstance(p["mesh"], list)
 
     @defer.inlineCallbacks
