@@ -155,6 +155,9 @@ def run(args: argparse.Namespace, stdin: IO[bytes], stdout: IO[bytes], stderr: I
 
         return run_cluster(args.n, base_port=args.base_port, parent=args.dir,
                            out=stderr, data_dir_hint=args.data_dir)
+    if args.command in ("sync", "chord") and args.op is None:
+        raise CliError(f"{args.command} needs an operation: set, get, del, "
+                       f"{'list' if args.command == 'sync' else 'keys'}", 2)
     data_dir = os.path.abspath(os.path.expanduser(args.data_dir))
     client = ControlClient(data_dir, timeout=args.timeout)
 
@@ -198,9 +201,6 @@ def _write_value(args: argparse.Namespace, data: bytes, stdout: IO[bytes]) -> No
 def _socket_op(args: argparse.Namespace, client: ControlClient, stdin: IO[bytes],
                stdout: IO[bytes], stderr: IO[str], show: Callable[[Any, str], None]) -> int:
     area, op = args.command, args.op
-    if op is None:
-        raise CliError(f"{area} needs an operation: set, get, del, "
-                       f"{'list' if area == 'sync' else 'keys'}", 2)
     if op in ("list", "keys"):
         r = client.json("GET", f"/{area}")
         show(r, "\n".join(r.get("keys", [])))
