@@ -539,3 +539,209 @@ class WriteCoalescingTests(unittest.TestCase):
         self.successResultOf(db.d_delete_entry("k"))
         self.assertIsNone(self.successResultOf(db.d_load_entry("k")))
         self.failureResultOf(db.d_create_entry("k", 1), TypeError)  # type: ignore[arg-type]
+
+
+def _events_with(events: Any, text: str) -> list[dict[str, Any]]:
+    from twisted.logger import formatEvent
+
+    return [e for e in events if text in formatEvent(e)]
+
+
+def _fill(path: str, n: int = 1000, *, compact: bool = False) -> None:
+    with DBManager(path) as db:
+        db.write_batch([(f"k{i:05d}", "v" * 100) for i in range(n)])
+        if compact:
+            db.raw.compact_range()
+
+
+class DamageTests(unittest.SynchronousTestCase):
+    """Issue 11 #18: plyvel errors are StoreErrors; damage found on open is logged."""
+
+    def setUp(self) -> None:
+        from twisted.internet.testing import EventLoggingObserver
+        from twisted.logger import globalLogPublisher
+
+        self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+
+    def test_clean_reopen_logs_nothing(self) -> None:
+        path = self.mktemp()
+        _fill(path, 50)
+        with DBManager(path) as db:
+            self.assertEqual(db.damage, {"entries": 50, "entries_at_last_close": 50,
+                                         "dropped_bytes": 0, "repaired": False})
+        self.assertEqual([e for e in self.events if e["log_level"].name in ("warn", "error")],
+                         [])
+
+    def test_log_cut_in_half_is_counted(self) -> None:
+        """A clean close leaves the entries in LevelDB's log; cutting it loses the tail
+        silently in LevelDB, but the open compares with the count of the last close."""
+        path = self.mktemp()
+        _fill(path, 1000)
+        log_file = next(f for f in os.listdir(path) if f.endswith(".log"))
+        full = os.path.getsize(os.path.join(path, log_file))
+        with open(os.path.join(path, log_file), "r+b") as f:
+            f.truncate(full // 2)
+        with DBManager(path) as db:
+            kept = db.damage["entries"]
+            self.assertLess(kept, 1000)
+            self.assertEqual(len(db.scan_prefix("k")), kept)
+        [event] = _events_with(self.events, "lost entries")
+        self.assertEqual((event["count"], event["expected"], event["lost"]),
+                         (kept, 1000, 1000 - kept))
+
+    def _garble_log(self, path: str) -> None:
+        log_file = next(f for f in os.listdir(path) if f.endswith(".log"))
+        with open(os.path.join(path, log_file), "r+b") as f:
+            f.seek(os.path.getsize(os.path.join(path, log_file)) // 2)
+            f.write(b"\xff" * 64)
+
+    def test_garbage_in_the_log_refused(self) -> None:
+        """Paranoid checks: a damaged log is an error, not a silent drop."""
+        path = self.mktemp()
+        _fill(path, 1000)
+        self._garble_log(path)
+        e = self.assertRaises(DatabaseCorruptError, DBManager, path)
+        self.assertIn("checksum mismatch", str(e))
+
+    def test_garbage_in_the_log_repaired(self) -> None:
+        path = self.mktemp()
+        _fill(path, 1000)
+        self._garble_log(path)
+        with DBManager(path, repair=True) as db:
+            self.assertTrue(db.damage["repaired"])
+            kept = db.damage["entries"]
+            self.assertLess(kept, 1000)
+            self.assertEqual(db.damage["entries_at_last_close"], 1000)
+        [event] = _events_with(self.events, "repaired:")
+        self.assertEqual(event["count"], kept)
+        self.assertIn("(1000 at its last clean close)", event["was"])
+        [event] = _events_with(self.events, "lost entries")
+        self.assertEqual(event["lost"], 1000 - kept)
+
+    def test_unclean_shutdown_is_logged(self) -> None:
+        path = self.mktemp()
+        _fill(path, 10)
+        os.unlink(os.path.join(path, leveldb.CLEAN_MARKER))  # as if killed
+        with DBManager(path) as db:
+            self.assertIsNone(db.damage["entries_at_last_close"])
+        self.assertEqual(len(_events_with(self.events, "was not closed cleanly")), 1)
+
+    def _damage_table(self, path: str) -> None:
+        table = next(f for f in os.listdir(path) if f.endswith(".ldb"))
+        size = os.path.getsize(os.path.join(path, table))
+        with open(os.path.join(path, table), "r+b") as f:
+            f.seek(size // 3)
+            f.write(b"\xff" * 64)
+
+    def test_damaged_table_refused_on_open(self) -> None:
+        path = self.mktemp()
+        _fill(path, 1000, compact=True)
+        self._damage_table(path)
+        e = self.assertRaises(DatabaseCorruptError, DBManager, path)
+        self.assertIn(path, str(e))
+        self.assertNotIn(os.path.realpath(path), leveldb.open_paths())
+
+    def test_damaged_table_repaired_on_open(self) -> None:
+        path = self.mktemp()
+        _fill(path, 1000, compact=True)
+        self._damage_table(path)
+        with DBManager(path, repair=True) as db:
+            self.assertTrue(db.damage["repaired"])
+            kept = db.damage["entries"]
+            self.assertLess(kept, 1000)
+            self.assertEqual(len(db.scan_prefix("")), kept)
+        [event] = _events_with(self.events, "repaired:")
+        self.assertEqual(event["count"], kept)
+
+    def test_damage_after_open_is_a_store_error(self) -> None:
+        path = self.mktemp()
+        _fill(path, 1000, compact=True)
+        db = DBManager(path)
+        self.addCleanup(db._close_handle)
+        self._damage_table(path)
+        errors = []
+        for call in (lambda: db.load_entry("k00400"), lambda: db.scan_prefix("k"),
+                     lambda: list(db.iter_prefix("k")),
+                     lambda: db.load_entries([f"k{i:05d}" for i in range(1000)])):
+            try:
+                call()
+            except StoreError as e:
+                errors.append(e)
+        self.assertTrue(errors)
+        for e in errors:
+            self.assertIsInstance(e, DatabaseCorruptError)
+            self.assertIsInstance(e.__cause__, leveldb.plyvel.Error)
+
+    def test_translate(self) -> None:
+        e = leveldb.translate_plyvel(leveldb.plyvel.CorruptionError(b"bad block"), "/p")
+        self.assertIsInstance(e, DatabaseCorruptError)
+        self.assertIn("bad block", str(e))
+        e = leveldb.translate_plyvel(leveldb.plyvel.IOError(b"disk"), "/p")
+        self.assertIsInstance(e, StoreError)
+        mine = StoreError("x")
+        self.assertIs(leveldb.translate_plyvel(mine, "/p"), mine)
+
+    def test_deferred_api_translates(self) -> None:
+        db = DBManager(self.mktemp(), executor=StoreExecutor.inline())
+        self.addCleanup(db.close)
+
+        def boom() -> None:
+            raise leveldb.plyvel.CorruptionError(b"checksum mismatch")
+
+        f = self.failureResultOf(db.submit(boom), DatabaseCorruptError)
+        self.assertIn("checksum mismatch", str(f.value))
+
+
+class LazyLifecycleTests(unittest.TestCase):
+    """``lazy=True``: opened on the store's thread at start; ``when_ready``; stop closes."""
+
+    timeout = 10
+
+    @defer.inlineCallbacks
+    def test_start_ready_stop(self) -> Any:
+        path = self.mktemp()
+        db = DBManager(path, reactor=reactor, lazy=True)
+        self.assertTrue(db.closed)
+        self.assertNotIn(os.path.realpath(path), leveldb.open_paths())
+        ready = db.when_ready()
+        self.assertFalse(ready.called)
+        opened_in: list[str] = []
+        real = DBManager._open_checked
+
+        def spy(self_: DBManager) -> Any:
+            opened_in.append(threading.current_thread().name)
+            return real(self_)
+
+        self.patch(DBManager, "_open_checked", spy)
+        db.startService()
+        yield ready
+        self.assertNotEqual(opened_in, [threading.current_thread().name])
+        self.assertFalse(db.closed)
+        yield db.d_create_entry("k", "v")
+        self.assertEqual((yield db.d_load_entry("k")), b"v")
+        yield db.stopService()
+        self.assertTrue(db.closed)
+        self.assertNotIn(os.path.realpath(path), leveldb.open_paths())
+
+    @defer.inlineCallbacks
+    def test_open_failure_fails_ready(self) -> Any:
+        path = self.mktemp()
+        holder = DBManager(path)
+        self.addCleanup(holder.close)
+        db = DBManager(path, reactor=reactor, lazy=True)
+        db.startService()
+        yield self.assertFailure(db.when_ready(), DatabaseLockedError)
+        yield db.stopService()  # safe after a failed start
+        self.assertIs(leveldb._registry[os.path.realpath(path)], holder)
+
+    @defer.inlineCallbacks
+    def test_path_failure_fails_ready(self) -> Any:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("not a directory")
+        db = DBManager(path, reactor=reactor, lazy=True)
+        db.startService()
+        yield self.assertFailure(db.when_ready(), StoreError)
+        self.flushLoggedErrors(StoreError)
+        yield db.stopService()
+        self.assertNotIn(os.path.realpath(path), leveldb.open_paths())

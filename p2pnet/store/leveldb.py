@@ -334,16 +334,20 @@ class DBManager(Service):
         existed = os.path.exists(os.path.join(path, "CURRENT"))
         expected = _read_marker(path) if existed else None
         repaired = False
-        db = self._open(path)
+        drops = (0, 0)
         try:
-            drops = _log_drops(path)
-            count = _count_entries(db)
-        except plyvel.Error as e:
-            db.close()
-            if not self._repair:
+            db = self._open(path)
+            try:
+                drops = _log_drops(path)
+                count = _count_entries(db)
+            except plyvel.Error as e:
+                db.close()
                 raise translate_plyvel(e, path) from e
+        except DatabaseCorruptError as e:
+            if not self._repair:
+                raise
             log.error("LevelDB database {path} is damaged ({msg}); repairing it",
-                      path=path, msg=_plyvel_message(e))
+                      path=path, msg=str(e))
             try:
                 plyvel.repair_db(path, paranoid_checks=True)
             except plyvel.Error as e2:
@@ -355,8 +359,9 @@ class DBManager(Service):
             except plyvel.Error as e3:
                 db.close()
                 raise translate_plyvel(e3, path) from e3
-            log.error("LevelDB database {path} repaired: {count} entries kept",
-                      path=path, count=count)
+            log.error("LevelDB database {path} repaired: {count} entries kept{was}",
+                      path=path, count=count,
+                      was="" if expected is None else f" ({expected} at its last clean close)")
         self.damage = {"entries": count, "entries_at_last_close": expected,
                        "dropped_bytes": drops[1], "repaired": repaired}
         if drops[0]:
