@@ -872,3 +872,93 @@ class ThreadedTests(StoreTestMixin, TestCase):
         finally:
             yield store.d_terminate_db()
             yield store.stop()
+
+
+class BadPeerTests(StoreTestMixin, SynchronousTestCase):
+    """Issue 11 #17: a Peer checks its address; one bad peer never poisons a sync."""
+
+    def test_peer_validates_host_and_port(self) -> None:
+        for port in (2**70, -1, 65536):
+            self.assertRaises(ValueError, Peer, b"abcd", "h", port)
+        for port in ("80", 1.5, True):
+            self.assertRaises(TypeError, Peer, b"abcd", "h", port)
+        for host in (b"h", 5, ["h"]):
+            self.assertRaises(TypeError, Peer, b"abcd", host, 1)
+        for host in ("", "a b", "h\x00", "x" * (peer_module.MAX_HOST_LENGTH + 1)):
+            self.assertRaises(ValueError, Peer, b"abcd", host, 1)
+        Peer(b"abcd", "ipc:///tmp/x", None)
+        Peer(b"abcd", "::1", 0)
+        Peer(b"abcd", "h", 65535)
+
+    def test_setting_a_bad_address_is_refused(self) -> None:
+        p = Peer(b"abcd", "h", 1)
+        with self.assertRaises(ValueError):
+            p.port = 2**70
+        with self.assertRaises(TypeError):
+            p.host = 7  # type: ignore[assignment]
+        self.assertEqual((p.host, p.port), ("h", 1))
+
+    def test_peer_bad_behind_its_validators_does_not_poison_sync(self) -> None:
+        path = self.db_path()
+        store = self.make_store(path)
+        store.start_db()
+        bad = Peer(b"bad-peer", "h", 1)
+        object.__setattr__(bad, "port", 2**70)  # past the validators
+        store.add_peer(bad)
+        store.add_peer(Peer(b"good-1", "h1", 1))
+        store.sync_database(force=True)
+        store.add_peer(Peer(b"good-2", "h2", 2))
+        store.sync_database(force=True)
+        store.terminate_db()  # and the last sync works too
+        uuids = sorted(row[1] for row in rows_of(path))
+        self.assertEqual(uuids, [b"good-1", b"good-2"])
+
+    def test_bad_rows_written_by_another_program_are_skipped(self) -> None:
+        path = self.db_path()
+        store = self.make_store(path)
+        store.start_db()
+        store.terminate_db()
+        external_insert(path, (b"port-too-big", "h", 2**62), (b"host-blob", b"h", 5),
+                        (b"fine", "h", 7))
+        again = self.make_store(path)
+        again.start_db()
+        self.assertEqual(sorted(again.peers), [b"fine"])
+        again.add_peer(Peer(b"later", "h", 8))
+        again.sync_database(force=True)
+        self.assertEqual(len(rows_of(path)), 4)  # the bad rows stay, untouched
+
+    def test_unbindable_value_is_a_store_error(self) -> None:
+        from p2pnet.store.errors import StoreError
+
+        path = self.db_path()
+        store = self.make_store(path)
+        store.start_db()
+
+        def overflow(c: object) -> None:
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+
+        with store._db_lock, self.assertRaises(StoreError):
+            with store._operation([]) as c:
+                overflow(c)
+
+
+class ReadyTests(TestCase):
+    """``when_ready`` is a OneShotObserver: one Deferred per caller, reset on restart."""
+
+    def test_each_caller_own_deferred(self) -> None:
+        clock = task.Clock()
+        store = PeerStore(None, reactor=clock, inline=True)
+        a, b = store.when_ready(), store.when_ready()
+        self.assertIsNot(a, b)
+        self.assertFalse(a.called)
+        store.startService()
+        self.assertIsNone(self.successResultOf(a))
+        self.assertIsNone(self.successResultOf(b))
+        self.successResultOf(store.stopService())
+        store.startService()
+        self.assertIsNone(self.successResultOf(store.when_ready()))
+        self.successResultOf(store.stopService())
+
+    def test_stop_without_start(self) -> None:
+        store = PeerStore(None, reactor=task.Clock(), inline=True)
+        self.successResultOf(store.stopService())
