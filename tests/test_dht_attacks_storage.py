@@ -36,6 +36,10 @@ OPEN = Limits(store_record_overhead=0, store_max_records=10**9,
               store_max_future_seconds=math.inf, pull_max=16, pull_max_per_source=16,
               pull_max_seconds=math.inf, read_max_pending=10**9)
 
+#: Limits of an attacking node that takes no stores: it then holds nothing that it could
+#: hand over to a newcomer, so what a victim holds is what the test sent it.
+NO_STORE = Limits(store_max_records=0)
+
 NOW = 100_000.0  # the clock starts here, so honest timestamps lie in the past
 
 
@@ -243,29 +247,30 @@ class RecordFloodTests(Mixin, SynchronousTestCase):
 
     def flood(self, attacker: DHTNetwork, victim: DHTNetwork, count: int) -> list[Any]:
         return [self.raw_store(attacker, victim, codec.StoreRequest(
-            ids.key_for(b"%d" % i + attacker.key), ids.key_for(b""), 0, NOW, b""))
+            ids.key_for(b"%d" % i + attacker.key + victim.key), ids.key_for(b""), 0, NOW, b""))
             for i in range(count)]
 
     def test_empty_records_are_counted(self) -> None:
+        # (150 stores per victim: under the per-source request rate's burst)
         # The attack, quotas open: every empty record is taken, the byte count stays 0.
-        attacker, victim = self.sim.add_many(2, limits=OPEN)
-        statuses = self.flood(attacker, victim, 300)
-        self.assertEqual(statuses.count(codec.StoreStatus.STORED), 300)
+        attacker, victim = self.sim.add(limits=NO_STORE), self.sim.add(limits=OPEN)
+        statuses = self.flood(attacker, victim, 150)
+        self.assertEqual(statuses.count(codec.StoreStatus.STORED), 150)
         self.assertEqual(victim.kvp_table.total_bytes, 0)
         # The defence: a record quota per source, and a charge per record against bytes.
         tight = Limits(store_source_max_records=100)
         victim2 = self.sim.add(limits=tight)
-        statuses = self.flood(attacker, victim2, 300)
+        statuses = self.flood(attacker, victim2, 150)
         self.assertEqual(statuses.count(codec.StoreStatus.STORED), 100)
-        self.assertEqual(victim2.refused["store_source_quota_records"], 200)
+        self.assertEqual(victim2.refused["store_source_quota_records"], 50)
         by_bytes = self.sim.add(limits=Limits(store_source_max_bytes=50 * 512))
-        statuses = self.flood(attacker, by_bytes, 300)
+        statuses = self.flood(attacker, by_bytes, 150)
         self.assertEqual(statuses.count(codec.StoreStatus.STORED), 50)
-        self.assertEqual(by_bytes.refused["store_source_quota_bytes"], 250)
+        self.assertEqual(by_bytes.refused["store_source_quota_bytes"], 100)
 
     def test_total_record_quota(self) -> None:
         victim = self.sim.add(limits=Limits(store_max_records=120))
-        attackers = self.sim.add_many(3)
+        attackers = self.sim.add_many(3, limits=NO_STORE)
         stored = sum(self.flood(a, victim, 60).count(codec.StoreStatus.STORED)
                      for a in attackers)
         self.assertEqual((stored, len(victim.kvp_table)), (120, 120))
@@ -274,12 +279,12 @@ class RecordFloodTests(Mixin, SynchronousTestCase):
     def test_prefix_quota_and_other_prefixes(self) -> None:
         victim = self.sim.add(limits=Limits(store_prefix_max_records=100))
         # Ten addresses of one /24 share its quota ...
-        crowd = [self.sim.add(host=f"10.66.6.{i + 1}") for i in range(10)]
+        crowd = [self.sim.add(host=f"10.66.6.{i + 1}", limits=NO_STORE) for i in range(10)]
         stored = sum(self.flood(a, victim, 20).count(codec.StoreStatus.STORED) for a in crowd)
         self.assertEqual(stored, 100)
         self.assertEqual(victim.refused["store_prefix_quota_records"], 100)
         # ... and a node elsewhere is unaffected.
-        honest = self.sim.add(host="10.77.7.7")
+        honest = self.sim.add(host="10.77.7.7", limits=NO_STORE)
         self.assertEqual(self.flood(honest, victim, 5), [codec.StoreStatus.STORED] * 5)
         self.assertEqual(victim.kvp_table.by_prefix["10.66.6.0/24"].records, 100)
 
@@ -287,15 +292,18 @@ class RecordFloodTests(Mixin, SynchronousTestCase):
         """A local network shares 127.0.0.1: its per-address quotas key on the port too."""
         limits = Limits(store_source_max_records=10, store_prefix_max_records=10)
         victim = self.sim.add(host="127.0.0.1", port=5000, limits=limits)
-        locals_ = [self.sim.add(host="127.0.0.1", port=5001 + i) for i in range(3)]
+        locals_ = [self.sim.add(host="127.0.0.1", port=5001 + i, limits=NO_STORE)
+                   for i in range(3)]
         for a in locals_:
             self.assertEqual(self.flood(a, victim, 12).count(codec.StoreStatus.STORED), 10)
-        shared = [self.sim.add(host="10.8.8.8", port=6000 + i) for i in range(3)]
+        shared = [self.sim.add(host="10.8.8.8", port=6000 + i, limits=NO_STORE)
+                  for i in range(3)]
         counts = [self.flood(a, victim, 12).count(codec.StoreStatus.STORED) for a in shared]
         self.assertEqual(counts, [10, 0, 0])  # one IP elsewhere: one quota for all ports
 
     def test_quota_freed_when_records_go(self) -> None:
-        attacker, victim = self.sim.add(), self.sim.add(limits=Limits(store_source_max_records=5))
+        attacker = self.sim.add(limits=NO_STORE)
+        victim = self.sim.add(limits=Limits(store_source_max_records=5))
         self.assertEqual(self.flood(attacker, victim, 6).count(codec.StoreStatus.STORED), 5)
         for r in list(victim.kvp_table.records()):
             victim.kvp_table.delete(r.key, r.index)
@@ -318,7 +326,7 @@ class OneAddressFillsTests(Mixin, SynchronousTestCase):
 
     def test_per_source_byte_quota(self) -> None:
         table_bytes = 200 * 1000
-        attacker, honest = self.sim.add_many(2)
+        attacker, honest = self.sim.add_many(2, limits=NO_STORE)
         victim = self.sim.add(kvp_table=MemoryKVPTable(table_bytes), limits=OPEN)
         self.assertEqual(self.fill(attacker, victim, 300), 200)  # the attack: full
         self.assertEqual(result_of(self.sim.run(self.offer(honest, victim, blob(500, 7)))),
@@ -480,19 +488,19 @@ class ReadFloodTests(Mixin, SynchronousTestCase):
             KVPRecord(ids.key_for(b"big"), ids.key_for(value), len(value), 1.0), value))
 
     def test_queued_reads_are_bounded(self) -> None:
-        attacker, attacker2 = self.sim.add_many(2)
+        attacker, attacker2 = self.sim.add_many(2, limits=NO_STORE)
         open_victim = self.sim.add(kvp_table=_SlowReads(), limits=OPEN)
         self.hold_big(open_victim)
         # (150 requests: under the per-source request rate's burst, which is another bound)
         flood = self.flood(open_victim, attacker, 150)
         self.sim.settle(1)
-        self.assertEqual(len(open_victim.kvp_table.waiting), 150)  # the attack
+        self.assertEqual(open_victim.get_value_rpc.reading, 150)  # the attack
         victim = self.sim.add(kvp_table=_SlowReads())
         self.hold_big(victim)
         answers = self.flood(victim, attacker2, 150)
         self.sim.settle(1)
         limit = victim.limits.read_max_pending
-        self.assertEqual(len(victim.kvp_table.waiting), limit)  # the defence
+        self.assertEqual(victim.get_value_rpc.reading, limit)  # the defence
         self.assertEqual(victim.refused["read_busy"], 150 - limit)
         for _ in range(3):  # (an answer to an unproven address may take a second try)
             victim.kvp_table.release()
