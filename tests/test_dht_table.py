@@ -1,10 +1,12 @@
 """The value table seam: KVPRecord, the acceptance rule, MemoryKVPTable."""
 
+import attrs
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from p2pnet import ids
-from p2pnet.dht.table import IKVPTable, KVPRecord, MemoryKVPTable, acceptable
+from p2pnet.dht.limits import Limits
+from p2pnet.dht.table import IKVPTable, KVPRecord, MemoryKVPTable, Usage, acceptable
 from p2pnet.models import MAX_VALUE_SIZE
 
 KEY = ids.key_for(b"key")
@@ -81,3 +83,100 @@ class MemoryTableTests(SynchronousTestCase):
         self.successResultOf(t.put(rec(size=5), b"abcde"))
         self.successResultOf(t.put(rec(size=2, ts=11.0), b"ab"))
         self.assertEqual((t.total_bytes, len(t)), (2, 1))
+
+
+class SourceFieldTests(SynchronousTestCase):
+    def test_published_and_source(self) -> None:
+        r = rec(published=3.0, source=("10.0.0.1", 4000))
+        self.assertEqual((r.published, r.source), (3.0, ("10.0.0.1", 4000)))
+        for bad in (float("nan"), -1.0):
+            self.assertRaises(ValueError, rec, published=bad)
+        for source in (("h", -1), ("h", 65536), ("h", "1"), ["h", 1], ("h",), ("\ud800", 1),
+                       ("x" * 256, 1), (1, 1)):
+            self.assertRaises(ValueError, rec, source=source)
+
+
+class QuotaTests(SynchronousTestCase):
+    """RecordIndex.refusal: records and bytes, in total, per source and per prefix."""
+
+    A = ("10.1.1.1", 4000)
+    A2 = ("10.1.1.1", 4001)  # same IP: the same source
+    B = ("10.1.1.2", 4000)  # same /24
+    C = ("10.2.2.2", 4000)  # elsewhere
+    L1, L2 = ("127.0.0.1", 5000), ("127.0.0.1", 5001)  # loopback: keyed on the port
+
+    def hold(self, t: MemoryKVPTable, n: int, size: int, source: tuple[str, int]) -> None:
+        value = b"x" * size
+        key = ids.key_for(b"%d" % n + source[0].encode() + b"%d" % source[1])
+        self.successResultOf(t.put(KVPRecord(key, ids.key_for(value), size, 1.0,
+                                             source=source), value))
+
+    def refusal(self, t: MemoryKVPTable, size: int, source: tuple[str, int] | None,
+                limits: Limits, n: int = 10**6) -> str | None:
+        value = b"x" * size
+        return t.refusal(ids.key_for(b"new%d" % n), ids.key_for(value), size, 5.0, source,
+                         limits)
+
+    def test_records_per_source_prefix_and_total(self) -> None:
+        limits = Limits(store_source_max_records=2, store_prefix_max_records=3,
+                        store_max_records=5)
+        t = MemoryKVPTable()
+        self.hold(t, 0, 0, self.A)
+        self.hold(t, 1, 0, self.A2)
+        self.assertEqual(self.refusal(t, 0, self.A, limits), "store_source_quota_records")
+        self.assertIsNone(self.refusal(t, 0, self.B, limits))
+        self.hold(t, 2, 0, self.B)
+        self.assertEqual(self.refusal(t, 0, self.B, limits), "store_prefix_quota_records")
+        self.assertIsNone(self.refusal(t, 0, self.C, limits))
+        self.hold(t, 3, 0, self.C)
+        self.hold(t, 4, 0, self.L1)
+        self.assertEqual(self.refusal(t, 0, self.L2, limits), "store_quota_records")
+        self.assertEqual(self.refusal(t, 0, None, limits), "store_quota_records")
+        self.assertEqual(len(t.by_source), 4)  # A (both ports), B, C, L1
+        self.assertEqual(t.by_prefix["10.1.1.0/24"].records, 3)
+        self.assertEqual(t.by_prefix["127.0.0.1:5000"].records, 1)
+
+    def test_bytes_with_a_charge_per_record(self) -> None:
+        limits = Limits(store_record_overhead=100, store_source_max_bytes=1000,
+                        store_prefix_max_bytes=10**6)
+        t = MemoryKVPTable(max_bytes=2000)
+        self.hold(t, 0, 400, self.A)  # charged 500
+        self.assertIsNone(self.refusal(t, 400, self.A, limits))  # 1000: fits exactly
+        self.assertEqual(self.refusal(t, 401, self.A, limits), "store_source_quota_bytes")
+        self.hold(t, 1, 0, self.A)  # empty, but charged 100
+        self.assertEqual(self.refusal(t, 400, self.A, limits), "store_source_quota_bytes")
+        self.assertIsNone(self.refusal(t, 300, self.A, limits))
+        # total: 600 charged; 1400 free
+        self.assertIsNone(self.refusal(t, 1300, None, limits))
+        self.assertEqual(self.refusal(t, 1301, None, limits), "store_quota_bytes")
+        self.assertEqual(self.refusal(t, 1301, self.C, limits), "store_quota_bytes")
+
+    def test_replacing_a_copy_frees_its_share(self) -> None:
+        limits = Limits(store_source_max_records=1, store_record_overhead=0,
+                        store_source_max_bytes=10)
+        t = MemoryKVPTable()
+        value = b"v" * 10
+        r = KVPRecord(KEY, ids.key_for(value), 10, 1.0, source=self.A)
+        self.successResultOf(t.put(r, value))
+        # a newer timestamp of the same value from the same source replaces it: fits
+        self.assertIsNone(t.refusal(KEY, r.index, 10, 2.0, self.A, limits))
+        self.assertEqual(t.refusal(KEY, r.index, 10, 1.0, self.A, limits), "store_not_newer")
+        self.assertEqual(t.refusal(KEY, r.index, MAX_VALUE_SIZE + 1, 2.0, self.A, limits),
+                         "store_too_large")
+        # from another source: the other source's quota is not freed by the replacement
+        self.assertIsNone(t.refusal(KEY, r.index, 10, 2.0, self.C, limits))
+
+    def test_counters_follow_puts_updates_and_deletes(self) -> None:
+        t = MemoryKVPTable()
+        self.hold(t, 0, 10, self.A)
+        self.hold(t, 1, 20, self.B)
+        (ra,) = [r for r in t.records() if r.source == self.A]
+        self.successResultOf(t.update_record(attrs.evolve(ra, last_update=5.0)))
+        self.assertEqual(t.by_source[("10.1.1.1", 0)], Usage(1, 10))
+        self.assertEqual(t.by_prefix["10.1.1.0/24"], Usage(2, 30))
+        self.successResultOf(t.delete(ra.key, ra.index))
+        self.assertNotIn(("10.1.1.1", 0), t.by_source)
+        self.assertEqual(t.by_prefix["10.1.1.0/24"], Usage(1, 20))
+        for r in t.records():
+            self.successResultOf(t.delete(r.key, r.index))
+        self.assertEqual((t.by_source, t.by_prefix, t.total_bytes), ({}, {}, 0))
