@@ -8,7 +8,9 @@ type for the round trips, and fuzzes ``decode`` with arbitrary bytes and with mu
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import socket
 import struct
 
 from hypothesis import given, settings
@@ -21,9 +23,11 @@ from p2pnet.dht.codec import (
     MAX_DATAGRAM,
     MAX_NETWORK_ID,
     MAX_NODES,
+    MAX_PADDING,
     MAX_VALUES,
     RPC,
     TID_BYTES,
+    TOKEN_BYTES,
     VERSION,
     ErrorCode,
     ErrorResponse,
@@ -57,7 +61,18 @@ KEY_B = b"\xbb" * KEY
 keys = st.binary(min_size=KEY, max_size=KEY)
 netids = st.binary(min_size=1, max_size=MAX_NETWORK_ID)
 tids = st.binary(min_size=TID_BYTES, max_size=TID_BYTES)
-hosts = st.text(min_size=1, max_size=40)  # no surrogates: hypothesis leaves them out
+
+
+def _canonical(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+    return socket.inet_ntop(family, ip.packed)
+
+
+#: addresses a contact may have (what the decoder keeps), in the decoder's text form
+hosts = (st.ip_addresses(v=4) | st.ip_addresses(v=6)).filter(
+    lambda ip: codec.reachable(ip.packed)).map(_canonical)
+tokens = st.none() | st.binary(min_size=TOKEN_BYTES, max_size=TOKEN_BYTES)
+paddings = st.just(0) | st.integers(min_value=1, max_value=MAX_PADDING)
 ports = st.integers(min_value=1, max_value=65535)
 nodes = st.builds(Node, keys, hosts, ports)
 sizes = st.integers(min_value=0, max_value=MAX_VALUE_SIZE)
@@ -80,7 +95,10 @@ def getval_responses(draw: st.DrawFn, max_data: int = 2000) -> GetValueResponse:
 @st.composite
 def inline_stores(draw: st.DrawFn, max_data: int = 2000) -> StoreRequest:
     data = draw(st.binary(max_size=max_data))
-    return StoreRequest(draw(keys), draw(keys), len(data), draw(timestamps), data)
+    return StoreRequest(draw(keys), draw(keys), len(data), draw(timestamps), data, draw(ages))
+
+
+ages = st.just(0) | st.integers(min_value=1, max_value=2**32 - 1)
 
 
 def bodies(max_nodes: int = MAX_NODES, max_values: int = MAX_VALUES,
@@ -100,7 +118,8 @@ def bodies(max_nodes: int = MAX_NODES, max_values: int = MAX_VALUES,
         tagged(st.builds(NodesResponse, node_tuples(max_nodes)), resp, RPC.FIND_VALUE),
         tagged(st.builds(ValuesResponse, st.lists(value_infos, max_size=max_values).map(tuple)),
                resp, RPC.FIND_VALUE),
-        tagged(st.builds(StoreRequest, keys, keys, sizes, timestamps), req, RPC.STORE),
+        tagged(st.builds(StoreRequest, keys, keys, sizes, timestamps, st.none(), ages),
+               req, RPC.STORE),
         tagged(inline_stores(max_data), req, RPC.STORE),
         tagged(st.builds(StoreResponse, st.sampled_from(StoreStatus)), resp, RPC.STORE),
         tagged(st.builds(GetValueRequest, keys, keys, sizes, sizes), req, RPC.GET_VALUE),
@@ -115,23 +134,27 @@ def bodies(max_nodes: int = MAX_NODES, max_values: int = MAX_VALUES,
 @st.composite
 def messages(draw: st.DrawFn, **kw: int) -> Message:
     body, kind, rpc = draw(bodies(**kw))
-    return Message(draw(netids), kind, rpc, draw(tids), draw(keys), body)
+    return Message(draw(netids), kind, rpc, draw(tids), draw(keys), body, draw(tokens),
+                   draw(paddings), draw(tokens))
 
 
 def encode_message(m: Message) -> bytes:
-    return codec.encode(m.network_id, m.tid, m.sender, m.body, m.rpc)
+    return codec.encode(m.network_id, m.tid, m.sender, m.body, m.rpc, m.token, m.padding,
+                        m.grant)
 
 
 def enc(body: codec.Body, rpc: RPC | None = None) -> bytes:
     return codec.encode(NETID, TID, SENDER, body, rpc)
 
 
-def header(kind: int, rpc: int, netid: bytes = NETID) -> bytes:
-    return bytes((VERSION, len(netid))) + netid + bytes((kind, rpc)) + TID + SENDER
+def header(kind: int, rpc: int, netid: bytes = NETID, extra: bytes = b"\x00") -> bytes:
+    return bytes((VERSION, len(netid))) + netid + bytes((kind, rpc)) + TID + SENDER + extra
 
 
-def node_bytes(key: bytes, port: int, host: bytes) -> bytes:
-    return key + struct.pack("!HB", port, len(host)) + host
+def node_bytes(key: bytes, port: int, host: str | bytes) -> bytes:
+    """One wire contact: ``host`` an address literal, or raw 4 or 16 bytes."""
+    packed = host if isinstance(host, bytes) else ipaddress.ip_address(host).packed
+    return key + bytes((4 if len(packed) == 4 else 6,)) + packed + struct.pack("!H", port)
 
 
 def is_fixed_layout(m: Message) -> bool:
@@ -153,6 +176,12 @@ class CodecTestCase(SynchronousTestCase):
         if isinstance(m.body, NodesResponse):
             for n in m.body.nodes:  # built unchecked by the decoder: each must be valid
                 self.assertEqual(Node(n.key, n.host, n.port), n)
+                self.assertTrue(codec.reachable(ipaddress.ip_address(n.host).packed))
+            if m.body.dropped:  # the kept contacts re-encode; the dropped ones are gone
+                self.assertLessEqual(len(m.body.nodes) + m.body.dropped, MAX_NODES)
+                again = codec.decode(encode_message(m))
+                self.assertEqual(again.body, NodesResponse(m.body.nodes))
+                return m
         if isinstance(m.body, ErrorResponse) and len(m.body.message.encode("utf-8")) > 200:
             # the decoder takes up to 255 bytes; the encoder cuts at 200
             again = codec.decode(encode_message(m))
@@ -186,7 +215,7 @@ class RoundTripTests(CodecTestCase):
     def test_every_body_type(self) -> None:
         """One explicit example of each body, kind and rpc."""
         n1 = Node(KEY_A, "10.0.0.1", 4000)
-        n2 = Node(KEY_B, "höst.example", 65535)
+        n2 = Node(KEY_B, "2001:db8::1", 65535)
         cases: list[tuple[codec.Body, Kind, RPC]] = [
             (PingRequest(), Kind.REQUEST, RPC.PING),
             (PingResponse(), Kind.RESPONSE, RPC.PING),
@@ -238,7 +267,8 @@ class RoundTripTests(CodecTestCase):
         self.assertEqual(m.rpc, RPC.STORE)
 
     def test_max_nodes_and_values(self) -> None:
-        many = tuple(Node(bytes([i]) * KEY, "h" * 255, 1 + i) for i in range(MAX_NODES))
+        many = tuple(Node(bytes([i]) * KEY, f"2001:db8::{i + 1:x}", 1 + i)
+                     for i in range(MAX_NODES))
         self.assertEqual(codec.decode(enc(NodesResponse(many))).body, NodesResponse(many))
         vals = tuple(ValueInfo(bytes([i]) * KEY, MAX_VALUE_SIZE, float(i))
                      for i in range(MAX_VALUES))
@@ -264,7 +294,7 @@ class EncodeTests(CodecTestCase):
         self.assertRaises(ValueError, enc, StoreRequest(KEY_A, KEY_B, len(data), 1.0, data))
 
     def test_too_many_nodes_or_values(self) -> None:
-        many = tuple(Node(bytes([i]) * KEY, "h", 1 + i) for i in range(MAX_NODES + 1))
+        many = tuple(Node(bytes([i]) * KEY, "10.0.0.1", 1 + i) for i in range(MAX_NODES + 1))
         self.assertRaises(ValueError, enc, NodesResponse(many))
         vals = tuple(ValueInfo(KEY_A, 1, 1.0) for _ in range(MAX_VALUES + 1))
         self.assertRaises(ValueError, enc, ValuesResponse(vals))
@@ -402,7 +432,7 @@ class RejectionTests(CodecTestCase):
         return data[:pos] + new + data[pos + len(new):]
 
     def body_pos(self, netid: bytes = NETID) -> int:
-        return 2 + len(netid) + 2 + TID_BYTES + KEY
+        return 2 + len(netid) + 2 + TID_BYTES + KEY + 1
 
     def test_wrong_version(self) -> None:
         data = enc(PingRequest())
@@ -410,13 +440,13 @@ class RejectionTests(CodecTestCase):
             self.assertRejects(bytes((v,)) + data[1:])
 
     def test_network_id_length(self) -> None:
-        self.assertRejects(bytes((VERSION, 0)) + bytes((0, 1)) + TID + SENDER)
+        self.assertRejects(bytes((VERSION, 0)) + bytes((0, 1)) + TID + SENDER + b"\x00")
         long_id = b"n" * (MAX_NETWORK_ID + 1)
         self.assertRejects(bytes((VERSION, len(long_id))) + long_id + bytes((0, 1)) + TID
-                           + SENDER)
+                           + SENDER + b"\x00")
         ok = b"n" * MAX_NETWORK_ID
         self.assertEqual(codec.decode(bytes((VERSION, len(ok))) + ok + bytes((0, 1)) + TID
-                                      + SENDER).network_id, ok)
+                                      + SENDER + b"\x00").network_id, ok)
 
     def test_truncated_header(self) -> None:
         data = enc(PingRequest())
@@ -447,27 +477,30 @@ class RejectionTests(CodecTestCase):
             self.assertRejects(enc(ValuesResponse((ValueInfo(KEY_A, 1, 1.0),
                                                    ValueInfo(KEY_B, 1, ts)))))
 
-    def test_bad_utf8_host(self) -> None:
-        for host in [b"\xff", b"ab\xc3", b"\xed\xa0\x80", b"\xc0\xaf"]:
-            body = bytes((1,)) + node_bytes(KEY_A, 4000, host)
-            self.assertRejects(header(Kind.RESPONSE, RPC.FIND_NODE) + body)
-            self.assertRejects(header(Kind.RESPONSE, RPC.FIND_VALUE) + b"\x00" + body)
+    def test_unknown_address_family(self) -> None:
+        """An entry of an unknown family has no known length: the datagram is malformed."""
+        good = node_bytes(KEY_A, 4000, "10.0.0.1")
+        for family in [0, 5, 41, 255]:
+            bad = good[:KEY] + bytes((family,)) + good[KEY + 1:]
+            self.assertRejects(header(Kind.RESPONSE, RPC.FIND_NODE) + b"\x01" + bad)
+            self.assertRejects(header(Kind.RESPONSE, RPC.FIND_VALUE) + b"\x00\x01" + bad)
 
-    def test_empty_host(self) -> None:
-        body = bytes((1,)) + node_bytes(KEY_A, 4000, b"")
-        self.assertRejects(header(Kind.RESPONSE, RPC.FIND_NODE) + body)
+    def test_truncated_address(self) -> None:
+        for host in ["10.0.0.1", "2001:db8::1"]:
+            entry = node_bytes(KEY_A, 4000, host)
+            for cut in range(1, len(entry)):
+                self.assertRejects(header(Kind.RESPONSE, RPC.FIND_NODE) + b"\x01"
+                                   + entry[:-cut])
 
-    def test_port_zero(self) -> None:
-        body = bytes((1,)) + node_bytes(KEY_A, 0, b"10.0.0.1")
-        self.assertRejects(header(Kind.RESPONSE, RPC.FIND_NODE) + body)
-        ok = bytes((1,)) + node_bytes(KEY_A, 1, b"10.0.0.1")
-        self.assertEqual(codec.decode(header(Kind.RESPONSE, RPC.FIND_NODE) + ok).body,
-                         NodesResponse((Node(KEY_A, "10.0.0.1", 1),)))
+    def test_port_zero_is_dropped(self) -> None:
+        body = bytes((2,)) + node_bytes(KEY_A, 0, "10.0.0.1") + node_bytes(KEY_B, 1, "10.0.0.2")
+        self.assertEqual(codec.decode(header(Kind.RESPONSE, RPC.FIND_NODE) + body).body,
+                         NodesResponse((Node(KEY_B, "10.0.0.2", 1),), dropped=1))
 
     def test_too_many_nodes(self) -> None:
         def nodes_body(count: int) -> bytes:
             return bytes((count,)) + b"".join(
-                node_bytes(bytes([i]) * KEY, 1000 + i, b"h") for i in range(count))
+                node_bytes(bytes([i]) * KEY, 1000 + i, "10.1.1.1") for i in range(count))
 
         self.assertEqual(
             len(codec.decode(header(Kind.RESPONSE, RPC.FIND_NODE)
@@ -478,7 +511,7 @@ class RejectionTests(CodecTestCase):
                            + nodes_body(MAX_NODES + 1))
 
     def test_node_count_mismatch(self) -> None:
-        one = node_bytes(KEY_A, 1, b"h")
+        one = node_bytes(KEY_A, 1, "10.1.1.1")
         self.assertRejects(header(Kind.RESPONSE, RPC.FIND_NODE) + b"\x02" + one)
         self.assertRejects(header(Kind.RESPONSE, RPC.FIND_NODE) + b"\x00" + one)
         self.assertRejects(header(Kind.RESPONSE, RPC.FIND_NODE))  # no count at all
@@ -558,3 +591,140 @@ class RejectionTests(CodecTestCase):
                           (RPC.STORE, struct.pack("!20s20sIdB", KEY_A, KEY_B, 0, 1.0, 0)[:-1])]:
             self.assertRejects(header(Kind.REQUEST, rpc) + body)
         self.assertRejects(header(Kind.RESPONSE, RPC.PING) + b"x")
+
+
+# -- contacts: bogus entries are dropped and counted (issue 11 #4) ---------------------------
+
+
+#: addresses no node can be reached at: each is dropped from a node list
+BOGUS_HOSTS = [
+    "0.0.0.0", "0.1.2.3", "255.255.255.255", "224.0.0.1", "239.255.255.250", "240.0.0.1",
+    "::", "ff02::1", "ff05::2", "::ffff:10.0.0.1", "::10.0.0.1", "fe80::1", "febf::1",
+]
+#: addresses a contact may have
+GOOD_HOSTS = ["10.0.0.1", "1.2.3.4", "127.0.0.1", "223.255.255.254", "::1", "2001:db8::5",
+              "fec0::1", "fd00::1"]
+
+
+class ContactTests(CodecTestCase):
+    def nodes_answer(self, entries: list[bytes], rpc: RPC = RPC.FIND_NODE) -> bytes:
+        prefix = b"\x00" if rpc == RPC.FIND_VALUE else b""
+        return header(Kind.RESPONSE, rpc) + prefix + bytes((len(entries),)) + b"".join(entries)
+
+    def test_bogus_addresses_dropped_and_counted(self) -> None:
+        """Each bogus entry is left out and counted; the good ones around it are kept."""
+        for rpc in (RPC.FIND_NODE, RPC.FIND_VALUE):
+            for bogus in BOGUS_HOSTS:
+                entries = [node_bytes(KEY_A, 1000, "10.0.0.1"), node_bytes(KEY_B, 2000, bogus),
+                           node_bytes(SENDER, 3000, "2001:db8::1")]
+                body = codec.decode(self.nodes_answer(entries, rpc)).body
+                self.assertEqual(body, NodesResponse(
+                    (Node(KEY_A, "10.0.0.1", 1000), Node(SENDER, "2001:db8::1", 3000)),
+                    dropped=1), bogus)
+
+    def test_good_addresses_kept(self) -> None:
+        for host in GOOD_HOSTS:
+            body = codec.decode(self.nodes_answer([node_bytes(KEY_A, 7, host)])).body
+            self.assertEqual(body, NodesResponse((Node(KEY_A, _canonical(
+                ipaddress.ip_address(host)), 7),)), host)
+
+    def test_all_bogus(self) -> None:
+        entries = [node_bytes(bytes([i]) * KEY, 1 + i, h) for i, h in enumerate(BOGUS_HOSTS)]
+        body = codec.decode(self.nodes_answer(entries)).body
+        self.assertEqual(body, NodesResponse((), dropped=len(BOGUS_HOSTS)))
+
+    def test_hostnames_cannot_be_sent(self) -> None:
+        """Version 2 carries binary addresses: a hostname has no wire form."""
+        for host in ["example.com", "localhost", "h", "1.2.3", "01.2.3.4", " 1.2.3.4",
+                     "fe80::1%eth0"]:
+            self.assertRaises(ValueError, enc, NodesResponse((Node(KEY_A, host, 1),)))
+
+    @given(st.lists(st.tuples(keys, st.binary(min_size=4, max_size=4)
+                              | st.binary(min_size=16, max_size=16),
+                              st.integers(0, 65535)), max_size=MAX_NODES))
+    def test_any_entries(self, entries: list[tuple[bytes, bytes, int]]) -> None:
+        """Any list of well-framed entries decodes: kept + dropped = sent, and each kept
+        contact is reachable and in canonical text form."""
+        data = self.nodes_answer([node_bytes(k, port, packed) for k, packed, port in entries])
+        body = codec.decode(data).body
+        assert isinstance(body, NodesResponse)
+        self.assertEqual(len(body.nodes) + body.dropped, len(entries))
+        expected = [(k, packed, port) for k, packed, port in entries
+                    if port and codec.reachable(packed)]
+        self.assertEqual([(n.key, ipaddress.ip_address(n.host).packed, n.port)
+                          for n in body.nodes], expected)
+        self.assertDecodesOrRejects(data)
+
+
+# -- header: token and padding (protocol version 2) ---------------------------------------
+
+
+class HeaderTests(CodecTestCase):
+    TOKEN = b"T" * TOKEN_BYTES
+
+    def test_token_and_padding_round_trip(self) -> None:
+        for token, padding in [(None, 0), (self.TOKEN, 0), (None, 1), (self.TOKEN, 300),
+                               (None, MAX_PADDING)]:
+            data = codec.encode(NETID, TID, SENDER, FindNodeRequest(KEY_A), None, token, padding)
+            m = codec.decode(data)
+            self.assertEqual((m.token, m.padding, m.body), (token, padding,
+                                                            FindNodeRequest(KEY_A)))
+
+    def test_padding_for_reaches_the_target(self) -> None:
+        for body in [FindNodeRequest(KEY_A), FindValueRequest(KEY_A, KEY_B), PingRequest()]:
+            size = len(enc(body))
+            for target in [0, size, size + 1, size + 2, size + 3, 300, 1000]:
+                pad = codec.padding_for(size, target)
+                data = codec.encode(NETID, TID, SENDER, body, padding=pad)
+                if target <= size:
+                    self.assertEqual(pad, 0)
+                else:
+                    self.assertGreaterEqual(len(data), target)
+                    self.assertLessEqual(len(data), max(target, size + 3))
+
+    def test_bad_token_or_padding_refused_by_encode(self) -> None:
+        for token, padding in [(b"short", 0), (self.TOKEN + b"x", 0), (None, -1),
+                               (None, MAX_PADDING + 1)]:
+            self.assertRaises(ValueError, codec.encode, NETID, TID, SENDER, PingRequest(),
+                              None, token, padding)
+
+    def test_unknown_flags(self) -> None:
+        for flags in [8, 0x10, 0x80, 0xFF, 9]:
+            self.assertRejects(header(Kind.REQUEST, RPC.PING, extra=bytes((flags,))))
+
+    def test_truncated_token(self) -> None:
+        for n in range(TOKEN_BYTES):
+            self.assertRejects(header(Kind.REQUEST, RPC.PING, extra=b"\x01" + b"T" * n))
+
+    def test_padding_must_be_zero_and_fit(self) -> None:
+        ok = header(Kind.REQUEST, RPC.PING, extra=b"\x02\x00\x03" + bytes(3))
+        self.assertEqual(codec.decode(ok).padding, 3)
+        for extra in [b"\x02\x00\x03" + b"\x00\x01\x00", b"\x02\x00\x03" + bytes(2),
+                      b"\x02\x00\x00", b"\x02\x00", b"\x02",
+                      b"\x02" + struct.pack("!H", MAX_PADDING + 1) + bytes(MAX_PADDING + 1)]:
+            self.assertRejects(header(Kind.REQUEST, RPC.PING, extra=extra))
+
+    def test_grant(self) -> None:
+        grant = b"G" * TOKEN_BYTES
+        data = codec.encode(NETID, TID, SENDER, StoreRequest(KEY_A, KEY_B, 1, 1.0), None,
+                            self.TOKEN, 0, grant)
+        m = codec.decode(data)
+        self.assertEqual((m.token, m.grant), (self.TOKEN, grant))
+        self.assertRaises(ValueError, codec.encode, NETID, TID, SENDER, PingRequest(), None,
+                          None, 0, b"short")
+
+    def test_store_age(self) -> None:
+        """The age of a replicated copy (storage slice): present only when not 0."""
+        for age in [0, 1, 86400, 2**32 - 1]:
+            for data in [None, b"abc"]:
+                body = StoreRequest(KEY_A, KEY_B, 3, 1.0, data, age)
+                self.assertEqual(codec.decode(enc(body)).body, body)
+        self.assertRaises(ValueError, enc, StoreRequest(KEY_A, KEY_B, 3, 1.0, None, 2**32))
+        h = header(Kind.REQUEST, RPC.STORE)
+        self.assertRejects(h + struct.pack("!20s20sIdBI", KEY_A, KEY_B, 1, 1.0, 2, 0))
+        for flags in [4, 8, 0x80]:
+            self.assertRejects(h + struct.pack("!20s20sIdB", KEY_A, KEY_B, 1, 1.0, flags))
+
+    def test_version_1_refused(self) -> None:
+        data = enc(PingRequest())
+        self.assertRejects(b"\x01" + data[1:])

@@ -11,9 +11,11 @@ about 1.9x faster than JSON (msgpack is on par) at 0.6 of its size.  It needs no
 dependency, and a strict decoder for it is short: every field has a fixed width or a
 length prefix, and no trailing byte is tolerated.
 
-Layout (big-endian)::
+Layout (big-endian), protocol version 2::
 
     header  version u8 | netid-len u8 | netid | kind u8 | rpc u8 | tid 8 | sender 20
+            | flags u8 [| token 8] [| grant 8] [| pad-len u16 | pad-len zero bytes]
+    flags   bit 0: a token follows; bit 2: a grant; bit 1: padding; other bits 0
     kind    0 request, 1 response, 2 error
     rpc     1 ping, 2 findnode, 3 findval, 4 store, 5 getval
 
@@ -27,13 +29,30 @@ Layout (big-endian)::
     getval    request: key 20 | index 20 | offset u32 | length u32
               response: total u32 | offset u32 | data (rest)
     error     code u8 | message-len u8 | message (UTF-8)
-    nodes     count u8 | (id 20 | port u16 | host-len u8 | host (UTF-8))*
+    nodes     count u8 | (id 20 | family u8 (4 or 6) | address 4 or 16 | port u16)*
+
+The token (version 2) proves a requester's address: an answer carries a token bound to
+the requester's IP, and a request carries the last token its sender got from that
+address (see :mod:`p2pnet.dht.protocol`).  A request may also carry a *grant*: a token
+its sender made for the receiver's IP, for the receiver to present in the requests it
+sends back (the getvals that pull an offered value).  Padding lets a requester without a token
+make a small request large enough for its answer to fit the 3x amplification bound.
+
+Contacts are binary addresses (version 2; version 1 carried host strings), so a node
+list cannot name a host to resolve.  A contact that no node can be reached at (an
+unspecified, multicast, broadcast or reserved address, an IPv4-mapped or link-local IPv6
+address, port 0) is *dropped* from the list and counted in
+:attr:`NodesResponse.dropped`; the rest of the answer stays usable.  An unknown address
+family makes the whole datagram malformed (the entry's length is unknown).  Checks that
+need the receiver's context (its own id, its socket's family, loopback contacts from a
+non-loopback sender) are the protocol's.
 """
 
 from __future__ import annotations
 
 import enum
 import math
+import socket
 import struct
 
 import attrs
@@ -41,13 +60,20 @@ import attrs
 from p2pnet.dht.errors import DecodeError
 from p2pnet.models import MAX_VALUE_SIZE, Node
 
-VERSION = 1
+VERSION = 2
 MAX_DATAGRAM = 65507
 MAX_NETWORK_ID = 32
 MAX_NODES = 32
 MAX_VALUES = 64
 TID_BYTES = 8
 KEY = 20
+#: bytes of an address-proof token
+TOKEN_BYTES = 8
+#: most padding one message may carry
+MAX_PADDING = 2048
+FLAG_TOKEN = 0x01
+FLAG_PADDING = 0x02
+FLAG_GRANT = 0x04
 
 
 class Kind(enum.IntEnum):
@@ -74,6 +100,9 @@ class ErrorCode(enum.IntEnum):
     INTERNAL = 1
     NOT_FOUND = 2
     BAD_REQUEST = 3
+    #: the answer is too large for an unproven address: retry with the token this
+    #: error carries
+    UNPROVEN = 4
 
 
 # -- bodies ------------------------------------------------------------------------
@@ -96,9 +125,14 @@ class FindNodeRequest:
 
 @attrs.frozen
 class NodesResponse:
-    """Nodes close to a key (the answer of findnode, and of findval without the value)."""
+    """Nodes close to a key (the answer of findnode, and of findval without the value).
+
+    ``dropped`` counts the entries the decoder left out as unreachable (see the module
+    docstring); the encoder ignores it.
+    """
 
     nodes: tuple[Node, ...]
+    dropped: int = 0
 
 
 @attrs.frozen
@@ -177,12 +211,17 @@ class Message:
     tid: bytes
     sender: bytes
     body: Body
+    token: bytes | None = None
+    padding: int = 0
+    grant: bytes | None = None
 
 
 # -- encoding ----------------------------------------------------------------------
 
 _TAIL = struct.Struct("!BB8s20s")
-_NODE = struct.Struct("!20sHB")
+_NODE4 = struct.Struct("!20sB4sH")
+_NODE6 = struct.Struct("!20sB16sH")
+_U16 = struct.Struct("!H")
 _VALUE = struct.Struct("!20sId")
 _STORE = struct.Struct("!20s20sIdB")
 _GETVAL = struct.Struct("!20s20sII")
@@ -196,10 +235,50 @@ def _nodes(nodes: tuple[Node, ...]) -> bytes:
         raise ValueError(f"at most {MAX_NODES} nodes in one message")
     parts = [_U8.pack(len(nodes))]
     for n in nodes:
-        host = n.host.encode("utf-8")
-        parts.append(_NODE.pack(n.key, n.port, len(host)))
-        parts.append(host)
+        packed = _PACKED.get(n.host)
+        if packed is None:
+            packed = _pack_host(n.host)
+        if len(packed) == 4:
+            parts.append(_NODE4.pack(n.key, 4, packed, n.port))
+        else:
+            parts.append(_NODE6.pack(n.key, 6, packed, n.port))
     return b"".join(parts)
+
+
+_PACKED: dict[str, bytes] = {}
+
+
+def _pack_host(host: str) -> bytes:
+    """The binary form of an IP address literal (cached); ValueError for anything else."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            packed = socket.inet_pton(family, host)
+        except (OSError, ValueError, TypeError):
+            continue
+        if len(_PACKED) >= 8192:
+            _PACKED.clear()
+        _PACKED[host] = packed
+        return packed
+    raise ValueError(f"a contact's host must be an IP address, not {host!r}")
+
+
+def reachable(packed: bytes) -> bool:
+    """Whether a binary IPv4 or IPv6 address can be a contact (see the module docstring)."""
+    if len(packed) == 4:
+        first = packed[0]
+        return first != 0 and first < 224  # 0/8, multicast 224/4, reserved 240/4, broadcast
+    if packed[0] == 0xFF:  # multicast
+        return False
+    if packed[0] == 0xFE and packed[1] & 0xC0 == 0x80:  # link-local fe80::/10
+        return False
+    if packed[:10] == _ZERO10 and packed[10:12] in (b"\x00\x00", b"\xff\xff"):
+        # ::/96 (unspecified, IPv4-compatible; not ::1) and ::ffff:0:0/96 (IPv4-mapped)
+        return packed == _LOOPBACK6
+    return True
+
+
+_ZERO10 = bytes(10)
+_LOOPBACK6 = bytes(15) + b"\x01"
 
 
 def _keys(*keys: bytes) -> None:
@@ -244,9 +323,12 @@ def _encode_body(body: Body) -> tuple[Kind, RPC, bytes]:
 
 
 def encode(network_id: bytes, tid: bytes, sender: bytes, body: Body,
-           rpc: RPC | None = None) -> bytes:
+           rpc: RPC | None = None, token: bytes | None = None, padding: int = 0,
+           grant: bytes | None = None) -> bytes:
     """Encode one message.  ``rpc`` is needed only for an :class:`ErrorResponse` and for the
-    two answers that several RPCs share (:class:`NodesResponse`, :class:`ValuesResponse`)."""
+    two answers that several RPCs share (:class:`NodesResponse`, :class:`ValuesResponse`).
+    ``token`` and ``grant`` (8 bytes each) go in the header; ``padding`` zero bytes
+    follow them."""
     fast = _NO_BODY.get(type(body))
     if fast is not None:
         kind, rpc, payload = fast
@@ -275,11 +357,44 @@ def encode(network_id: bytes, tid: bytes, sender: bytes, body: Body,
             raise ValueError(f"a field does not fit the wire format: {e}") from None
     if len(tid) != TID_BYTES or len(sender) != KEY or not 0 < len(network_id) <= MAX_NETWORK_ID:
         raise ValueError("bad transaction id, sender id or network id length")
+    if token is None and not padding and grant is None:
+        extra = b"\x00"
+    else:
+        extra = _extra(token, padding, grant)
     data = b"".join((bytes((VERSION, len(network_id))), network_id,
-                     bytes((kind, rpc)), tid, sender, payload))
+                     bytes((kind, rpc)), tid, sender, extra, payload))
     if len(data) > MAX_DATAGRAM:
         raise ValueError("message does not fit in one datagram")
     return data
+
+
+def _extra(token: bytes | None, padding: int, grant: bytes | None) -> bytes:
+    flags = 0
+    parts = [b""]
+    if token is not None:
+        if len(token) != TOKEN_BYTES:
+            raise ValueError(f"a token is {TOKEN_BYTES} bytes")
+        flags |= FLAG_TOKEN
+        parts.append(token)
+    if grant is not None:
+        if len(grant) != TOKEN_BYTES:
+            raise ValueError(f"a grant is {TOKEN_BYTES} bytes")
+        flags |= FLAG_GRANT
+        parts.append(grant)
+    if padding:
+        if not 0 < padding <= MAX_PADDING:
+            raise ValueError(f"padding must be 0..{MAX_PADDING} bytes")
+        flags |= FLAG_PADDING
+        parts.append(_U16.pack(padding) + bytes(padding))
+    parts[0] = bytes((flags,))
+    return b"".join(parts)
+
+
+def padding_for(size: int, target: int) -> int:
+    """Padding that brings an unpadded message of ``size`` bytes to at least ``target``
+    (0 when it is already that large)."""
+    need = target - size - _U16.size
+    return min(max(need, 1), MAX_PADDING) if target > size else 0
 
 
 # -- decoding ----------------------------------------------------------------------
@@ -297,7 +412,7 @@ def _check_size(size: int) -> int:
     return size
 
 
-def _decode_nodes(data: bytes, pos: int) -> tuple[tuple[Node, ...], int]:
+def _decode_nodes(data: bytes, pos: int) -> tuple[tuple[Node, ...], int, int]:
     if pos >= len(data):
         raise DecodeError("missing node count")
     count = data[pos]
@@ -305,22 +420,27 @@ def _decode_nodes(data: bytes, pos: int) -> tuple[tuple[Node, ...], int]:
     if count > MAX_NODES:
         raise DecodeError("too many nodes")
     nodes = []
+    dropped = 0
+    size = len(data)
     for _ in range(count):
-        if pos + _NODE.size > len(data):
+        if pos + KEY + 1 > size:
             raise DecodeError("truncated node")
-        key, port, hlen = _NODE.unpack_from(data, pos)
-        pos += _NODE.size
-        if pos + hlen > len(data):
-            raise DecodeError("truncated host")
-        if port == 0 or hlen == 0:
-            raise DecodeError("bad node: empty host or port 0")
-        try:
-            host = data[pos:pos + hlen].decode("utf-8")
-        except UnicodeDecodeError:
-            raise DecodeError("bad node: host is not UTF-8") from None
-        nodes.append(Node.trusted(key, host, port))  # every field checked above
-        pos += hlen
-    return tuple(nodes), pos
+        family = data[pos + KEY]
+        if family == 4:
+            layout, af = _NODE4, socket.AF_INET
+        elif family == 6:
+            layout, af = _NODE6, socket.AF_INET6
+        else:
+            raise DecodeError("bad node: unknown address family")
+        if pos + layout.size > size:
+            raise DecodeError("truncated node")
+        key, _, packed, port = layout.unpack_from(data, pos)
+        pos += layout.size
+        if port == 0 or not reachable(packed):
+            dropped += 1
+            continue
+        nodes.append(Node.trusted(key, socket.inet_ntop(af, packed), port))  # checked above
+    return tuple(nodes), dropped, pos
 
 
 def _exact(data: bytes, pos: int, size: int) -> None:
@@ -357,6 +477,8 @@ def _decode_request(rpc: RPC, data: bytes, pos: int) -> Body:
                 raise DecodeError("truncated store request")
             (age,) = _U32.unpack_from(data, pos)
             pos += _U32.size
+            if age == 0:  # age 0 travels as no age: one encoding per message
+                raise DecodeError("store age 0 sent as an age")
         if flags & 1:
             _exact(data, pos, size)
             return StoreRequest(key, index, size, ts, data[pos:], age)
@@ -375,18 +497,18 @@ def _decode_response(rpc: RPC, data: bytes, pos: int) -> Body:
         _exact(data, pos, 0)
         return PingResponse()
     if rpc == RPC.FIND_NODE:
-        nodes, pos = _decode_nodes(data, pos)
+        nodes, dropped, pos = _decode_nodes(data, pos)
         _exact(data, pos, 0)
-        return NodesResponse(nodes)
+        return NodesResponse(nodes, dropped)
     if rpc == RPC.FIND_VALUE:
         if pos >= len(data):
             raise DecodeError("empty findval response")
         variant = data[pos]
         pos += 1
         if variant == 0:
-            nodes, pos = _decode_nodes(data, pos)
+            nodes, dropped, pos = _decode_nodes(data, pos)
             _exact(data, pos, 0)
-            return NodesResponse(nodes)
+            return NodesResponse(nodes, dropped)
         if variant != 1 or pos >= len(data):
             raise DecodeError("bad findval response")
         count = data[pos]
@@ -450,11 +572,41 @@ def decode(data: bytes) -> Message:
     tid = data[pos + 2:pos + 2 + TID_BYTES]
     sender = data[pos + 2 + TID_BYTES:pos + _TAIL.size]
     pos += _TAIL.size
+    if pos >= size:
+        raise DecodeError("truncated header")
+    flags = data[pos]
+    pos += 1
+    token = grant = None
+    padding = 0
+    if flags:
+        if flags & ~(FLAG_TOKEN | FLAG_PADDING | FLAG_GRANT):
+            raise DecodeError("unknown header flags")
+        if flags & FLAG_TOKEN:
+            if pos + TOKEN_BYTES > size:
+                raise DecodeError("truncated token")
+            token = data[pos:pos + TOKEN_BYTES]
+            pos += TOKEN_BYTES
+        if flags & FLAG_GRANT:
+            if pos + TOKEN_BYTES > size:
+                raise DecodeError("truncated grant")
+            grant = data[pos:pos + TOKEN_BYTES]
+            pos += TOKEN_BYTES
+        if flags & FLAG_PADDING:
+            if pos + 2 > size:
+                raise DecodeError("truncated padding")
+            padding = (data[pos] << 8) | data[pos + 1]
+            pos += 2
+            if not 0 < padding <= MAX_PADDING or pos + padding > size:
+                raise DecodeError("bad padding length")
+            if data.count(0, pos, pos + padding) != padding:
+                raise DecodeError("padding is not zero")
+            pos += padding
     if rpc is RPC.PING and kind is not Kind.ERROR:  # the hot path: no body at all
         if size != pos:
             raise DecodeError("wrong body length")
         return Message(network_id, kind, rpc, tid, sender,
-                       _PING_REQUEST if kind is Kind.REQUEST else _PING_RESPONSE)
+                       _PING_REQUEST if kind is Kind.REQUEST else _PING_RESPONSE,
+                       token, padding, grant)
     body: Body
     if kind == Kind.REQUEST:
         body = _decode_request(rpc, data, pos)
@@ -470,4 +622,4 @@ def decode(data: bytes) -> Message:
         except UnicodeDecodeError:
             raise DecodeError("error message is not UTF-8") from None
         body = ErrorResponse(code, message)
-    return Message(network_id, kind, rpc, tid, sender, body)
+    return Message(network_id, kind, rpc, tid, sender, body, token, padding, grant)

@@ -5,6 +5,26 @@ It knows nothing of what the RPCs mean.  Requests go to an :class:`IRequestHandl
 answers are matched to outstanding requests by transaction id *and* by the address the
 request went to.  Everything else (undecodable datagrams, another network's messages,
 unknown or spoofed answers) is dropped and counted in :attr:`DHTProtocol.stats`.
+
+Against strangers (issue 11), with the bounds of :class:`~p2pnet.dht.limits.Limits`:
+
+* **request floods**: every request is charged to token buckets per source address, per
+  prefix and in total (:mod:`p2pnet.dht.ratelimit`); a refused request is dropped
+  unanswered and counted in :attr:`DHTProtocol.refused` (``rate_limited_*``).
+* **amplification**: an answer to an address not yet proven (:mod:`p2pnet.dht.proof`) is
+  at most ``answer_amplification`` times its request's bytes: node and value lists are
+  cut to fit (``unproven_cut``), other answers are replaced by an ``UNPROVEN`` error that
+  carries a token (``unproven_refused``).  Every answer carries a token bound to the
+  requester's IP; requests that may get large answers carry the last token we got from
+  that address, and a findnode/findval without one is padded so its answer fits.  A
+  request answered ``UNPROVEN`` is sent again once, with the token (``proof_retries``).
+  A store request grants its receiver a token, for the getvals that pull the value.
+* **bogus contacts**: the codec drops unreachable addresses from node lists; the protocol
+  also drops our own id, addresses of the other family than our socket's, and loopback
+  addresses named by a non-loopback sender; all are counted as ``bogus_contact``.
+
+:func:`tune_udp_port` sizes a listening port's read size (Twisted reads 8,192 bytes per
+datagram by default) and its receive buffer.
 """
 
 from __future__ import annotations
@@ -12,6 +32,7 @@ from __future__ import annotations
 import heapq
 import math
 import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +51,9 @@ from p2pnet.dht.errors import (
     RemoteError,
     RPCTimeoutError,
 )
+from p2pnet.dht.limits import Limits, RefusalCounter
+from p2pnet.dht.proof import AddressProof
+from p2pnet.dht.ratelimit import RateLimiter
 
 Address = tuple[str, int]
 
@@ -81,6 +105,9 @@ class ProtocolStats:
     wrong_rpc: int = 0
     errors_sent: int = 0
     send_failures: int = 0
+    rate_limited: int = 0
+    bogus_contacts: int = 0
+    proof_retries: int = 0
 
     @property
     def dropped(self) -> int:
@@ -107,10 +134,11 @@ class _RandomPool:
 
 class _Pending:
     __slots__ = ("deferred", "address", "data", "timeout", "tries_left", "deadline", "rpc",
-                 "tries")
+                 "tries", "body", "proof_retried")
 
     def __init__(self, deferred: defer.Deferred[codec.Message], address: Address,
-                 data: bytes, timeout: float, tries_left: int, rpc: codec.RPC) -> None:
+                 data: bytes, timeout: float, tries_left: int, rpc: codec.RPC,
+                 body: codec.Body) -> None:
         self.deferred = deferred
         self.address = address
         self.data = data
@@ -119,6 +147,22 @@ class _Pending:
         self.tries = 1
         self.rpc = rpc
         self.deadline = 0.0
+        self.body = body
+        self.proof_retried = False
+
+
+#: requests whose answers may be large: they carry our token for the address
+_TOKEN_RPCS = frozenset({codec.RPC.FIND_NODE, codec.RPC.FIND_VALUE, codec.RPC.GET_VALUE})
+#: requests padded when we hold no token for the address (their answers are lists)
+_PAD_RPCS = frozenset({codec.RPC.FIND_NODE, codec.RPC.FIND_VALUE})
+#: bytes one contact takes in a node list, by family
+_NODE_BYTES = {False: codec.KEY + 1 + 4 + 2, True: codec.KEY + 1 + 16 + 2}
+_VALUE_BYTES = codec.KEY + 4 + 8
+_UNPROVEN = codec.ErrorResponse(codec.ErrorCode.UNPROVEN, "prove your address: send the token")
+
+
+def _is_loopback_host(host: str) -> bool:
+    return host.startswith("127.") or host == "::1"
 
 
 class DHTProtocol(DatagramProtocol):
@@ -133,6 +177,8 @@ class DHTProtocol(DatagramProtocol):
         timeout: float = DEFAULT_TIMEOUT,
         retries: int = DEFAULT_RETRIES,
         tid_source: Callable[[int], bytes] | None = None,
+        limits: Limits | None = None,
+        refused: RefusalCounter | None = None,
     ) -> None:
         self.node_id = node_id
         self.network_id = network_id
@@ -141,6 +187,18 @@ class DHTProtocol(DatagramProtocol):
         self.timeout = timeout
         self.retries = retries
         self.stats = ProtocolStats()
+        # the node's limits and refusal counter when it has them (DHTNetwork does)
+        if limits is None:
+            limits = getattr(handler, "limits", None)
+        if refused is None:
+            refused = getattr(handler, "refused", None)
+        self.limits = limits = limits if isinstance(limits, Limits) else Limits()
+        #: refusals and drops by kind (the node's counter when it has one)
+        self.refused = refused if isinstance(refused, RefusalCounter) else RefusalCounter()
+        self.limiter = RateLimiter(limits, clock.seconds)
+        self.proof = AddressProof(limits, clock.seconds)
+        self._tokens: dict[Address, bytes] = {}  # the last token each address gave us
+        self._ipv6 = False
         self._tid = tid_source or _RandomPool().take
         self._deadlines: list[tuple[float, int, bytes]] = []
         self._seq = 0
@@ -154,6 +212,11 @@ class DHTProtocol(DatagramProtocol):
 
     def startProtocol(self) -> None:
         self._stopped = False
+        try:
+            host = self.transport.getHost().host  # type: ignore[union-attr]
+        except Exception:  # a transport without an address: assume IPv4
+            host = ""
+        self._ipv6 = ":" in host
 
     def stopProtocol(self) -> None:
         self._stopped = True
@@ -187,17 +250,42 @@ class DHTProtocol(DatagramProtocol):
         if rpc is None:
             raise TypeError(f"not a request body: {body!r}")
         try:
-            data = codec.encode(self.network_id, tid, self.node_id, body)
+            if rpc is codec.RPC.PING:  # the hot path: the answer is small, no token
+                data = codec.encode(self.network_id, tid, self.node_id, body)
+            else:
+                data = self._encode_request(tid, body, rpc, address)
         except (TypeError, ValueError) as e:
             return defer.fail(e)
         d: defer.Deferred[codec.Message] = defer.Deferred()
         p = _Pending(d, address, data,
                      self.timeout if timeout is None else timeout,
-                     self.retries if retries is None else retries, rpc)
+                     self.retries if retries is None else retries, rpc, body)
         self._pending[tid] = p
         self.stats.requests_out += 1
         self._send_try(tid, p)
         return d
+
+    def _encode_request(self, tid: bytes, body: codec.Body, rpc: codec.RPC,
+                        address: Address) -> bytes:
+        """A request with our token for ``address``, or padded when we hold none."""
+        token = self._tokens.get(address) if rpc in _TOKEN_RPCS else None
+        # a store offer may be pulled with getvals: grant the receiver a token for them
+        grant = self.proof.token_for(address[0]) if rpc is codec.RPC.STORE else None
+        data = codec.encode(self.network_id, tid, self.node_id, body, token=token,
+                            grant=grant)
+        pad_to = self.limits.request_pad_to
+        if token is None and rpc in _PAD_RPCS and len(data) < pad_to:
+            data = codec.encode(self.network_id, tid, self.node_id, body,
+                                padding=codec.padding_for(len(data), pad_to))
+        return data
+
+    def _keep_token(self, address: Address, token: bytes) -> None:
+        tokens = self._tokens
+        if tokens.get(address) != token:
+            if address not in tokens and len(tokens) >= self.limits.token_cache_max:
+                for a in list(tokens)[: len(tokens) // 2]:
+                    del tokens[a]
+            tokens[address] = token
 
     def _send_try(self, tid: bytes, p: _Pending) -> None:
         self._write(p.data, p.address)
@@ -263,66 +351,136 @@ class DHTProtocol(DatagramProtocol):
     # -- receiving -----------------------------------------------------------------
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        self.stats.datagrams_in += 1
+        stats = self.stats
+        stats.datagrams_in += 1
         try:
             msg = codec.decode(datagram)
         except DecodeError:
-            self.stats.malformed += 1
+            stats.malformed += 1
             return
         if msg.network_id != self.network_id:
-            self.stats.wrong_network += 1
+            stats.wrong_network += 1
             return
         if msg.sender == self.node_id:
-            self.stats.from_self += 1
+            stats.from_self += 1
             return
-        address: Address = (addr[0], addr[1])
-        if msg.kind == codec.Kind.REQUEST:
-            self.stats.requests_in += 1
+        address: Address = addr if type(addr) is tuple and len(addr) == 2 else (addr[0], addr[1])
+        if msg.kind is codec.Kind.REQUEST:
+            stats.requests_in += 1
+            refusal = self.limiter.check(address)
+            if refusal is not None:
+                stats.rate_limited += 1
+                self.refused[refusal] += 1
+                return
+            if msg.grant is not None:
+                self._keep_token(address, msg.grant)
             self.handler.contact_seen(msg.sender, address)
-            self._answer(msg, address)
+            self._answer(msg, address, len(datagram))
             return
         p = self._pending.get(msg.tid)
         if p is None:
-            self.stats.unmatched += 1
+            stats.unmatched += 1
             return
         if p.address != address:
-            self.stats.wrong_address += 1
+            stats.wrong_address += 1
             return
         if p.rpc != msg.rpc:
-            self.stats.wrong_rpc += 1
+            stats.wrong_rpc += 1
+            return
+        self.proof.answered(address[0])
+        token = msg.token
+        if token is not None:
+            self._keep_token(address, token)
+        body = msg.body
+        if type(body) is codec.ErrorResponse and body.code == codec.ErrorCode.UNPROVEN \
+                and token is not None and not p.proof_retried:
+            # the answer was too large for an address it could not trust: once more,
+            # with the token it just gave us
+            p.proof_retried = True
+            stats.proof_retries += 1
+            p.data = codec.encode(self.network_id, msg.tid, self.node_id, p.body, token=token)
+            self._send_try(msg.tid, p)
             return
         del self._pending[msg.tid]
-        self.stats.responses_in += 1
+        stats.responses_in += 1
+        if type(body) is codec.NodesResponse:
+            msg.body = body = self._sane_contacts(body, address)
         self.handler.contact_answered(msg.sender, address)
-        if isinstance(msg.body, codec.ErrorResponse):
-            p.deferred.errback(RemoteError(msg.body.code, msg.body.message))
+        if type(body) is codec.ErrorResponse:
+            p.deferred.errback(RemoteError(body.code, body.message))
         else:
             p.deferred.callback(msg)
 
-    def _answer(self, msg: codec.Message, address: Address) -> None:
+    def _sane_contacts(self, body: codec.NodesResponse, address: Address
+                       ) -> codec.NodesResponse:
+        """Drop our own id, the other family's addresses, and loopback addresses named
+        by a non-loopback sender; count them with what the codec dropped."""
+        own, ipv6 = self.node_id, self._ipv6
+        local = _is_loopback_host(address[0])
+        kept = [n for n in body.nodes
+                if n.key != own and (":" in n.host) == ipv6
+                and (local or not _is_loopback_host(n.host))]
+        dropped = body.dropped + len(body.nodes) - len(kept)
+        if dropped:
+            self.stats.bogus_contacts += dropped
+            self.refused["bogus_contact"] += dropped
+            return codec.NodesResponse(tuple(kept), dropped)
+        return body
+
+    def _answer(self, msg: codec.Message, address: Address, size: int) -> None:
         try:
             result = self.handler.handle_request(msg, address)
         except Exception:
-            self._reply_failure(Failure(), msg, address)
+            self._reply_failure(Failure(), msg, address, size)
             return
         if isinstance(result, defer.Deferred):
             result.addCallbacks(self._reply, self._reply_failure,
-                                callbackArgs=(msg, address), errbackArgs=(msg, address))
+                                callbackArgs=(msg, address, size),
+                                errbackArgs=(msg, address, size))
         else:
-            self._reply(result, msg, address)
+            self._reply(result, msg, address, size)
 
-    def _reply(self, body: codec.Body, msg: codec.Message, address: Address) -> None:
+    def _reply(self, body: codec.Body, msg: codec.Message, address: Address,
+               size: int) -> None:
         if self._stopped or self.transport is None:
             return
+        ip = address[0]
+        token = self.proof.token_for(ip)
         try:
-            data = codec.encode(self.network_id, msg.tid, self.node_id, body, msg.rpc)
+            data = codec.encode(self.network_id, msg.tid, self.node_id, body, msg.rpc, token)
         except (TypeError, ValueError) as e:
             log.failure("cannot encode the answer to {rpc}", rpc=msg.rpc.name, failure=Failure(e))
             body = codec.ErrorResponse(codec.ErrorCode.INTERNAL, "answer does not encode")
-            data = codec.encode(self.network_id, msg.tid, self.node_id, body, msg.rpc)
+            data = codec.encode(self.network_id, msg.tid, self.node_id, body, msg.rpc, token)
+        bound = self.limits.answer_amplification * size
+        if bound and len(data) > bound and not self.proof.is_proven(ip, msg.token):
+            data = self._fit(body, msg, token, len(data), int(bound))
         self._write(data, address)
 
-    def _reply_failure(self, failure: Failure, msg: codec.Message, address: Address) -> None:
+    def _fit(self, body: codec.Body, msg: codec.Message, token: bytes, size: int,
+             bound: int) -> bytes:
+        """An answer of at most ``bound`` bytes for an unproven address: a cut list, or
+        an ``UNPROVEN`` error carrying the token."""
+        excess = size - bound
+        cut: codec.Body | None = None
+        if type(body) is codec.NodesResponse:
+            keep = list(body.nodes)
+            while keep and excess > 0:
+                excess -= _NODE_BYTES[":" in keep.pop().host]
+            if keep:
+                cut = codec.NodesResponse(tuple(keep))
+        elif type(body) is codec.ValuesResponse:
+            drop = -(-excess // _VALUE_BYTES)
+            if drop < len(body.values):
+                cut = codec.ValuesResponse(body.values[:len(body.values) - drop])
+        if cut is not None:
+            self.refused["unproven_cut"] += 1
+            return codec.encode(self.network_id, msg.tid, self.node_id, cut, msg.rpc, token)
+        self.refused["unproven_refused"] += 1
+        return codec.encode(self.network_id, msg.tid, self.node_id, _UNPROVEN, msg.rpc, token)
+
+    def _reply_failure(self, failure: Failure, msg: codec.Message, address: Address,
+                       size: int) -> None:
         if failure.check(RequestRefused):
             err = failure.value
             body = codec.ErrorResponse(err.code, err.message)
@@ -331,7 +489,31 @@ class DHTProtocol(DatagramProtocol):
                         rpc=msg.rpc.name, address=address)
             body = codec.ErrorResponse(codec.ErrorCode.INTERNAL, "internal error")
         self.stats.errors_sent += 1
-        self._reply(body, msg, address)
+        self._reply(body, msg, address, size)
+
+
+def tune_udp_port(port: Any, receive_buffer: int | None = None) -> int:
+    """Make a listening Twisted UDP port read whole datagrams, and size its buffer.
+
+    Twisted's ``udp.Port`` reads at most ``maxPacketSize`` (8,192) bytes per datagram and
+    silently cuts the rest; this sets it to :data:`codec.MAX_DATAGRAM` + 1, so every
+    datagram the codec accepts arrives whole (and one byte more is seen as too large).
+    ``receive_buffer`` (default ``Limits().udp_receive_buffer``) is asked for as
+    ``SO_RCVBUF``, so bursts wait in the kernel instead of being dropped.  Returns the
+    receive buffer the kernel granted (0 when the port has no socket).
+    """
+    port.maxPacketSize = codec.MAX_DATAGRAM + 1
+    sock = getattr(port, "socket", None)
+    if sock is None:
+        return 0
+    wanted = Limits().udp_receive_buffer if receive_buffer is None else receive_buffer
+    try:
+        if wanted > 0:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, wanted)
+        return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+    except OSError as e:
+        log.warn("cannot size the UDP receive buffer: {error}", error=e)
+        return 0
 
 
 _RPC_OF: dict[type, codec.RPC] = {

@@ -1,0 +1,148 @@
+# -*- test-case-name: tests.test_dht_ratelimit -*-
+"""Token buckets for incoming requests: per source address, per prefix, and global.
+
+Pure: time comes from an injected ``clock`` (a zero-argument callable, e.g. a reactor's
+``seconds``), so tests run on ``task.Clock``.  The protocol asks :meth:`RateLimiter.check`
+for every request before it is handled; a refused request is dropped unanswered (an answer
+would cost the bandwidth the limit protects).
+
+Per-source limits key on :func:`p2pnet.dht.limits.source_key` (the IP, or ``(ip, port)``
+on loopback, so every node of a local test network has its own bucket) and per-prefix
+limits on :func:`~p2pnet.dht.limits.prefix_key` (the IPv4 /24, the IPv6 /64).  A flood
+from one address empties that address's bucket only; a flood from many addresses of one
+prefix, that prefix's; the global bucket bounds the work all strangers together can cause.
+Loopback and private addresses (a network the operator runs, such as an in-memory test
+network on 10.0.0.0/8) have no per-prefix bucket.
+
+The tables of buckets are bounded (``rate_max_sources``): when one is full, the buckets
+that have refilled (indistinguishable from new ones) are forgotten first, then the oldest.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from typing import Any
+
+from p2pnet.dht.limits import Address, Limits, is_loopback, prefix_key
+
+
+class TokenBucket:
+    """``rate`` tokens a second, at most ``burst`` held; a request takes one.
+
+    A bucket with ``rate <= 0`` never refuses (the limit is off).
+    """
+
+    __slots__ = ("rate", "burst", "tokens", "stamp")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = max(burst, 1.0)
+        self.tokens = self.burst
+        self.stamp = now
+
+    def take(self, now: float, amount: float = 1.0) -> bool:
+        """Take ``amount`` tokens if there are that many; False (nothing taken) if not."""
+        if self.rate <= 0:
+            return True
+        elapsed = now - self.stamp
+        if elapsed > 0:
+            tokens = self.tokens + elapsed * self.rate
+            self.tokens = tokens if tokens < self.burst else self.burst
+            self.stamp = now
+        if self.tokens >= amount:
+            self.tokens -= amount
+            return True
+        return False
+
+    def full(self, now: float) -> bool:
+        """Whether the bucket would be full now (then it is as good as a new one)."""
+        return self.rate <= 0 or self.tokens + (now - self.stamp) * self.rate >= self.burst
+
+
+class BucketTable:
+    """Buckets by key, at most ``max_keys`` of them."""
+
+    def __init__(self, rate: float, burst: float, max_keys: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_keys = max(1, max_keys)
+        self.buckets: dict[Any, TokenBucket] = {}
+
+    def take(self, key: Any, now: float) -> bool:
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            if len(self.buckets) >= self.max_keys:
+                self._shrink(now)
+            bucket = self.buckets[key] = TokenBucket(self.rate, self.burst, now)
+        return bucket.take(now)
+
+    def _shrink(self, now: float) -> None:
+        """Forget refilled buckets; if that frees less than a quarter, the oldest half."""
+        full = [k for k, b in self.buckets.items() if b.full(now)]
+        for k in full:
+            del self.buckets[k]
+        if len(self.buckets) > self.max_keys * 3 // 4:
+            for k in list(self.buckets)[: len(self.buckets) // 2]:
+                del self.buckets[k]
+
+    def __len__(self) -> int:
+        return len(self.buckets)
+
+
+#: refusal kinds :meth:`RateLimiter.check` returns (and the protocol counts)
+RATE_LIMITED_SOURCE = "rate_limited_source"
+RATE_LIMITED_PREFIX = "rate_limited_prefix"
+RATE_LIMITED_GLOBAL = "rate_limited_global"
+
+
+class RateLimiter:
+    """The three levels of buckets for one node's incoming requests."""
+
+    def __init__(self, limits: Limits, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.limits = limits
+        self.sources = BucketTable(limits.rate_per_source, limits.rate_per_source_burst,
+                                   limits.rate_max_sources)
+        self.prefixes = BucketTable(limits.rate_per_prefix, limits.rate_per_prefix_burst,
+                                    limits.rate_max_sources)
+        self.everyone = TokenBucket(limits.rate_global, limits.rate_global_burst, clock())
+        # host -> (loopback?, its prefix key or None when it has no prefix bucket)
+        self._hosts: dict[str, tuple[bool, str | None]] = {}
+
+    def check(self, address: Address) -> str | None:
+        """Charge one request from ``address``: None when allowed, else the refusal kind.
+
+        The source's bucket is charged first, so a flooding address is refused before
+        it can drain the buckets it shares with others.
+        """
+        now = self.clock()
+        host = address[0]
+        known = self._hosts.get(host)
+        if known is None:
+            if len(self._hosts) >= self.limits.rate_max_sources:
+                self._hosts.clear()
+            known = self._hosts[host] = (is_loopback(host),
+                                         None if _local(host) else prefix_key(address))
+        loopback, prefix = known
+        source = address if loopback else (host, 0)  # limits.source_key, without the lookup
+        if not self.sources.take(source, now):
+            return RATE_LIMITED_SOURCE
+        if prefix is not None and not self.prefixes.take(prefix, now):
+            return RATE_LIMITED_PREFIX
+        if not self.everyone.take(now):
+            return RATE_LIMITED_GLOBAL
+        return None
+
+
+def _local(host: str) -> bool:
+    """Loopback or a private (RFC 1918, unique-local, link-local) address: a network the
+    operator runs, where many nodes in one /24 are normal; no per-prefix bucket."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_private
+
+__all__ = ["RATE_LIMITED_GLOBAL", "RATE_LIMITED_PREFIX", "RATE_LIMITED_SOURCE",
+           "BucketTable", "RateLimiter", "TokenBucket"]
