@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import inspect
 import os
 import socket
 from collections.abc import Iterable
@@ -285,6 +286,9 @@ class P2PNode(service.MultiService):
         if not memory:
             self.db = DBManager(self._leveldb_path(), reactor=reactor, lazy=True, repair=True)
             self.db.setName("leveldb")
+        dht_kwargs: dict[str, Any] = {}
+        if "limits" in inspect.signature(DHTService).parameters:
+            dht_kwargs["limits"] = self.limits
         self.dht = DHTService(
             port=port,
             interface=interface,
@@ -292,8 +296,10 @@ class P2PNode(service.MultiService):
             network_id=network_id,
             bootstrap=self.bootstrap,
             reactor=reactor,
-            limits=self.limits,
+            **dht_kwargs,
         )
+        if not dht_kwargs:  # a DHT without the limits keyword yet: set them afterwards
+            self.dht.network.limits = self.limits  # type: ignore[attr-defined,unused-ignore]
         self.dht.setName("dht")
         self.mesh: Any = None
         self.sync: Any = None
