@@ -12,6 +12,8 @@ import random
 from typing import Any
 
 import attrs
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -22,6 +24,7 @@ from p2pnet.dht.errors import RemoteError, VerificationError
 from p2pnet.dht.kvptable import VALUE_CHUNK, LevelDBKVPTable
 from p2pnet.dht.limits import Limits
 from p2pnet.dht.network import DHTNetwork
+from p2pnet.dht.protocol import RequestRefused
 from p2pnet.dht.publishing import Maintenance, MaintenanceIntervals
 from p2pnet.dht.table import KVPRecord, MemoryKVPTable
 from p2pnet.models import MAX_VALUE_SIZE
@@ -551,3 +554,53 @@ class AlsoTests(Mixin, SynchronousTestCase):
                                         real))
         self.assertEqual(result_of(self.sim.run(
             a.get_value_from_node(liar.node, key, ids.key_for(real)))), real)
+
+
+class StoreFuzzTests(SynchronousTestCase):
+    """Random well-formed store requests from random addresses: the node answers each
+    with a status or a refusal, never crashes, and its quotas hold."""
+
+    LIMITS = Limits(store_max_records=40, store_source_max_records=8,
+                    store_source_max_bytes=8 * 1024, store_prefix_max_records=16,
+                    store_prefix_max_bytes=16 * 1024, store_record_overhead=256,
+                    pull_max=3, pull_max_per_source=1, pull_max_seconds=5.0)
+
+    @settings(max_examples=25, deadline=None)
+    @given(st.lists(st.tuples(
+        st.sampled_from(["10.1.1.1", "10.1.1.2", "10.1.2.1", "10.9.9.9", "127.0.0.1"]),
+        st.integers(1, 3),  # port
+        st.integers(0, 5),  # key
+        st.binary(max_size=3000),  # value
+        st.floats(0, 2 * NOW, allow_nan=False),  # timestamp
+        st.integers(0, 200_000),  # age
+        st.booleans(),  # inline
+    ), max_size=60))
+    def test_store_handler(self, requests: list[Any]) -> None:
+        sim = StorageSim()
+        victim = sim.add(kvp_table=MemoryKVPTable(30 * 1024), limits=self.LIMITS)
+        for host, port, k, value, ts, age, inline in requests:
+            body = codec.StoreRequest(ids.key_for(b"%d" % k), ids.key_for(value), len(value),
+                                      ts, value if inline else None, age)
+            try:
+                out = victim.store.answer(body, b"s" * 20, (host, port))
+            except RequestRefused:
+                continue
+            if isinstance(out, defer.Deferred):
+                out.addErrback(lambda f: f.trap(RequestRefused))
+            sim.settle(0.01)
+        sim.settle(30)  # every pull (to addresses nobody answers at) has ended
+        table, lim = victim.kvp_table, self.LIMITS
+        self.assertEqual(victim.store.pulls, 0)
+        self.assertLessEqual(len(table), lim.store_max_records)
+        self.assertLessEqual(table.total_bytes + len(table) * lim.store_record_overhead,
+                             table.max_bytes)
+        for usage in table.by_source.values():
+            self.assertLessEqual(usage.records, lim.store_source_max_records)
+            self.assertLessEqual(usage.charged(lim.store_record_overhead),
+                                 lim.store_source_max_bytes)
+        for usage in table.by_prefix.values():
+            self.assertLessEqual(usage.records, lim.store_prefix_max_records)
+        for r in table.records():
+            self.assertLessEqual(r.timestamp, sim.clock.seconds() + lim.store_max_future_seconds)
+            self.assertEqual(ids.key_for(result_of(table.read(r.key, r.index))), r.index)
+        self.assertEqual(sum(u.records for u in table.by_source.values()), len(table))
