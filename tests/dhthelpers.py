@@ -24,8 +24,9 @@ PORT = 4000
 
 
 def host_of(i: int) -> str:
-    """One host per node, so ``MemoryNetwork.blocked_hosts`` can cut a single node off."""
-    return f"10.0.{i // 250}.{i % 250 + 1}"
+    """One host per node, so ``MemoryNetwork.blocked_hosts`` can cut a single node off,
+    each in its own /24, so the routing table's per-prefix limit does not bite."""
+    return f"10.{i // 250}.{i % 250}.1"
 
 
 def seeded(seed: int) -> Any:

@@ -89,10 +89,11 @@ class Limits:
     #: address claimed by another id); past it the incumbent simply keeps its slot
     routing_checks_max: int = 16
     #: ping-backs to unproven requesters in flight at once (a requester enters the table
-    #: only once it answers one of our own requests)
-    routing_verify_max: int = 8
-    #: ping-backs started per second at most (token bucket, burst of the same size)
-    routing_verify_per_second: float = 20.0
+    #: only once it answers one of our own requests); each is one datagram, no retry
+    routing_verify_max: int = 32
+    #: ping-backs started per second at most (token bucket, burst of the same size): a
+    #: ping is ~60 bytes, so this is ~6 KB/s at most, the size of what triggered it
+    routing_verify_per_second: float = 100.0
     #: seconds before the same address (IP; IP and port on loopback) is pinged back again
     routing_verify_interval: float = 60.0
     #: addresses remembered as recently pinged back (the per-address table above)

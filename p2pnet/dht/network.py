@@ -24,8 +24,8 @@ from zope.interface import implementer
 
 from p2pnet import ids
 from p2pnet.dht import codec, rpcs
+from p2pnet.dht.contacts import ContactBook
 from p2pnet.dht.errors import (
-    BucketFullError,
     DHTError,
     LookupTimeoutError,
     ValueNotFoundError,
@@ -58,10 +58,12 @@ INLINE_MAX = 1024
 #: Bytes per getval chunk, and chunks in flight while fetching a large value.
 CHUNK_SIZE = 16 * 1024
 WINDOW = 8
-#: A contact that failed this many requests in a row leaves the routing table.
+#: A contact that failed this many requests in a row leaves the routing table (the
+#: default of ``Limits.routing_stale_after``; set it there).
 STALE_AFTER = 3
 #: A full bucket's least recently seen contact is pinged before a newcomer may replace
-#: it -- unless it was heard from this recently: then it is alive and the newcomer waits.
+#: it -- unless it was heard from this recently: then it is alive and the newcomer waits
+#: (the default of ``Limits.routing_evict_ping_after``; set it there).
 EVICT_PING_AFTER = 60.0
 
 
@@ -113,7 +115,11 @@ class DHTNetwork:
         self.chunk_size = min(chunk_size, rpcs.MAX_CHUNK)
         self.window = window
         self.inline_max = inline_max
-        self._routing_table = RoutingTable(self._key, reactor.seconds, k)
+        lim = self.limits
+        self._routing_table = RoutingTable(
+            self._key, reactor.seconds, k, one_per_address=lim.routing_one_per_address,
+            max_per_prefix=lim.routing_max_per_prefix, replacements=lim.routing_replacements,
+            replacement_max_age=lim.routing_replacement_max_age)
         self.protocol = DHTProtocol(self._key, network_id, self, reactor, timeout, retries,
                                     tid_source=randbytes)
         self.ping = rpcs.Ping(self)
@@ -125,10 +131,8 @@ class DHTNetwork:
             r.rpc: r for r in (self.ping, self.find_node, self.find_value, self.store,
                                self.get_value_rpc)}
         self._offers: dict[tuple[bytes, bytes], tuple[bytes, int]] = {}
-        self._failures: dict[bytes, int] = {}
-        self._last_seen: dict[bytes, float] = {}
-        self._evicting: set[int] = set()
-        self._node_cache: dict[tuple[bytes, str, int], Node] = {}
+        self.contacts = ContactBook(self, self._routing_table, reactor, self.limits,
+                                    self.refused, randbytes)
         self.stats_stored = 0
         self.stats_refused = 0
         self.lookups = 0
@@ -158,64 +162,20 @@ class DHTNetwork:
     # -- contacts --------------------------------------------------------------------
 
     def node_for(self, node_id: bytes, address: Address) -> Node:
-        """The :class:`Node` for an id and address (shared instances, cached)."""
-        cache_key = (node_id, address[0], address[1])
-        node = self._node_cache.get(cache_key)
-        if node is None:
-            if len(self._node_cache) > 50_000:
-                self._node_cache.clear()
-            node = self._node_cache[cache_key] = Node(node_id, address[0], address[1])
-        return node
+        """The :class:`Node` for an id and address (the contact's own when known)."""
+        return self.contacts.node_for(node_id, address)
 
     def contact_answered(self, node_id: bytes, address: Address) -> None:
-        """A node answered our request (moving to p2pnet.dht.contacts)."""
-        self.contact_seen(node_id, address)
+        """A node answered our request: it may enter the routing table."""
+        self.contacts.contact_answered(node_id, address)
 
     def contact_seen(self, node_id: bytes, address: Address) -> None:
-        """A valid message arrived: the sender goes into (or up) the routing table."""
-        self._failures.pop(node_id, None)
-        if len(self._last_seen) > 50_000:
-            self._last_seen.clear()
-        self._last_seen[node_id] = self.clock.seconds()
-        try:
-            node = self.node_for(node_id, address)
-        except (TypeError, ValueError):
-            return
-        try:
-            self._routing_table.node_update(node)
-        except BucketFullError as e:
-            self._evict_or_keep(e)
-
-    def _evict_or_keep(self, e: BucketFullError) -> None:
-        bucket = self._routing_table.buckets[e.bucket_number]
-        old: Node = e.node  # type: ignore[assignment]
-        seen = self._last_seen.get(old.key)
-        if seen is not None and self.clock.seconds() - seen < EVICT_PING_AFTER:
-            bucket.keep_old_node()
-            return
-        if e.bucket_number in self._evicting:
-            return
-        self._evicting.add(e.bucket_number)
-
-        def answered(_: object) -> None:
-            bucket.keep_old_node()
-
-        def silent(_: Failure) -> None:
-            bucket.keep_new_node()
-
-        d = self.ping.call(old.address)
-        d.addCallbacks(answered, silent)
-        d.addBoth(lambda _: self._evicting.discard(e.bucket_number))
+        """A request arrived: a known contact moves up; a stranger is pinged back."""
+        self.contacts.contact_seen(node_id, address)
 
     def _failed(self, node: Node, failure: Failure) -> Failure:
-        """Count a failed request to ``node``; a stale contact leaves the table."""
-        count = self._failures.get(node.key, 0) + 1
-        self._failures[node.key] = count
-        if count >= STALE_AFTER:
-            self._failures.pop(node.key, None)
-            if node in self._routing_table:  # not when the id has moved to a new address
-                self._routing_table.remove(node)
-        return failure
+        """Count a failed request to ``node`` (timeouts and bad answers only)."""
+        return self.contacts.failed(node, failure)
 
     def close_nodes_for(self, key: bytes, requester: bytes | None = None) -> list[Node]:
         """The k closest contacts to ``key``, leaving out the node that asks."""
