@@ -531,8 +531,14 @@ class ChordSocket(service.Service):
         return outcome
 
     def _broadcast(self, entry: Entry) -> None:
-        for chunk in chunk_entries([entry]):
-            self.mesh.broadcast(NOTICE, chunk, channel=CHANNEL)
+        # The write is stored: a notice that cannot go out (mesh stopped) does not undo
+        # it; peers learn it from the set exchange when they connect again.
+        try:
+            for chunk in chunk_entries([entry]):
+                self.mesh.broadcast(NOTICE, chunk, channel=CHANNEL)
+        except Exception as e:
+            self.counters["notice_not_sent"] += 1
+            log.warn("chord notice for {key!r} not sent: {e}", key=entry.key, e=e)
 
     def _send_set(self, peer: bytes, entries: list[Entry] | None = None) -> None:
         entries = self.keyset.entries() if entries is None else entries
@@ -541,6 +547,9 @@ class ChordSocket(service.Service):
                 self.mesh.send(peer, SET, chunk, channel=CHANNEL)
         except KeyError:
             pass  # gone meanwhile: it gets the set when it connects again
+        except Exception as e:
+            self.counters["set_not_sent"] += 1
+            log.warn("chord set for {peer!r} not sent: {e}", peer=peer, e=e)
 
     def _connected(self, mesh: Any, peer: bytes) -> None:
         self._send_set(peer)
