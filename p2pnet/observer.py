@@ -40,7 +40,7 @@ class OneShotObserver(Generic[T]):
             raise LookupError("not fired yet")
         if isinstance(self._result, Failure):
             self._result.raiseException()
-        return self._result  # type: ignore[no-any-return]
+        return self._result
 
     def when_fired(self) -> defer.Deferred[T]:
         """A new Deferred firing with the result (at once when it is already there)."""
