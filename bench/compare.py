@@ -241,7 +241,7 @@ async def run_kademlia(args: argparse.Namespace) -> None:
         try:
             await asyncio.wait_for(asyncio.gather(*(join(s) for s in servers[1:])),
                                    args.join_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         fig["joined"] = joined["n"]
         fig["join_s"] = joined["last"] - t0
@@ -324,7 +324,7 @@ def run_opendht(args: argparse.Namespace) -> None:
             h = dht.InfoHash.get(key)
             t = time.perf_counter()
             done = threading.Event()
-            nodes[w].put(h, dht.Value(value), lambda ok, ns: done.set())
+            nodes[w].put(h, dht.Value(value), lambda ok, ns, done=done: done.set())
             done.wait(30)
             puts.append(time.perf_counter() - t)
             t = time.perf_counter()
