@@ -342,6 +342,13 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _peer_id_text(peer_id: bytes) -> str:
+    """A mesh peer id as text: itself when printable ASCII (the usual hex uuid), else hex."""
+    if peer_id.isascii() and peer_id.decode("ascii").isprintable():
+        return peer_id.decode("ascii")
+    return peer_id.hex()
+
+
 def _addr(address: tuple[str, int] | None) -> str | None:
     return None if address is None else f"{address[0]}:{address[1]}"
 
@@ -409,7 +416,7 @@ def node_peers(node: Any) -> dict[str, Any]:
     mesh: list[dict[str, Any]] = []
     if node.mesh is not None and node.mesh.running:
         for peer_id in node.mesh.peers():
-            entry: dict[str, Any] = {"id": peer_id.hex()}
+            entry: dict[str, Any] = {"id": _peer_id_text(peer_id)}
             with node.peers.peers_lock:
                 peer = node.peers.peers.get(peer_id)
             if peer is not None and peer.host:

@@ -174,7 +174,9 @@ def run(args: argparse.Namespace, stdin: IO[bytes], stdout: IO[bytes], stderr: I
         value = _value(args.value, stdin)
         with Progress(stderr, f"storing {len(value)} bytes"):
             r = client.json("PUT", key_path("dht", args.key), value)
-        show(r, f"stored {args.key!r} ({r.get('bytes')} bytes) on {r.get('replicas')} nodes")
+        n = r.get("replicas")
+        show(r, f"stored {args.key!r} ({r.get('bytes')} bytes) on {n} node"
+                f"{'' if n == 1 else 's'}")
     elif args.command == "get":
         try:
             with Progress(stderr, "looking up"):
