@@ -81,7 +81,11 @@ def run_cluster(n: int, *, base_port: int = 14455, parent: str | None = None,
                                           stderr=subprocess.PIPE))
         out.write(f"starting {n} nodes in {parent} ...\n")
         out.flush()
-        _wait_ready(procs, dirs, out)
+        from p2pnet.cli.main import Progress
+
+        with Progress(out, f"waiting for {n} nodes to start and join"):
+            _wait_ready(procs, dirs)
+        out.write(f"{n} nodes ready and joined\n")
         _print_help(dirs, base_port, parent, out)
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
@@ -101,7 +105,7 @@ def run_cluster(n: int, *, base_port: int = 14455, parent: str | None = None,
         out.flush()
 
 
-def _wait_ready(procs: list[subprocess.Popen[bytes]], dirs: list[str], out: IO[str]) -> None:
+def _wait_ready(procs: list[subprocess.Popen[bytes]], dirs: list[str]) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     pending = set(range(len(dirs)))
     while pending:
@@ -121,7 +125,6 @@ def _wait_ready(procs: list[subprocess.Popen[bytes]], dirs: list[str], out: IO[s
                            f"{START_TIMEOUT:g}s; see their node.log")
         if pending:
             time.sleep(0.2)
-    out.write(f"{len(dirs)} nodes ready and joined\n")
 
 
 def _print_help(dirs: list[str], base_port: int, parent: str, out: IO[str]) -> None:
