@@ -254,3 +254,34 @@ class AddressTests(MemoryNetworkMixin, SynchronousTestCase):
     def test_same_port_other_host(self) -> None:
         t = self.net.attach(Recorder(), "10.0.0.7", A[1])
         self.assertEqual(t.address, ("10.0.0.7", A[1]))
+
+
+class AttackBenchTests(MemoryNetworkMixin, SynchronousTestCase):
+    """What the attack tests use: forged sources, observers, the datagram size limit."""
+
+    def test_forged_source(self) -> None:
+        self.net.send(("203.0.113.9", 53), B, b"forged")
+        self.clock.advance(self.latency)
+        self.assertEqual(self.b.received, [(b"forged", ("203.0.113.9", 53))])
+
+    def test_observers_see_every_datagram(self) -> None:
+        seen: list[tuple[Any, Any, bytes]] = []
+        self.net.observers.append(lambda s, d, data: seen.append((s, d, data)))
+        self.ta.write(b"one", B)
+        self.ta.write(b"two", ("10.9.9.9", 1))  # nobody there: still observed
+        self.assertEqual(seen, [(A, B, b"one"), (A, ("10.9.9.9", 1), b"two")])
+
+    def test_datagram_over_the_limit_dropped(self) -> None:
+        self.ta.write(b"x" * 65507, B)
+        self.ta.write(b"x" * 65508, B)
+        self.clock.advance(self.latency)
+        self.assertEqual([len(d) for d, _ in self.b.received], [65507])
+        self.assertEqual(self.net.too_large, 1)
+        small = MemoryNetwork(self.clock, latency=self.latency, max_datagram=10)
+        c, d = Recorder(), Recorder()
+        tc = small.attach(c, *A)
+        small.attach(d, *B)
+        tc.write(b"x" * 11, B)
+        tc.write(b"x" * 10, B)
+        self.clock.advance(self.latency)
+        self.assertEqual([len(x) for x, _ in d.received], [10])

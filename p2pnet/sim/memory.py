@@ -5,12 +5,18 @@
 a datagram written to an address is delivered to the protocol bound there after
 ``latency`` seconds of the network's clock (``task.Clock`` in tests), or dropped when
 nothing is bound there, when the sender's or receiver's host is partitioned off, or by
-the configured loss rate.
+the configured loss rate.  A datagram longer than ``max_datagram`` is dropped on send, as
+the kernel does (65,507 bytes: the largest UDP payload over IPv4).
+
+The network is also a test bench for attacks: :meth:`MemoryNetwork.send` takes any source
+address (a forged one too), and ``observers`` see every datagram sent (for counting the
+bytes an attack reflects to a victim, or the addresses a node was made to contact).
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
@@ -19,6 +25,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 
 Address = tuple[str, int]
+
+#: the largest UDP payload over IPv4
+MAX_UDP_PAYLOAD = 65507
 
 
 class MemoryDatagramTransport:
@@ -54,10 +63,14 @@ class MemoryNetwork:
     """Addresses to protocols, with latency, loss and host partitions."""
 
     def __init__(self, clock: IReactorTime, latency: float = 0.001, loss: float = 0.0,
-                 seed: int = 0) -> None:
+                 seed: int = 0, max_datagram: int = MAX_UDP_PAYLOAD) -> None:
         self.clock = clock
         self.latency = latency
         self.loss = loss
+        self.max_datagram = max_datagram
+        #: called as ``observer(source, dest, data)`` for every datagram sent
+        self.observers: list[Callable[[Address, Address, bytes], None]] = []
+        self.too_large = 0
         self.random = random.Random(seed)
         self.endpoints: dict[Address, MemoryDatagramTransport] = {}
         self.blocked_hosts: set[str] = set()
@@ -85,8 +98,14 @@ class MemoryNetwork:
         self.endpoints.pop(address, None)
 
     def send(self, source: Address, dest: Address, data: bytes) -> None:
+        """Send ``data`` from ``source`` (any address: tests forge them) to ``dest``."""
         self.sent += 1
         self.bytes_sent += len(data)
+        for observer in self.observers:
+            observer(source, dest, data)
+        if len(data) > self.max_datagram:
+            self.too_large += 1
+            return
         if self.loss and self.random.random() < self.loss:
             return
         self.clock.callLater(self.latency, self._deliver, source, dest, data)
