@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_dht_attacks_wire -*-
+# -*- test-case-name: tests.test_dht_ratelimit,tests.test_dht_attacks_wire -*-
 """Proof that a requester's address is its own, against reflection and amplification.
 
 A UDP source address can be forged, so an answer much larger than its request would let
