@@ -22,9 +22,9 @@ from typing import IO
 import plyvel
 from twisted.trial import unittest
 
+from p2pnet.dht.kvptable import LevelDBKVPTable
 from p2pnet.store.appointments import AppointmentsDBM
 from p2pnet.store.errors import DatabaseLockedError
-from p2pnet.dht.kvptable import LevelDBKVPTable
 from p2pnet.store.leveldb import DBManager
 from p2pnet.store.pool import StoreExecutor
 
