@@ -423,8 +423,9 @@ class RoutingUpkeepTests(SynchronousTestCase):
         sim.settle(GIVE_UP + 1)
         bucket = a.routing_table.buckets[0]
         self.assertEqual(b.protocol.stats.requests_in, before)  # no eviction ping
-        self.assertEqual(bucket.nodes, [c.node, b.node])
+        self.assertEqual(bucket.nodes, [b.node, c.node])  # nothing moves
         self.assertNotIn(d.node, a.routing_table)
+        self.assertEqual(bucket.replacements, [d.node])  # d waits aside
         self.assertFalse(bucket.locked)
 
     def test_other_buckets_unaffected(self) -> None:

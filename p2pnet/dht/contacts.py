@@ -167,7 +167,7 @@ class ContactBook:
         bucket: Any = e.bucket
         old: Node = e.node  # type: ignore[assignment]
         if self._recently_seen(old) or not self._may_check(old):
-            bucket.keep_old_node()
+            bucket.unlock()
             return
 
         def answered(result: Any) -> None:
@@ -182,7 +182,7 @@ class ContactBook:
             if is_remote_fault(failure):
                 bucket.keep_new_node()
             else:
-                bucket.keep_old_node()  # our fault: the incumbent keeps its place
+                bucket.unlock()  # our fault: the incumbent keeps its place
 
         self.host.ping.call(old.address).addCallbacks(answered, silent)
 

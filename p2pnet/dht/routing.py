@@ -217,6 +217,11 @@ class Bucket:
         if i >= 0:
             self._touch(i)
 
+    def unlock(self) -> None:
+        """The check was not made (the node was heard from lately, or too many checks
+        are out): unlock; nothing moves, the newcomers stay aside."""
+        self._stale = b""
+
     def remove(self, node: Node) -> bool:
         """Drop ``node`` (by id); the newest admissible replacement takes the place."""
         i = self.index_of(node.key)
