@@ -379,7 +379,7 @@ def node_status(node: Any) -> dict[str, Any]:
         "data_dir": node.data_dir,
         "pid": os.getpid(),
         "running": bool(node.running),
-        "ready": node.when_ready().called,
+        "ready": bool(node.ready),
         "joined": bool(node.dht.joined),
         "memory": bool(node.memory),
         "uptime": round(node.uptime, 3),

@@ -378,6 +378,17 @@ class P2PNode(service.MultiService):
         """Fires once every part of the node is up (fails with the first error)."""
         return self._ready.when_fired()
 
+    @property
+    def ready(self) -> bool:
+        """Whether every part of the node is up (False while starting or after a failure)."""
+        if not self._ready.fired:
+            return False
+        try:
+            _ = self._ready.result
+        except Exception:
+            return False
+        return True
+
     # -- start -----------------------------------------------------------------------
 
     def check_ports(self) -> None:

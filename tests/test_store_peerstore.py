@@ -789,9 +789,16 @@ class ServiceClockTests(StoreTestMixin, SynchronousTestCase):
         os.makedirs(os.path.dirname(path))
         FilePath(path).setContent(garbage(4096))
         store = self.make_store(path)
+        from twisted.internet.testing import EventLoggingObserver
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         store.startService()
         self.failureResultOf(store.when_ready(), DatabaseCorruptError)
-        self.assertEqual(len(self.flushLoggedErrors(DatabaseCorruptError)), 1)
+        # a typed store error is logged as one line, without a traceback
+        [event] = [e for e in events if "failed to start" in formatEvent(e)]
+        self.assertIn(path, formatEvent(event))
+        self.assertNotIn("log_failure", event)
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.successResultOf(store.stopService())
 

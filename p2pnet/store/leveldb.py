@@ -471,7 +471,10 @@ class DBManager(Service):
             with _registry_lock:
                 if _registry.get(self._real_path) is None:
                     _registry.pop(self._real_path, None)
-            log.failure("LevelDB database {path} failed to open", f, path=self.db_path)
+            if f.check(StoreError):  # a typed error says it all: one line, no traceback
+                log.error("{error}", error=str(f.value))
+            else:
+                log.failure("LevelDB database {path} failed to open", f, path=self.db_path)
             self._ready.fire(f)
 
         d.addCallbacks(opened, failed)

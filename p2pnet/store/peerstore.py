@@ -343,7 +343,11 @@ class PeerStore(service.Service):
         )
 
     def _start_failed(self, failure: Failure) -> None:
-        self.log.failure("peer store {path} failed to start", failure, path=self._path)
+        if failure.check(StoreError):  # a typed error says it all: one line, no traceback
+            self.log.error("peer store {path} failed to start: {error}", path=self._path,
+                           error=str(failure.value))
+        else:
+            self.log.failure("peer store {path} failed to start", failure, path=self._path)
         self._set_start_outcome(failure)
 
     def _set_start_outcome(self, outcome: Failure | None) -> None:
