@@ -509,3 +509,26 @@ class TwistdTests(unittest.TestCase):
         self.assertTrue(any("Server Shut Down" in e.get("log_format", "") for e in events))
         self.assertFalse(os.path.exists(os.path.join(data_dir, "twistd.pid")))
         self.assertEqual(sorted(os.listdir(base)), ["data"])
+
+    def test_store_failure_exits_1_without_traceback(self) -> defer.Deferred[None]:
+        return defer.Deferred.fromCoroutine(self._store_failure())
+
+    async def _store_failure(self) -> None:
+        base = os.path.abspath(self.mktemp())
+        data_dir = os.path.join(base, "data")
+        os.makedirs(data_dir)
+        with open(os.path.join(data_dir, "leveldb"), "w") as f:
+            f.write("a file where the database should be")
+        pythonpath = os.pathsep.join(p for p in [CHECKOUT, os.environ.get("PYTHONPATH")] if p)
+        args = ["-n", "--logfile=-", "p2pnode", "--port", "0", "--interface", "127.0.0.1",
+                "--data-dir", data_dir]
+        proto = self._spawn(args, None, _env(PYTHONPATH=pythonpath), base)
+        reason = await _bounded(proto.ended, START_TIMEOUT)
+        out = proto.output.decode("utf-8", "replace")
+        self.assertIsInstance(reason, error.ProcessTerminated, out)
+        self.assertEqual(reason.exitCode, 1, out)
+        failed = [line for line in out.splitlines() if "node failed to start" in line]
+        self.assertEqual(len(failed), 1, out)
+        self.assertIn(os.path.join(data_dir, "leveldb"), failed[0])
+        self.assertNotIn("Traceback", out)
+        self.assertFalse(os.path.exists(os.path.join(data_dir, "twistd.pid")))
