@@ -10,7 +10,8 @@ Run under twistd, the pid file (``twistd.pid``) and, in the background, the log
 (``p2pnode.log``) go to the data directory unless ``--pidfile`` / ``--logfile`` say
 otherwise, so two nodes with two data directories run side by side.  A data directory in
 use, a port in use, or a store that cannot open ends the process at once with one line
-naming the culprit and a non-zero status.  ``--log-format json`` logs JSON lines.
+naming the culprit and a non-zero status.  ``--log-format json`` logs JSON lines;
+``--log-level`` (default ``info``) drops the events below it.
 """
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ class Options(usage.Options):
          "Directory for the node id, stores, pid file and control file."],
         ["network-id", None, "p2pnet", "Network id: nodes of other networks are ignored."],
         ["log-format", None, "text", "Log format: text (one line per event) or json."],
+        ["log-level", None, "info", "Lowest level logged: debug, info, warn, error."],
     ]
     optFlags = [
         ["memory", "m", "Keep values and peers in memory only (nothing written but the "
@@ -167,6 +169,9 @@ class Options(usage.Options):
         if self["log-format"] not in ("text", "json"):
             raise usage.UsageError(f"log format must be text or json, not "
                                    f"{self['log-format']!r}")
+        if self["log-level"] not in LOG_LEVELS:
+            raise usage.UsageError(f"log level must be one of {', '.join(LOG_LEVELS)}, not "
+                                   f"{self['log-level']!r}")
         from p2pnet.dht.limits import Limits
 
         try:
@@ -185,10 +190,11 @@ class Options(usage.Options):
             parent["pidfile"] = os.path.join(data_dir, PIDFILE)
         if not parent.get("nodaemon") and not parent.get("logfile"):
             parent["logfile"] = os.path.join(data_dir, LOGFILE)
-        if self["log-format"] == "json":
-            global _json_log_target
-            _json_log_target = (parent.get("logfile"), bool(parent.get("nodaemon")))
-            parent["logger"] = f"{__name__}.json_log_observer"
+        if not parent.get("syslog") and not parent.get("logger"):
+            global _log_settings
+            _log_settings = (self["log-format"], self["log-level"], parent.get("logfile"),
+                             bool(parent.get("nodaemon")))
+            parent["logger"] = f"{__name__}.log_observer"
         self.take_lock()
 
     def take_lock(self) -> DataDirLock:
@@ -204,21 +210,34 @@ class Options(usage.Options):
         return self.lock
 
 
-#: Where :func:`json_log_observer` writes: (logfile option, nodaemon flag) of twistd.
-_json_log_target: tuple[str | None, bool] = (None, True)
+LOG_LEVELS = ("debug", "info", "warn", "error")
+#: What :func:`log_observer` makes: (format, level, twistd's logfile, twistd's nodaemon).
+_log_settings: tuple[str, str, str | None, bool] = ("text", "info", None, True)
 
 
-def json_log_observer() -> Any:
-    """twistd ``--logger`` factory (``p2pnet.tap.json_log_observer``): JSON lines to
-    twistd's log destination (stdout with ``-n`` and no log file)."""
-    from twisted.logger import jsonFileLogObserver
+def log_observer() -> Any:
+    """twistd ``--logger`` factory (``p2pnet.tap.log_observer``): text (one line per
+    event) or JSON lines, from ``--log-level`` up, to where twistd would log (stdout with
+    ``-n`` and no log file, else the log file, rotated as twistd rotates it)."""
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        jsonFileLogObserver,
+        textFileLogObserver,
+    )
+    from twisted.python import logfile as twisted_logfile
 
-    logfile, nodaemon = _json_log_target
-    if nodaemon and logfile in (None, "", "-"):
-        stream: Any = sys.stdout
+    fmt, level, logfile, nodaemon = _log_settings
+    stream: Any
+    if logfile == "-" or (nodaemon and not logfile):
+        stream = sys.stdout
     else:
-        stream = open(logfile or LOGFILE, "a", encoding="utf-8")  # noqa: SIM115
-    return jsonFileLogObserver(stream, recordSeparator="")
+        stream = twisted_logfile.LogFile.fromFullPath(logfile or LOGFILE)
+    observer = (jsonFileLogObserver(stream, recordSeparator="") if fmt == "json"
+                else textFileLogObserver(stream))
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
+    return FilteringLogObserver(observer, [predicate])
 
 
 class DaemonService(service.MultiService):

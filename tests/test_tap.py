@@ -181,6 +181,13 @@ class NewOptionsTests(unittest.SynchronousTestCase):
             parse("--log-format", "xml")
         self.assertIn("text or json", str(cm.exception))
 
+    def test_log_level(self) -> None:
+        self.assertEqual(parse()["log-level"], "info")
+        self.assertEqual(parse("--log-level", "debug")["log-level"], "debug")
+        with self.assertRaises(usage.UsageError) as cm:
+            parse("--log-level", "loud")
+        self.assertIn("debug, info, warn, error", str(cm.exception))
+
     def test_limits_default(self) -> None:
         o = parse()
         self.assertEqual(o["limits"], {})
@@ -273,8 +280,8 @@ class TwistdIntegrationTests(unittest.SynchronousTestCase):
                                "--data-dir", self.mktemp(), "--log-format", "json")
         self.release(o)
         parent: Any = o.parent  # type: ignore[attr-defined]
-        self.assertEqual(parent["logger"], "p2pnet.tap.json_log_observer")
-        self.assertTrue(callable(tap.json_log_observer))
+        self.assertEqual(parent["logger"], "p2pnet.tap.log_observer")
+        self.assertEqual(tap._log_settings[:2], ("json", "info"))
 
     def test_busy_data_dir_is_one_line_and_exit_1(self) -> None:
         data_dir = os.path.abspath(self.mktemp())
@@ -507,6 +514,8 @@ class TwistdTests(unittest.TestCase):
         events = [json.loads(line) for line in lines]  # every line is one JSON event
         self.assertTrue(any("ready: DHT" in e.get("log_format", "") for e in events), lines)
         self.assertTrue(any("Server Shut Down" in e.get("log_format", "") for e in events))
+        # --log-level info (the default) drops the debug events
+        self.assertEqual([e for e in events if e["log_level"]["name"] == "debug"], [])
         self.assertFalse(os.path.exists(os.path.join(data_dir, "twistd.pid")))
         self.assertEqual(sorted(os.listdir(base)), ["data"])
 
