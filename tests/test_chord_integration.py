@@ -110,6 +110,20 @@ class LoopbackChordTests(TestCase):
         await defer.gatherResults([self.socks[i].d_set(k, v)
                                    for i, (k, v) in enumerate(values.items())])
         await self.everywhere(lambda s, e: len(s) == 13, "13 keys everywhere")
+        # a node that connects late receives the whole key set from its peer
+        late_mesh = MeshSocket("127.0.0.1", 0)
+        late_mesh.startService()
+        self.addCleanup(self.stop, late_mesh)
+        await late_mesh.when_ready()
+        late = ChordSocket(late_mesh, self.dhts[1].network)  # the set only needs the mesh
+        added: list[bytes] = []
+        late.on("add", lambda s, k: added.append(k))
+        assert self.meshes[5].address is not None
+        await late_mesh.connect(*self.meshes[5].address)
+        await wait_until(lambda: len(late) == 13, what="the whole set at the late node")
+        self.assertEqual(sorted(added), sorted([b"k", *values]))
+        self.assertFalse(late.keyset.get(b"t").present)  # the tombstone came too
+
         dead = set(range(0, N, 3))
         for i in dead:
             self.dhts[i]._listening.stopListening()  # the UDP port closes; nobody is told
