@@ -32,7 +32,7 @@ import hmac
 import json
 import os
 import secrets
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -371,7 +371,12 @@ def node_status(node: Any) -> dict[str, Any]:
     mesh_stats: dict[str, Any] = {}
     if mesh is not None and getattr(mesh, "stats", None) is not None:
         ms = mesh.stats
-        mesh_stats = attrs.asdict(ms) if attrs.has(type(ms)) else dict(vars(ms))
+        if attrs.has(type(ms)):
+            mesh_stats = attrs.asdict(ms)
+        elif isinstance(ms, Mapping):
+            mesh_stats = dict(sorted(ms.items()))
+        else:
+            mesh_stats = dict(vars(ms))
     control = getattr(node, "control", None)
     return {
         "node_id": node.node_id.hex(),

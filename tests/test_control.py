@@ -105,6 +105,10 @@ class ControlTests(unittest.TestCase):
         self.assertEqual(s["counters"]["dropped_total"], 1)
         self.assertEqual(s["counters"]["refused"]["rate_limited"], 2)
         self.assertEqual(s["counters"]["refused_total"], 2)
+        if self.node.mesh is not None:
+            self.node.mesh.stats["malformed"] += 3
+            _, s = as_json((yield self.req("GET", "/status")))
+            self.assertEqual(s["counters"]["mesh"]["malformed"], 3)
 
     @defer.inlineCallbacks
     def test_peers(self) -> Any:
