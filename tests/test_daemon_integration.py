@@ -203,6 +203,11 @@ class DaemonTests(unittest.SynchronousTestCase):
         self.assertRegex(restarted, rf"joined the DHT through 127\.0\.0\.1:({pa}|{pb})")
         code, out, _ = cli("-d", c.dir, "get", "greeting")
         self.assertEqual((code, out), (0, b"hello\x00world"))
+        # the mesh reconnected to the peers it kept too: a new sync key reaches c
+        wait_for("c's mesh peers", lambda: (c.status() or {}).get("peers", {}).get("mesh"), 10)
+        self.assertEqual(cli("-d", a.dir, "sync", "set", "after", "restart")[0], 0)
+        wait_for("sync after restart",
+                 lambda: cli("-d", c.dir, "sync", "get", "after")[1] == b"restart", 10)
 
         for node in (a, b, c):
             self.assertEqual(node.stop(), -signal.SIGTERM)
