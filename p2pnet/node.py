@@ -204,6 +204,23 @@ def check_port_free(kind: str, interface: str, port: int) -> None:
         s.close()
 
 
+def advertised_host(interface: str) -> str:
+    """The host the mesh tells its peers to reach it at: the interface it binds, or for a
+    wildcard (0.0.0.0, ::) this machine's address on its default route (found with an
+    unconnected UDP socket: nothing is sent), else loopback."""
+    if interface not in ("0.0.0.0", "::", ""):
+        return interface
+    family = socket.AF_INET6 if interface == "::" else socket.AF_INET
+    probe = ("2001:db8::1", 9) if family == socket.AF_INET6 else ("192.0.2.1", 9)
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect(probe)
+            host: str = s.getsockname()[0]
+    except OSError:
+        return "::1" if family == socket.AF_INET6 else "127.0.0.1"
+    return host
+
+
 def _optional(module: str, name: str) -> Any:
     """A class of a slice that may not have landed yet (None when it is missing)."""
     import importlib
@@ -225,6 +242,8 @@ class P2PNode(service.MultiService):
         to the same hosts on ``port + 1``.
     :param limits: the DHT's bounds (:class:`p2pnet.dht.limits.Limits`).
     :param control: serve the control API (:mod:`p2pnet.control`).
+    :param advertise_host: the host the mesh tells peers to reach it at (default: see
+        :func:`advertised_host`).
     :param lock: a :class:`DataDirLock` already held (``twistd`` takes it while parsing
         options); by default the node takes it here, raising :class:`DataDirBusyError`.
     """
@@ -243,6 +262,7 @@ class P2PNode(service.MultiService):
         reactor: Any = None,
         control: bool = True,
         lock: DataDirLock | None = None,
+        advertise_host: str | None = None,
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -256,6 +276,7 @@ class P2PNode(service.MultiService):
         self.mesh_port = mesh_port if mesh_port is not None else (port + 1 if port else 0)
         self.bootstrap = list(bootstrap)
         self.network_id = network_id
+        self.advertise_host = advertise_host or advertised_host(interface)
         self.memory = memory
         self.limits = limits if limits is not None else Limits()
         self.lock = lock if lock is not None else DataDirLock.acquire(self.data_dir)
@@ -337,6 +358,7 @@ class P2PNode(service.MultiService):
             network_id=self.network_id,
             peer_store=self.peers,
             reactor=self._reactor,
+            advertise_host=self.advertise_host,
         )
         self.mesh.setName("mesh")
         sync_cls = _optional("p2pnet.sync.socket", "SyncSocket")

@@ -123,6 +123,9 @@ class Options(usage.Options):
         ["port", "p", DEFAULT_PORT, "UDP port of the DHT.", int],
         ["interface", "i", DEFAULT_INTERFACE, "Interface to bind the DHT and the mesh to."],
         ["mesh-port", None, None, "TCP port of the mesh [default: --port + 1].", int],
+        ["advertise-host", None, None,
+         "Host the mesh tells peers to reach it at [default: the interface, or this "
+         "machine's address when the interface is 0.0.0.0 or ::]."],
         ["data-dir", "d", DEFAULT_DATA_DIR,
          "Directory for the node id, stores, pid file and control file."],
         ["network-id", None, "p2pnet", "Network id: nodes of other networks are ignored."],
@@ -299,6 +302,7 @@ def makeService(options: Any) -> service.IService:  # noqa: N802 - twistd plugin
             memory=options["memory"],
             limits=options.get("limits-object"),
             lock=getattr(options, "lock", None),
+            advertise_host=options.get("advertise-host"),
         )
     except (NodeStartError, StoreError) as e:
         if parent is None:

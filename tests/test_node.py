@@ -103,6 +103,24 @@ class PortTests(unittest.SynchronousTestCase):
             self.assertEqual(node.mesh_port, want)
 
 
+class AdvertiseTests(unittest.SynchronousTestCase):
+    def test_advertised_host(self) -> None:
+        from p2pnet.node import advertised_host
+
+        self.assertEqual(advertised_host("127.0.0.1"), "127.0.0.1")
+        self.assertEqual(advertised_host("10.1.2.3"), "10.1.2.3")
+        wild = advertised_host("0.0.0.0")
+        self.assertNotEqual(wild, "0.0.0.0")
+        socket.inet_aton(wild)  # an IPv4 address of this machine (or loopback)
+
+    def test_node_passes_it_to_the_mesh(self) -> None:
+        node = P2PNode(self.mktemp(), port=0, memory=True, advertise_host="192.0.2.7")
+        node.lock.release()
+        self.assertEqual(node.advertise_host, "192.0.2.7")
+        if node.mesh is not None:
+            self.assertEqual(node.mesh.advertise_host, "192.0.2.7")
+
+
 class LifecycleTests(unittest.TestCase):
     timeout = 30
 

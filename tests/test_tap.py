@@ -324,6 +324,14 @@ class MakeServiceTests(unittest.SynchronousTestCase):
         self.assertEqual(node.mesh_port, 0)  # follows port 0
         self.assertEqual(node.db.db_path, os.path.join(os.path.abspath(data_dir), "leveldb"))
 
+    def test_advertise_host(self) -> None:
+        node = self.make(parse("--memory", "--data-dir", self.mktemp(),
+                               "--advertise-host", "203.0.113.9"))
+        self.assertEqual(node.advertise_host, "203.0.113.9")
+        node = self.make(parse("--memory", "--data-dir", self.mktemp(),
+                               "--interface", "127.0.0.1"))
+        self.assertEqual(node.advertise_host, "127.0.0.1")
+
     def test_mesh_port_follows_the_dht_port(self) -> None:
         node = self.make(parse("--memory", "--data-dir", self.mktemp(), "--port", "5000"))
         self.assertEqual((node.port, node.mesh_port), (5000, 5001))
