@@ -487,3 +487,166 @@ class ArbitraryBytesTests(SynchronousTestCase):
         else:
             self.assertEqual(proto.stats.unmatched, 1)
         self.assertEqual(self.flushLoggedErrors(), [])
+
+
+# -- defences against strangers (issue 11 #4 #13 #14) ---------------------------------------
+
+
+class WireDefenceTests(ProtocolTestMixin, SynchronousTestCase):
+    def raw_request(self, body: codec.Body, address: tuple[str, int] = PEER,
+                    token: bytes | None = None, padding: int = 0,
+                    grant: bytes | None = None) -> int:
+        data = codec.encode(NETWORK, b"T" * 8, PEER_ID, body, None, token, padding, grant)
+        self.proto.datagramReceived(data, address)
+        return len(data)
+
+    def test_ping_frames_equal_the_codec(self) -> None:
+        """The protocol's own ping framing is the codec's, byte for byte."""
+        self.proto.request(PEER, codec.PingRequest())
+        data, _ = self.transport.written[-1]
+        msg = codec.decode(data)
+        self.assertEqual(data, codec.encode(NETWORK, msg.tid, OWN_ID, codec.PingRequest()))
+        self.raw_request(codec.PingRequest())
+        data, _ = self.transport.written[-1]
+        token = self.proto.proof.token_for(PEER[0])
+        self.assertEqual(data, codec.encode(NETWORK, b"T" * 8, OWN_ID, codec.PingResponse(),
+                                            codec.RPC.PING, token))
+
+    def test_every_answer_carries_a_token_for_the_ip(self) -> None:
+        self.raw_request(codec.FindNodeRequest(OTHER_ID))
+        msg, _ = self.sent()
+        self.assertEqual(msg.token, self.proto.proof.token_for(PEER[0]))
+        self.raw_request(codec.FindNodeRequest(OTHER_ID), address=ELSEWHERE)
+        msg2, _ = self.sent()
+        self.assertNotEqual(msg2.token, msg.token)
+
+    def test_findnode_padded_until_a_token_is_held(self) -> None:
+        limits = self.proto.limits
+        self.proto.request(PEER, codec.FindNodeRequest(OTHER_ID))
+        data, _ = self.transport.written[-1]
+        msg = codec.decode(data)
+        self.assertGreaterEqual(len(data), limits.request_pad_to)
+        self.assertIsNone(msg.token)
+        self.answer(msg, codec.NodesResponse(()), )
+        # the answer carried no token: still padded
+        self.proto.request(PEER, codec.FindNodeRequest(OTHER_ID))
+        msg, _ = self.sent()
+        self.assertGreater(msg.padding, 0)
+        data = codec.encode(NETWORK, msg.tid, PEER_ID, codec.NodesResponse(()),
+                            codec.RPC.FIND_NODE, b"K" * 8)
+        self.proto.datagramReceived(data, PEER)
+        # now a token is held for PEER: sent instead of padding, to PEER only
+        self.proto.request(PEER, codec.FindValueRequest(OTHER_ID))
+        msg, _ = self.sent()
+        self.assertEqual((msg.token, msg.padding), (b"K" * 8, 0))
+        self.proto.request(ELSEWHERE, codec.FindNodeRequest(OTHER_ID))
+        msg, _ = self.sent()
+        self.assertIsNone(msg.token)
+        self.assertGreater(msg.padding, 0)
+        # pings never carry tokens or padding
+        self.proto.request(PEER, codec.PingRequest())
+        msg, _ = self.sent()
+        self.assertEqual((msg.token, msg.padding), (None, 0))
+
+    def test_store_request_grants_a_token(self) -> None:
+        self.proto.request(PEER, codec.StoreRequest(OTHER_ID, PEER_ID, 5, 1.0))
+        msg, _ = self.sent()
+        self.assertEqual(msg.grant, self.proto.proof.token_for(PEER[0]))
+        # a grant received is presented back in our getvals to that address
+        self.raw_request(codec.StoreRequest(OTHER_ID, PEER_ID, 5, 1.0), grant=b"G" * 8)
+        self.proto.request(PEER, codec.GetValueRequest(OTHER_ID, PEER_ID, 0, 5))
+        msg, _ = self.sent()
+        self.assertEqual(msg.token, b"G" * 8)
+
+    def test_unproven_large_answer_refused_with_token(self) -> None:
+        self.handler.respond = lambda m, a: codec.GetValueResponse(5000, 0, b"x" * 5000)
+        size = self.raw_request(codec.GetValueRequest(OTHER_ID, PEER_ID, 0, 5000))
+        data, _ = self.transport.written[-1]
+        msg = codec.decode(data)
+        self.assertLessEqual(len(data), 3 * size)
+        self.assertEqual(msg.body.code, codec.ErrorCode.UNPROVEN)  # type: ignore[union-attr]
+        self.assertEqual(self.proto.refused["unproven_refused"], 1)
+        # with the token: the whole answer
+        self.raw_request(codec.GetValueRequest(OTHER_ID, PEER_ID, 0, 5000), token=msg.token)
+        self.assertIsInstance(self.sent()[0].body, codec.GetValueResponse)
+        # a wrong token, or the token of another IP: refused again
+        self.raw_request(codec.GetValueRequest(OTHER_ID, PEER_ID, 0, 5000), token=b"x" * 8,
+                         address=ELSEWHERE)
+        self.assertIsInstance(self.sent()[0].body, codec.ErrorResponse)
+        self.raw_request(codec.GetValueRequest(OTHER_ID, PEER_ID, 0, 5000), token=msg.token,
+                         address=ELSEWHERE)
+        self.assertIsInstance(self.sent()[0].body, codec.ErrorResponse)
+
+    def test_unproven_lists_cut_to_fit(self) -> None:
+        nodes = tuple(Node(bytes([i]) * 20, f"10.1.0.{i + 1}", 4000) for i in range(20))
+        values = tuple(codec.ValueInfo(bytes([i]) * 20, 10, float(i)) for i in range(40))
+        for body, answer in [(codec.FindNodeRequest(OTHER_ID), codec.NodesResponse(nodes)),
+                             (codec.FindValueRequest(OTHER_ID), codec.ValuesResponse(values))]:
+            self.handler.respond = lambda m, a, answer=answer: answer
+            size = self.raw_request(body)
+            data, _ = self.transport.written[-1]
+            got = codec.decode(data).body
+            self.assertLessEqual(len(data), 3 * size)
+            self.assertGreater(len(data), 3 * size - 40)  # cut no more than needed
+            kept = got.nodes if isinstance(got, codec.NodesResponse) else got.values  # type: ignore
+            full = answer.nodes if isinstance(answer, codec.NodesResponse) else answer.values
+            self.assertEqual(kept, full[:len(kept)])  # the closest / newest first
+        self.assertEqual(self.proto.refused["unproven_cut"], 2)
+
+    def test_answered_us_proves(self) -> None:
+        self.handler.respond = lambda m, a: codec.GetValueResponse(5000, 0, b"x" * 5000)
+        d = self.proto.request(PEER, codec.PingRequest())
+        self.answer(self.sent()[0], codec.PingResponse())
+        self.successResultOf(d)
+        self.raw_request(codec.GetValueRequest(OTHER_ID, PEER_ID, 0, 5000))
+        self.assertIsInstance(self.sent()[0].body, codec.GetValueResponse)
+
+    def test_unproven_error_retried_once_with_the_token(self) -> None:
+        d = self.proto.request(PEER, codec.GetValueRequest(OTHER_ID, PEER_ID, 0, 100))
+        first, _ = self.sent()
+        self.assertIsNone(first.token)
+        unproven = codec.ErrorResponse(codec.ErrorCode.UNPROVEN, "prove")
+        data = codec.encode(NETWORK, first.tid, PEER_ID, unproven, codec.RPC.GET_VALUE,
+                            b"K" * 8)
+        self.proto.datagramReceived(data, PEER)
+        self.assertNoResult(d)
+        again, _ = self.sent()
+        self.assertEqual((again.tid, again.token), (first.tid, b"K" * 8))
+        self.assertEqual(self.proto.stats.proof_retries, 1)
+        # a second UNPROVEN is the answer
+        self.proto.datagramReceived(data, PEER)
+        f = self.failureResultOf(d, RemoteError)
+        self.assertEqual(f.value.code, codec.ErrorCode.UNPROVEN)
+
+    def test_bogus_contacts_from_the_codec_and_context(self) -> None:
+        own = Node(OWN_ID, "10.1.1.1", 4000)
+        v6 = Node(OTHER_ID, "2001:db8::1", 4000)
+        loop = Node(b"\x05" * 20, "127.0.0.1", 4000)
+        good = Node(b"\x06" * 20, "10.1.1.2", 4000)
+        d = self.proto.request(PEER, codec.FindNodeRequest(OTHER_ID))
+        self.answer(self.sent()[0], codec.NodesResponse((own, v6, loop, good)))
+        self.assertEqual(self.successResultOf(d).body,
+                         codec.NodesResponse((good,), dropped=3))
+        self.assertEqual(self.proto.refused["bogus_contact"], 3)
+        # from a loopback sender, loopback contacts are fine
+        d = self.proto.request(("127.0.0.1", 5000), codec.FindNodeRequest(OTHER_ID))
+        self.answer(self.sent()[0], codec.NodesResponse((loop, good)),
+                    address=("127.0.0.1", 5000))
+        self.assertEqual(self.successResultOf(d).body.nodes, (loop, good))  # type: ignore
+
+    def test_rate_limited_requests_dropped_unanswered(self) -> None:
+        from p2pnet.dht.limits import Limits
+        self.proto = DHTProtocol(OWN_ID, NETWORK, self.handler, self.clock,
+                                 limits=Limits(rate_per_source=1, rate_per_source_burst=3))
+        self.transport = RecordingTransport(self.proto)
+        self.proto.makeConnection(self.transport)  # type: ignore[arg-type]
+        for _ in range(10):
+            self.raw_request(codec.PingRequest())
+        self.assertEqual(len(self.transport.written), 3)
+        self.assertEqual(len(self.handler.requests), 3)
+        self.assertEqual(self.proto.refused["rate_limited_source"], 7)
+        self.assertEqual(self.proto.stats.rate_limited, 7)
+        # answers to our own requests are not charged
+        d = self.proto.request(PEER, codec.PingRequest())
+        self.answer(self.sent()[0], codec.PingResponse())
+        self.successResultOf(d)

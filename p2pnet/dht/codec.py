@@ -218,7 +218,6 @@ class Message:
 
 # -- encoding ----------------------------------------------------------------------
 
-_TAIL = struct.Struct("!BB8s20s")
 _NODE4 = struct.Struct("!20sB4sH")
 _NODE6 = struct.Struct("!20sB16sH")
 _U16 = struct.Struct("!H")
@@ -545,13 +544,15 @@ _NO_BODY: dict[type, tuple[Kind, RPC, bytes]] = {
     PingRequest: (Kind.REQUEST, RPC.PING, b""),
     PingResponse: (Kind.RESPONSE, RPC.PING, b""),
 }
-_KINDS = {k.value: k for k in Kind}
-_RPCS = {r.value: r for r in RPC}
+#: the header after the network id: kind, rpc, tid, sender, flags
+_HEAD = struct.Struct("!BB8s20sB")
+_KIND_OF = tuple(Kind(i) for i in range(len(Kind)))
+_RPC_OF: tuple[RPC, ...] = (RPC.PING, *(RPC(i) for i in range(1, len(RPC) + 1)))  # [0] unused
 
 
 def decode(data: bytes) -> Message:
     """Decode one datagram; :class:`DecodeError` for anything that is not a valid message."""
-    if not isinstance(data, bytes):
+    if type(data) is not bytes and not isinstance(data, bytes):
         raise DecodeError("a datagram is bytes")
     size = len(data)
     if size > MAX_DATAGRAM or size < 2:
@@ -562,20 +563,15 @@ def decode(data: bytes) -> Message:
     if nlen == 0 or nlen > MAX_NETWORK_ID:
         raise DecodeError("bad network id length")
     pos = 2 + nlen
-    if size < pos + _TAIL.size:
+    if size < pos + _HEAD.size:
         raise DecodeError("truncated header")
-    network_id = data[2:pos]
-    kind = _KINDS.get(data[pos])
-    rpc = _RPCS.get(data[pos + 1])
-    if kind is None or rpc is None:
+    k, r, tid, sender, flags = _HEAD.unpack_from(data, pos)
+    if k >= len(_KIND_OF) or not 0 < r < len(_RPC_OF):
         raise DecodeError("unknown message kind or rpc")
-    tid = data[pos + 2:pos + 2 + TID_BYTES]
-    sender = data[pos + 2 + TID_BYTES:pos + _TAIL.size]
-    pos += _TAIL.size
-    if pos >= size:
-        raise DecodeError("truncated header")
-    flags = data[pos]
-    pos += 1
+    kind = _KIND_OF[k]
+    rpc = _RPC_OF[r]
+    network_id = data[2:pos]
+    pos += _HEAD.size
     token = grant = None
     padding = 0
     if flags:
