@@ -258,6 +258,18 @@ class InlineTableTests(unittest.SynchronousTestCase):
         self.assertEqual(self.successResultOf(t.read(rec.key, rec.index)), value)
         self.assertEqual(len(loaded), MAX_VALUE_SIZE // VALUE_CHUNK)
 
+    def test_quota_counters_survive_a_restart(self) -> None:
+        t = self.table
+        for n, source in enumerate([("10.0.0.1", 1), ("10.0.0.1", 2), ("10.0.0.9", 1)]):
+            value = b"v%d" % n
+            rec = attrs.evolve(record_for(value, k=n), source=source, published=5.0)
+            self.successResultOf(t.put(rec, value))
+        before = (dict(t.by_source), dict(t.by_prefix))
+        t = self.reopen()
+        self.assertEqual((t.by_source, t.by_prefix), before)
+        self.assertEqual(t.by_source[("10.0.0.1", 0)].records, 2)
+        self.assertEqual(t.by_prefix["10.0.0.0/24"].records, 3)
+
     def test_version_1_values_still_read_and_replaced(self) -> None:
         t = self.table
         value = os.urandom(40000)
