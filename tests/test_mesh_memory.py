@@ -236,9 +236,22 @@ class FloodTests(SynchronousTestCase):
         a.send(b"n01", b"p", channel=b"pp")
         self.assertRaises(RuntimeError, net.flush, 50)
 
+    def test_fifo_per_link_without_jitter(self) -> None:
+        clock = task.Clock()
+        net = MemoryMeshNetwork(clock, latency=0.5)
+        a, b = build(net, 2, "line")
+        rec = Recorder(b)
+        for i in range(50):
+            a.send(b"n01", b"%d" % i, channel=b"app")
+            if i % 10 == 0:
+                clock.advance(0.1)
+        net.flush()
+        self.assertEqual([m.parts[0] for m in rec.got], [b"%d" % i for i in range(50)])
+
     def test_bad_parameters(self) -> None:
         clock = task.Clock()
         self.assertRaises(ValueError, MemoryMeshNetwork, clock, latency=-1)
+        self.assertRaises(ValueError, MemoryMeshNetwork, clock, latency=0)
         self.assertRaises(ValueError, MemoryMeshNetwork, clock, duplicate=1.0)
 
     @given(

@@ -31,12 +31,13 @@ over it, on ``task.Clock``, the way p2pnet's own tests do.
 
 from __future__ import annotations
 
+import heapq
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -67,8 +68,10 @@ class MemoryMeshNetwork:
         max_age: float = 60.0,
         seen_size: int = 100_000,
     ) -> None:
-        if latency < 0 or jitter < 0:
-            raise ValueError("latency and jitter must not be negative")
+        if latency <= 0 or jitter < 0:
+            # (a zero latency would let messages that answer each other run for ever
+            # inside one step of a task.Clock)
+            raise ValueError("latency must be positive and jitter not negative")
         if not 0.0 <= duplicate < 1.0:
             raise ValueError("duplicate must be a probability in [0, 1)")
         self.clock = clock
@@ -84,6 +87,12 @@ class MemoryMeshNetwork:
         self._epoch = 0
         #: messages scheduled and not yet delivered or lost
         self.in_flight = 0
+        # Messages in flight: one heap and one timer (a task.Clock sorts its calls on
+        # every callLater, which would make a busy network quadratic).
+        self._queue: list[tuple[float, int, tuple[bytes, bytes], int, bytes,
+                                MeshMessage]] = []
+        self._order = 0
+        self._timer: IDelayedCall | None = None
         #: messages put on a link (copies included) / lost on a link unlinked in flight
         self.sent = 0
         self.lost = 0
@@ -177,7 +186,32 @@ class MemoryMeshNetwork:
                 delay += self.random.random() * self.jitter
             self.in_flight += 1
             self.sent += 1
-            self.clock.callLater(delay, self._arrive, key, epoch, dst, msg)
+            self._order += 1
+            heapq.heappush(self._queue, (self.clock.seconds() + delay, self._order, key,
+                                         epoch, dst, msg))
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._queue:
+            return
+        due = self._queue[0][0]
+        timer = self._timer
+        if timer is not None and timer.active():
+            if timer.getTime() <= due:
+                return
+            timer.cancel()
+        self._timer = self.clock.callLater(max(0.0, due - self.clock.seconds()),
+                                           self._run)
+
+    def _run(self) -> None:
+        """Deliver every message that is due."""
+        self._timer = None
+        now = self.clock.seconds()
+        queue = self._queue
+        while queue and queue[0][0] <= now:
+            _, _, key, epoch, dst, msg = heapq.heappop(queue)
+            self._arrive(key, epoch, dst, msg)
+        self._schedule()
 
     def _arrive(self, key: tuple[bytes, bytes], epoch: int, dst: bytes,
                 msg: MeshMessage) -> None:
@@ -197,7 +231,7 @@ class MemoryMeshNetwork:
         Raises ``RuntimeError`` if messages are still in flight after ``max_rounds``
         (a loop that keeps sending).  Only works on a ``task.Clock``.
         """
-        step = self.max_delay or 0.0
+        step = self.max_delay
         rounds = 0
         while self.in_flight:
             if rounds >= max_rounds:
