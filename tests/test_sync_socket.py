@@ -11,7 +11,9 @@ from twisted.internet import task
 from twisted.trial.unittest import SynchronousTestCase
 
 from p2pnet.mesh.memory import MemoryMeshNetwork
-from p2pnet.store.keyspace import MemoryKeySpace
+from p2pnet.store.keyspace import KeySpace, MemoryKeySpace
+from p2pnet.store.leveldb import DBManager
+from p2pnet.store.pool import StoreExecutor
 from p2pnet.sync import codec
 from p2pnet.sync.merge import Entry, Lease, LeaseError, SyncLimits, SyncRefused
 from p2pnet.sync.socket import CHANNEL, SyncSocket
@@ -566,6 +568,21 @@ class ProtocolTests(SynchronousTestCase):
         a._dump(b.peer_id)  # the peer went away in between: counted, no error
         self.assertEqual(a.stats["peer_gone"], 1)
 
+    def test_dumps_to_one_peer_bounded(self) -> None:
+        n = Net(2)
+        a, b = n.socks
+        a[b"k"] = b"v"
+        mesh_b = n.net.nodes[b.peer_id]
+        for _ in range(30):  # a peer asking for our whole state again and again
+            mesh_b.send(a.peer_id, *codec.encode_hello(True), channel=CHANNEL)
+        n.flush()
+        self.assertEqual(a.stats["dumps_sent"], a.limits.max_dumps_per_minute)
+        self.assertEqual(a.refused["dump_rate"], 31 - a.limits.max_dumps_per_minute)
+        n.clock.advance(60)
+        mesh_b.send(a.peer_id, *codec.encode_hello(True), channel=CHANNEL)
+        n.flush()
+        self.assertEqual(a.stats["dumps_sent"], a.limits.max_dumps_per_minute + 1)
+
     def test_disconnect_forgets_the_peer(self) -> None:
         n = Net(0)
         a, b = n.add(), n.add(leasing=False)
@@ -603,6 +620,29 @@ class PersistenceTests(SynchronousTestCase):
         self.assertEqual(again.copy(), {b"mine": b"1", b"theirs": b"2"})
         self.assertRaises(LeaseError, again.__setitem__, b"theirs", b"x")
         again[b"mine"] = b"renewed"  # the same id still owns its key
+
+    def test_leveldb_restart(self) -> None:
+        """The same, in a LevelDB key space closed and opened again."""
+        path = self.mktemp()
+        n = Net(2)
+        with DBManager(path, executor=StoreExecutor.inline()) as db:
+            a = n.add(peer_id=b"a", store=KeySpace(db, b"sync/"))
+            a.startService()
+            n.net.link(b"a", b"node00")
+            n.flush()
+            a[b"k"] = b"v"
+            a.apply_delta(b"m", {b"x": b"1"})
+            n.flush()
+            self.successResultOf(a.stopService())
+        n.net.remove(b"a")
+        n.clock.advance(5)
+        with DBManager(path, executor=StoreExecutor.inline()) as db:
+            again = SyncSocket(n.net.node(b"a"), clock=n.clock, store=KeySpace(db, b"sync/"))
+            again.startService()
+            self.successResultOf(again.when_ready())
+            self.assertEqual(again.copy(), {b"k": b"v", b"m": {b"x": b"1"}})
+            self.assertEqual(again.lease(b"k"), Lease(b"a", int(START)))
+            self.successResultOf(again.stopService())
 
     def test_loaded_state_reaches_the_mesh(self) -> None:
         n = Net(2)

@@ -255,6 +255,9 @@ class SyncLimits:
     max_clock_skew: int = 600
     #: seconds a tombstone is kept (the lease period: a delete outlives any lease)
     tombstone_seconds: int = LEASE_SECONDS
+    #: full dumps sent to one connected peer per minute at most (a hello or a digest
+    #: asks for one; more would let a peer make us send our whole state again and again)
+    max_dumps_per_minute: int = 10
 
 
 _HASHED = struct.Struct(">HBQIBI")

@@ -147,6 +147,7 @@ class SyncSocket(Service):
         self._events = EventEmitter(EVENTS)
         self._hello_sent: set[bytes] = set()
         self._synced: set[bytes] = set()
+        self._dumped: dict[bytes, list[float]] = {}  # peer -> times of recent dumps
         self._pending: set[defer.Deferred[Any]] = set()
         self._ready: OneShotObserver[None] = OneShotObserver()
         self._rounds = (Periodic(clock, anti_entropy, self.sync_round, "sync anti-entropy")
@@ -385,6 +386,7 @@ class SyncSocket(Service):
     def _disconnected(self, mesh: IMesh, peer: bytes) -> None:
         self._hello_sent.discard(peer)
         self._synced.discard(peer)
+        self._dumped.pop(peer, None)
         self.incompatible.pop(peer, None)
 
     def _broadcast(self, items: list[tuple[bytes, Entry]]) -> None:
@@ -397,6 +399,13 @@ class SyncSocket(Service):
             self._broadcast(changed)
 
     def _dump(self, peer: bytes) -> None:
+        now = self.clock.seconds()
+        recent = [t for t in self._dumped.get(peer, ()) if now - t < 60.0]
+        if len(recent) >= self.limits.max_dumps_per_minute:
+            self.refused["dump_rate"] += 1
+            return
+        recent.append(now)
+        self._dumped[peer] = recent
         items = sorted(self._state.entries.items())
         for parts in codec.encode_entries(self.leasing, codec.DUMP, items):
             self._send(peer, *parts)
