@@ -583,6 +583,16 @@ class ProtocolTests(SynchronousTestCase):
         n.flush()
         self.assertEqual(a.stats["dumps_sent"], a.limits.max_dumps_per_minute + 1)
 
+    def test_peer_id_read_from_the_mesh_when_writing(self) -> None:
+        n = Net(0)
+        mesh = n.net.node(b"x")
+        mesh.peer_id = b""  # a MeshSocket with a PeerStore learns its id on start
+        sock = SyncSocket(mesh, clock=n.clock)
+        self.assertRaises(RuntimeError, sock.__setitem__, b"k", b"v")
+        mesh.peer_id = b"x"
+        sock[b"k"] = b"v"
+        self.assertEqual(sock.lease(b"k"), Lease(b"x", int(START)))
+
     def test_disconnect_forgets_the_peer(self) -> None:
         n = Net(0)
         a, b = n.add(), n.add(leasing=False)

@@ -130,7 +130,6 @@ class SyncSocket(Service):
             from twisted.internet import reactor as clock
         assert clock is not None
         self.mesh = mesh
-        self.peer_id: bytes = mesh.peer_id
         self.leasing = bool(leasing)
         self.clock = clock
         self.store = store
@@ -159,6 +158,20 @@ class SyncSocket(Service):
         mesh.on("disconnect", self._disconnected)
         for peer in mesh.peers():
             self._hello(peer)
+
+    @property
+    def peer_id(self) -> bytes:
+        """This node's id: the mesh's (a MeshSocket with a PeerStore knows it once
+        started, so it is read at each write, not when the socket is made)."""
+        peer_id: bytes = self.mesh.peer_id
+        return peer_id
+
+    def _writer(self) -> bytes:
+        peer_id = self.peer_id
+        if not peer_id:
+            raise RuntimeError("the mesh has no peer id yet: start it (when_ready) "
+                               "before writing")
+        return peer_id
 
     def __repr__(self) -> str:
         return (f"<SyncSocket {self.peer_id!r} keys={len(self)} "
@@ -280,7 +293,7 @@ class SyncSocket(Service):
     def _write(self, key: bytes, value: bytes | None, kind: int = KIND_BYTES) -> None:
         now = self._now()
         self._purge(now)
-        entry, change = self._state.write(key, self.peer_id, now, value, kind=kind,
+        entry, change = self._state.write(key, self._writer(), now, value, kind=kind,
                                           leasing=self.leasing,
                                           lease_seconds=self.lease_seconds)
         self._persist(key, entry)
@@ -314,8 +327,9 @@ class SyncSocket(Service):
         for key, value in pairs:
             todo[to_bytes(key)] = to_value(value)
         state = self._state
+        writer = self._writer()
         prepared = [  # every key checked before any is written
-            (k, state.prepare(k, self.peer_id, now, v, kind=kind, leasing=self.leasing,
+            (k, state.prepare(k, writer, now, v, kind=kind, leasing=self.leasing,
                               lease_seconds=self.lease_seconds))
             for k, (v, kind) in todo.items()
         ]
