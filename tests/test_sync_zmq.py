@@ -192,8 +192,10 @@ class LateJoinerTests(SyncZmqTestCase):
         await self.link(mesh, meshes[0])
         sock[b"own"] = b"before"
         await self.converged(socks + [sock], {b"own": b"before"})
-        await sock.stopService()
         await mesh.stopService()
+        sock[b"offline"] = b"written while the mesh was down"  # kept, sent later
+        self.assertEqual(sock.stats["unsent_mesh_stopped"], 1)
+        await sock.stopService()
         await wait_until(lambda: node_id not in meshes[0].peers(), what="the node gone")
 
         socks[3][b"meanwhile"] = b"changed"
@@ -203,10 +205,13 @@ class LateJoinerTests(SyncZmqTestCase):
         sock2 = self.sync(mesh2, store=store, anti_entropy=None)
         sock2.startService()
         await sock2.when_ready()
-        self.assertEqual(sock2.copy(), {b"own": b"before"})  # from its store
+        offline = {b"offline": b"written while the mesh was down"}
+        self.assertEqual(sock2.copy(), {b"own": b"before", **offline})  # from its store
         await self.link(mesh2, meshes[2])
-        await self.converged(socks + [sock2], {b"own": b"before", b"meanwhile": b"changed"})
+        await self.converged(socks + [sock2],
+                             {b"own": b"before", b"meanwhile": b"changed", **offline})
         self.lease_clock.advance(1)
         sock2[b"own"] = b"after"  # still the owner after the restart
-        await self.converged(socks + [sock2], {b"own": b"after", b"meanwhile": b"changed"})
+        await self.converged(socks + [sock2],
+                             {b"own": b"after", b"meanwhile": b"changed", **offline})
         await sock2.stopService()

@@ -55,6 +55,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from p2pnet.dht.limits import RefusalCounter
+from p2pnet.mesh.errors import MeshStoppedError
 from p2pnet.mesh.interfaces import IMesh, MeshMessage
 from p2pnet.observer import EventEmitter, OneShotObserver
 from p2pnet.store.keyspace import IKeySpace
@@ -405,7 +406,12 @@ class SyncSocket(Service):
 
     def _broadcast(self, items: list[tuple[bytes, Entry]]) -> None:
         for parts in codec.encode_entries(self.leasing, codec.WRITES, items):
-            self.mesh.broadcast(*parts, channel=CHANNEL)
+            try:
+                self.mesh.broadcast(*parts, channel=CHANNEL)
+            except MeshStoppedError:
+                # written here (and in the store); peers get it in our dump when the
+                # mesh is back
+                self.stats["unsent_mesh_stopped"] += 1
 
     def _flood(self, changed: list[tuple[bytes, Entry]]) -> None:
         if changed:
