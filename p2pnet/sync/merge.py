@@ -47,7 +47,7 @@ on every node alike, and the loser sees its value replaced (``'update'`` fires).
 **Deletes** are tombstones, merged like values, so a node that missed a delete cannot
 bring the key back; a tombstone is forgotten ``tombstone_seconds`` (the lease period)
 after its timestamp.  A replica cut off for longer than that may bring back a key that
-was deleted meanwhile (every replica then agrees on the returned value).
+was deleted meanwhile (the usual price of forgetting tombstones).
 
 **Anti-entropy**: :attr:`SyncState.digest` is an order-free digest of every entry
 (the XOR of a 128-bit hash per ``(key, entry)``, kept up to date in O(1) a change), so
