@@ -404,6 +404,16 @@ class DHTProtocol(DatagramProtocol):
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         stats = self.stats
         stats.datagrams_in += 1
+        address: Address = addr if type(addr) is tuple and len(addr) == 2 else (addr[0], addr[1])
+        # Requests (and what claims to be one) are charged before they are decoded, so a
+        # flood is refused for the price of a peek at the kind byte.
+        size = len(datagram)
+        if size > 2 and size > 2 + datagram[1] and datagram[2 + datagram[1]] == 0:
+            refusal = self.limiter.check(address)
+            if refusal is not None:
+                stats.rate_limited += 1
+                self.refused[refusal] += 1
+                return
         try:
             msg = codec.decode(datagram)
         except DecodeError:
@@ -415,14 +425,8 @@ class DHTProtocol(DatagramProtocol):
         if msg.sender == self.node_id:
             stats.from_self += 1
             return
-        address: Address = addr if type(addr) is tuple and len(addr) == 2 else (addr[0], addr[1])
         if msg.kind is codec.Kind.REQUEST:
             stats.requests_in += 1
-            refusal = self.limiter.check(address)
-            if refusal is not None:
-                stats.rate_limited += 1
-                self.refused[refusal] += 1
-                return
             if msg.grant is not None:
                 self._keep_token(address, msg.grant)
             self.handler.contact_seen(msg.sender, address)
