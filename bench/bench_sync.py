@@ -1,6 +1,6 @@
 """SyncSocket over real loopback ZeroMQ: time for a set to reach the last node, sets/s.
 
-For N in ``--nodes`` (10 50) and two shapes -- a chain (node i linked to i+1, the set
+For N in ``--nodes`` (3 5 10 50) and two shapes -- a chain (node i linked to i+1, the set
 made at one end) and a random mesh of average degree 4 (a ring plus random links) -- it
 builds N :class:`~p2pnet.mesh.socket.MeshSocket` nodes, each with a
 :class:`~p2pnet.sync.socket.SyncSocket`, in one process, and prints over ``--rounds``
@@ -235,10 +235,16 @@ def py2p_child(args: argparse.Namespace) -> None:
     def build(n: int, edges: list[tuple[int, int]]) -> tuple[list[Any], float]:
         ports = free_ports(n)
         t0 = time.perf_counter()
-        socks = [sync.SyncSocket("127.0.0.1", p) for p in ports]
-        for a, b in edges:
-            socks[a].connect("127.0.0.1", ports[b])
-            time.sleep(0.02)
+        socks: list[Any] = []
+        try:
+            for p in ports:
+                socks.append(sync.SyncSocket("127.0.0.1", p))
+            for a, b in edges:
+                socks[a].connect("127.0.0.1", ports[b])
+                time.sleep(0.02)
+        except BaseException:
+            close(socks)
+            raise
         deadline = time.monotonic() + min(10.0, 1.0 + 0.2 * n)
         while time.monotonic() < deadline:  # wait for the first connections
             if all(len(s.routing_table) >= 1 for s in socks):
@@ -256,48 +262,55 @@ def py2p_child(args: argparse.Namespace) -> None:
                 pass
         return errors
 
+    def rate() -> None:
+        n = min(args.py2p_nodes)
+        socks, _ = build(n, chain(n))
+        count = min(args.count, 2000)
+        t0 = time.perf_counter()
+        for i in range(count):
+            socks[0].set(b"rate-%d" % i, b"y" * 64)
+        local = time.perf_counter() - t0
+        last = socks[-1]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and last.get(b"rate-%d" % (count - 1)) is None:
+            time.sleep(0.001)
+        done = sum(last.get(b"rate-%d" % i) is not None for i in range(count))
+        total = time.perf_counter() - t0
+        errors = close(socks)
+        emit(kind="rate", n=n, count=count, reached=done, seconds=total,
+             local=count / local, errors=errors)
+
+    def latency(n: int, shape: str, edges: list[tuple[int, int]]) -> None:
+        socks, setup = build(n, edges)
+        times: list[float] = []
+        reached: list[int] = []
+        for r in range(args.rounds):
+            key = b"lat-%d" % r
+            t0 = time.perf_counter()
+            socks[0].set(key, b"x" * 64)
+            deadline = t0 + args.py2p_wait
+            while time.perf_counter() < deadline:
+                if all(s.get(key) is not None for s in socks):
+                    break
+                time.sleep(0.0002)
+            have = sum(s.get(key) is not None for s in socks)
+            reached.append(have)
+            if have == n:
+                times.append((time.perf_counter() - t0) * 1000)
+        errors = close(socks)
+        emit(kind="latency", shape=shape, n=n, times=times, rounds=args.rounds,
+             reached=reached, errors=errors, setup=setup)
+
+    try:
+        rate()
+    except Exception as e:  # py2p fails in many ways; say so and go on
+        emit(kind="error", shape="sets/s", n=min(args.py2p_nodes), error=repr(e))
     for n in args.py2p_nodes:
         for shape, edges in (("chain", chain(n)), ("random degree 4", random_mesh(n, rng))):
-            socks, setup = build(n, edges)
-            times: list[float] = []
-            reached: list[int] = []
-            for r in range(args.rounds):
-                key = b"lat-%d" % r
-                t0 = time.perf_counter()
-                try:
-                    socks[0].set(key, b"x" * 64)
-                except Exception as e:  # py2p can fail here too
-                    emit(kind="error", shape=shape, n=n, error=repr(e))
-                    break
-                deadline = t0 + args.py2p_wait
-                while time.perf_counter() < deadline:
-                    if all(s.get(key) is not None for s in socks):
-                        break
-                    time.sleep(0.0002)
-                have = sum(s.get(key) is not None for s in socks)
-                reached.append(have)
-                if have == n:
-                    times.append((time.perf_counter() - t0) * 1000)
-            errors = close(socks)
-            emit(kind="latency", shape=shape, n=n, times=times, rounds=args.rounds,
-                 reached=reached, errors=errors, setup=setup)
-    # sets per second from one node, on the smallest size
-    n = min(args.py2p_nodes)
-    socks, _ = build(n, chain(n))
-    count = min(args.count, 2000)
-    t0 = time.perf_counter()
-    for i in range(count):
-        socks[0].set(b"rate-%d" % i, b"y" * 64)
-    local = time.perf_counter() - t0
-    last = socks[-1]
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and last.get(b"rate-%d" % (count - 1)) is None:
-        time.sleep(0.001)
-    done = sum(last.get(b"rate-%d" % i) is not None for i in range(count))
-    total = time.perf_counter() - t0
-    errors = close(socks)
-    emit(kind="rate", n=n, count=count, reached=done, seconds=total, local=count / local,
-         errors=errors)
+            try:
+                latency(n, shape, edges)
+            except Exception as e:
+                emit(kind="error", shape=shape, n=n, error=repr(e))
 
 
 def run_py2p(args: argparse.Namespace) -> None:
@@ -339,12 +352,12 @@ def run_py2p(args: argparse.Namespace) -> None:
                   f"last node, {rate:,.0f} sets/s ({r['local']:,.0f}/s for the set call "
                   f"alone), {r['errors']} peer errors")
         elif r["kind"] == "error":
-            print(f"  {r['shape']} {r['n']}: set failed: {r['error']}")
+            print(f"{r['shape']:<18}{r['n']:>4}   failed: {r['error'][:70]}")
 
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    p.add_argument("--nodes", type=int, nargs="+", default=[10, 50])
+    p.add_argument("--nodes", type=int, nargs="+", default=[3, 5, 10, 50])
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--count", type=int, default=5000)
     p.add_argument("--window", type=int, default=200)
@@ -363,7 +376,11 @@ def parse() -> argparse.Namespace:
 if __name__ == "__main__":
     arguments = parse()
     if arguments.py2p_child:
-        py2p_child(arguments)
+        try:
+            py2p_child(arguments)
+        finally:
+            sys.stdout.flush()
+            os._exit(0)  # py2p's threads are not daemons: never hang on one
     else:
         if not arguments.no_py2p:
             run_py2p(arguments)  # first: the reactor cannot be restarted after react()
