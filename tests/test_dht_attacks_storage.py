@@ -243,6 +243,11 @@ class LatePullTests(Mixin, SynchronousTestCase):
         self.assertTrue(record.is_original)
         self.assertIsNone(record.expires_at)
         self.assertIsNone(record.source)
+        # A later offer of the same value is answered at once: no pull.
+        again = self.offer(self.fast, self.victim, self.value, self.key, timestamp=NOW - 1)
+        self.sim.settle(0.01)
+        self.assertEqual(self.victim.store.pulls, 0)
+        self.assertEqual(result_of(self.sim.run(again)), codec.StoreStatus.HELD)
 
 
 class RecordFloodTests(Mixin, SynchronousTestCase):

@@ -242,6 +242,9 @@ class Store(RPCCommand):
             return self._refuse("store_expired")
         table = net.kvp_table
         held = table.get_record(body.key, body.index)
+        if held is not None and held.is_original:
+            # published here: this node holds the value (the index is its hash)
+            return codec.StoreResponse(codec.StoreStatus.HELD)
         if held is not None and held.timestamp == body.timestamp and held.size == body.size:
             return self._refresh(held, now, published)
         kind = table.refusal(body.key, body.index, body.size, body.timestamp, address, limits)
