@@ -150,6 +150,10 @@ class QuotaTests(SynchronousTestCase):
         self.assertIsNone(self.refusal(t, 1300, None, limits))
         self.assertEqual(self.refusal(t, 1301, None, limits), "store_quota_bytes")
         self.assertEqual(self.refusal(t, 1301, self.C, limits), "store_quota_bytes")
+        # Limits.store_max_bytes caps the total too (the smaller of the two applies)
+        smaller = attrs.evolve(limits, store_max_bytes=1000)
+        self.assertIsNone(self.refusal(t, 300, None, smaller))
+        self.assertEqual(self.refusal(t, 301, None, smaller), "store_quota_bytes")
 
     def test_replacing_a_copy_frees_its_share(self) -> None:
         limits = Limits(store_source_max_records=1, store_record_overhead=0,

@@ -115,7 +115,9 @@ class Limits:
     routing_handover_queue: int = 256
 
     # -- stored values (p2pnet.dht.table, the Store and GetValue RPCs) -----------------
-    # The total byte quota is the value table's ``max_bytes`` (256 MiB by default).
+    #: bytes (with the per-record charge) held at most from all sources; the value table's
+    #: own ``max_bytes`` (also 256 MiB by default) caps it too: the smaller one applies
+    store_max_bytes: int = 256 * 1024 * 1024
     #: bytes charged per record on top of its value's size, against every byte quota
     #: (about what a record's metadata costs in memory), so empty records are not free
     store_record_overhead: int = 512

@@ -244,7 +244,7 @@ class RecordIndex:
         over = lim.store_record_overhead
         freed = Usage(1, held.size) if held is not None else Usage()
         kind = _over(Usage(len(self._records), self.total_bytes), freed, size,
-                     lim.store_max_records, self.max_bytes, over)
+                     lim.store_max_records, min(self.max_bytes, lim.store_max_bytes), over)
         if kind:
             return f"store_quota_{kind}"
         if source is None:
