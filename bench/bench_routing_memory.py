@@ -82,18 +82,30 @@ def main() -> None:
     ok = sum(1 for j in joined if j)
     contacts = [x.routing_table.num_contacts for x in nodes]
     table = [deep_size(x.routing_table, set()) for x in nodes]
-    book_obj = [getattr(x, "contacts", None) for x in nodes]
-    book = [deep_size(b, set()) if b is not None else
-            deep_size([getattr(x, a, None) for a in ("_failures", "_last_seen",
-                                                      "_node_cache", "_evicting")], set())
-            for b, x in zip(book_obj, nodes)]
+    # the contact bookkeeping's own maps (not the node they point into); before the
+    # ContactBook, the maps DHTNetwork kept itself
+    book_maps = ("_failures", "_checking", "_verified", "_handover")
+    old_maps = ("_failures", "_last_seen", "_node_cache", "_evicting")
+    book = [deep_size([getattr(x.contacts, a) for a in book_maps], set())
+            if hasattr(x, "contacts") else
+            deep_size([getattr(x, a, None) for a in old_maps], set())
+            for x in nodes]
+    # the table and the bookkeeping together, each object once
+    both = [deep_size([x.routing_table, *([getattr(x.contacts, a) for a in book_maps]
+                                           if hasattr(x, "contacts") else
+                                           [getattr(x, a, None) for a in old_maps])], set())
+            for x in nodes]
+    spares = [sum(len(getattr(b, "replacements", ())) for b in x.routing_table.buckets)
+              for x in nodes]
     print(f"nodes {n}, joined {ok + 1}/{n}, join cpu {cpu:.1f} s")
     print(f"traced KiB per node: empty {(empty - base) / n / 1024:.1f}, "
           f"joined {(full - base) / n / 1024:.1f}")
     print(f"contacts per node median {statistics.median(contacts)}, "
           f"max {max(contacts)}")
     print(f"routing table KiB per node median {statistics.median(table) / 1024:.1f}; "
-          f"contact bookkeeping KiB per node median {statistics.median(book) / 1024:.1f}")
+          f"contact bookkeeping KiB per node median {statistics.median(book) / 1024:.1f}; "
+          f"both, each object once, {statistics.median(both) / 1024:.1f}")
+    print(f"replacement cache entries per node median {statistics.median(spares)}")
 
 
 if __name__ == "__main__":

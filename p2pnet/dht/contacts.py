@@ -154,6 +154,8 @@ class ContactBook:
             self.refused["routing_prefix_full"] += 1
         else:
             if self.table.find(node.key) is node:
+                # a contact now: its requests refresh it, the ping-back entry is done with
+                self._verified.pop(address_key(node.address), None)
                 self._welcome(node)
 
     def _recently_seen(self, node: Node) -> bool:
