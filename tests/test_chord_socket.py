@@ -20,7 +20,14 @@ from p2pnet.chord.errors import (
     SocketClosedError,
 )
 from p2pnet.chord.keyset import Entry, encode_entries
-from p2pnet.chord.socket import CHANNEL, NOTICE, SET, ChordSocket
+from p2pnet.chord.socket import (
+    CHANNEL,
+    NOTICE,
+    SET,
+    SET_REQUEST,
+    SET_REQUEST_INTERVAL,
+    ChordSocket,
+)
 from p2pnet.dht.limits import Limits
 from p2pnet.dht.network import DHTNetwork
 from p2pnet.mesh.memory import MemoryMeshNetwork
@@ -319,6 +326,35 @@ class ConnectTests(SynchronousTestCase):
         self.assertEqual(net.ok(net.socks[0].d_get(b"both")), b"R")
 
 
+    def test_socket_made_on_a_connected_mesh_asks_for_the_sets(self) -> None:
+        net = ChordNet(4)
+        net.ok(net.socks[0].d_update({b"a": b"1", b"b": b"2"}))
+        mesh = net.mesh.node(b"already")
+        net.mesh.link(b"already", net.id(2))
+        net.flush()
+        sock = ChordSocket(mesh, net.sim.nodes[1])
+        net.flush()
+        self.assertEqual(list(sock.keys()), [b"a", b"b"])
+        self.assertEqual(net.socks[2].counters["set_requests"], 1)
+
+    def test_concurrent_writes_converge(self) -> None:
+        """Writes of one key from several nodes at once: every node ends with the same
+        entry, and every reader gets the value that entry names."""
+        net = ChordNet(8)
+        net.mesh.jitter = 0.02
+        ds = [net.socks[i].d_set(b"k", b"from %d" % i) for i in (1, 4, 6)]
+        ds.append(net.socks[3].d_set(b"other", b"x"))
+        for d in ds:
+            net.ok(d)
+        entries = {s.keyset.get(b"k") for s in net.socks}
+        self.assertEqual(len(entries), 1)
+        got = {net.ok(s.d_get(b"k")) for s in net.socks}
+        self.assertEqual(len(got), 1)
+        winner = entries.pop()
+        raw = record.encode(record.Record.value_of(b"k", got.pop(), winner.timestamp))
+        self.assertEqual(record.digest(raw), winner.digest)
+
+
 class HostileNoticeTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.net = ChordNet(2, limits=Limits(chord_max_keys=50, chord_max_key_size=16))
@@ -341,6 +377,18 @@ class HostileNoticeTests(SynchronousTestCase):
         # still works
         self.net.ok(self.net.socks[0].d_set(b"k", b"v"))
         self.assertEqual(list(self.sock.keys()), [b"k"])
+
+    def test_set_requests_are_rate_limited(self) -> None:
+        self.net.ok(self.net.socks[0].d_set(b"k", b"v"))
+        got: list[Any] = []
+        self.evil.handle(CHANNEL, got.append)
+        for _ in range(3):
+            self.send(SET_REQUEST, b"")
+        self.assertEqual(len(got), 1)
+        self.assertEqual(self.sock.refused["set_request_too_soon"], 2)
+        self.net.sim.settle(SET_REQUEST_INTERVAL)
+        self.send(SET_REQUEST, b"")
+        self.assertEqual(len(got), 2)
 
     def test_key_set_is_bounded(self) -> None:
         entries = [Entry(b"k%d" % i, 1.0, b"\x01" * 20, True) for i in range(200)]

@@ -77,6 +77,13 @@ CHANNEL = b"chord"
 #: Message kinds: a flooded notice of one write, and (part of) a set sent to one peer.
 NOTICE = b"N"
 SET = b"S"
+#: "Send me your set": sent to the peers a socket finds already connected when it is
+#: made (a peer connecting later triggers the exchange itself).
+SET_REQUEST = b"Q"
+#: Seconds before a peer's set request is answered again (a set can be large: a peer
+#: must not make us send it in a loop); at most this many peers are remembered.
+SET_REQUEST_INTERVAL = 10.0
+SET_REQUEST_MEMORY = 1024
 EVENTS = ("add", "delete")
 #: Single-key operations a bulk call (update, values, items, copy, clear) runs at once.
 BULK_PARALLELISM = 8
@@ -165,10 +172,11 @@ class ChordSocket(service.Service):
         self._pending: set[defer.Deferred[Any]] = set()
         self._closed = False
         self._last_prune = self._reactor.seconds()
+        self._answered: dict[bytes, float] = {}
         mesh.handle(CHANNEL, self._received)
         mesh.on("connect", self._connected)
-        for peer in mesh.peers():  # peers that were there before us get our (empty) set
-            self._send_set(peer)
+        for peer in mesh.peers():  # peers that were there before us: ask for their sets
+            self._request_set(peer)
 
     def __repr__(self) -> str:
         return f"<ChordSocket {len(self.keyset)} keys, {len(self._pending)} pending>"
@@ -252,23 +260,42 @@ class ChordSocket(service.Service):
 
     async def _fetch(self, k: bytes, stats: LookupStats) -> record.Record:
         """The newest record under ``k`` (a value or a tombstone); ``KeyError`` when the
-        DHT has none."""
+        DHT has none.
+
+        When this node's key set names a newer write than the DHT answered with (a
+        holder that missed it, or equal timestamps that the DHT ordered another way),
+        exactly that record is fetched by its index (its SHA-1), so a read agrees with
+        the key set and with the notices this node has seen.
+        """
+        dkey = record.dht_key(k)
         try:
-            raw = await self.dht.get(record.dht_key(k), stats=stats)
+            raw = await self.dht.get(dkey, stats=stats)
         except ValueNotFoundError:
             raise KeyError(k) from None
+        rec, entry = self._decode(k, raw)
+        held = self.keyset.get(k)
+        if held is not None and held.rank > entry.rank:
+            try:
+                raw = await self.dht.get_value(dkey, held.digest, stats=stats)
+            except ValueNotFoundError:
+                self.counters["newer_record_missing"] += 1
+            else:
+                self.counters["newer_record_fetched"] += 1
+                rec, entry = self._decode(k, raw)
+        # A read may find a write whose notice this node missed: take it (events fire).
+        self._apply(entry)
+        return rec
+
+    def _decode(self, k: bytes, raw: bytes) -> tuple[record.Record, Entry]:
         try:
             rec = record.decode(raw)
         except RecordError as e:
             self.refused["corrupt_record"] += 1
-            raise CorruptRecordError(f"the DHT's newest record for {k!r} is bad: {e}"
-                                     ) from None
+            raise CorruptRecordError(f"the DHT's record for {k!r} is bad: {e}") from None
         if rec.key != k:
             self.refused["corrupt_record"] += 1
-            raise CorruptRecordError(f"the DHT's newest record for {k!r} is for another key")
-        # A read may find a write whose notice this node missed: take it (events fire).
-        self._apply(Entry(k, rec.timestamp, record.digest(raw), rec.present))
-        return rec
+            raise CorruptRecordError(f"the DHT's record for {k!r} is for another key")
+        return rec, Entry(k, rec.timestamp, record.digest(raw), rec.present)
 
     async def _value(self, k: bytes, stats: LookupStats) -> bytes:
         rec = await self._fetch(k, stats)
@@ -551,10 +578,37 @@ class ChordSocket(service.Service):
             self.counters["set_not_sent"] += 1
             log.warn("chord set for {peer!r} not sent: {e}", peer=peer, e=e)
 
+    def _request_set(self, peer: bytes) -> None:
+        try:
+            self.mesh.send(peer, SET_REQUEST, b"", channel=CHANNEL)
+        except KeyError:
+            pass
+        except Exception as e:
+            log.warn("chord set request to {peer!r} not sent: {e}", peer=peer, e=e)
+
     def _connected(self, mesh: Any, peer: bytes) -> None:
         self._send_set(peer)
 
+    def _set_requested(self, peer: bytes) -> None:
+        now = self._reactor.seconds()
+        last = self._answered.get(peer)
+        if last is not None and now - last < SET_REQUEST_INTERVAL:
+            self.refused["set_request_too_soon"] += 1
+            return
+        if len(self._answered) >= SET_REQUEST_MEMORY:
+            horizon = now - SET_REQUEST_INTERVAL
+            self._answered = {p: t for p, t in self._answered.items() if t >= horizon}
+            if len(self._answered) >= SET_REQUEST_MEMORY:
+                self.refused["set_request_too_many"] += 1
+                return
+        self._answered[peer] = now
+        self.counters["set_requests"] += 1
+        self._send_set(peer)
+
     def _received(self, msg: MeshMessage) -> None:
+        if msg.parts == (SET_REQUEST, b"") and not msg.broadcast:
+            self._set_requested(msg.via)
+            return
         if len(msg.parts) != 2 or msg.parts[0] not in (NOTICE, SET):
             self.refused["malformed"] += 1
             return
