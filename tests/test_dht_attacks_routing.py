@@ -27,8 +27,8 @@ OPEN = Limits(routing_one_per_address=False, routing_max_per_prefix=10**6,
               routing_verify_interval=0.0, routing_verify_per_second=1e9,
               routing_verify_max=10**6, routing_checks_max=10**6)
 
-#: Attacking nodes take no stores and start no young-table refreshes: quiet puppets.
-PUPPET = Limits(store_max_records=0, routing_young_seconds=0.0)
+#: Attacking nodes take no stores (so they hold nothing to hand over): quiet puppets.
+PUPPET = Limits(store_max_records=0)
 
 ATTACKER_IP = "10.66.0.1"
 

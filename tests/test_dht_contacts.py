@@ -1,5 +1,5 @@
 """Tests for :mod:`p2pnet.dht.contacts`: admission, ping backs, incumbents, failures,
-bounds, value handover and the young-table refresh.
+bounds and value handover.
 
 The unit tests drive a :class:`ContactBook` against a fake node whose pings are
 Deferreds the test fires by hand; the rest run whole nodes on the in-memory network.
@@ -70,12 +70,7 @@ class FakeHost:
         self.ping = FakePing(self)
         self.protocol = FakeProtocol(self)
         self.pings: list[tuple[tuple[str, int], defer.Deferred[Any]]] = []
-        self.lookups: list[bytes] = []
         self.stores: list[tuple[Node, bytes]] = []
-
-    def find_node_shortlist(self, key: bytes) -> defer.Deferred[Any]:
-        self.lookups.append(key)
-        return defer.succeed(None)
 
     def store_to_node(self, node: Node, key: bytes, index: bytes, bytes_: bytes,
                       timestamp: float) -> defer.Deferred[bool]:
@@ -96,8 +91,7 @@ class BookMixin:
             replacements=self.limits.routing_replacements,
             replacement_max_age=self.limits.routing_replacement_max_age)
         self.refused = RefusalCounter()
-        self.book = ContactBook(self.host, self.table, self.clock, self.limits, self.refused,
-                                random.Random(0).randbytes)
+        self.book = ContactBook(self.host, self.table, self.clock, self.limits, self.refused)
 
     def answer_pings(self, as_id: dict[tuple[str, int], bytes] | None = None) -> int:
         """Answer every outstanding ping as the id in ``as_id`` (or time it out)."""
@@ -386,18 +380,3 @@ class HandoverTests(SynchronousTestCase):
         while stores:
             stores.pop().callback(True)
         self.assertEqual(book.handed_over, 3)
-
-
-class YoungRefreshTests(BookMixin, SynchronousTestCase):
-    def test_young_table_refreshes_buckets(self) -> None:
-        self.book.contact_answered(key_in(0, 1), ("192.0.2.1", 1))
-        self.assertEqual(self.host.lookups, [])  # the join has just refreshed everything
-        self.clock.advance(self.limits.routing_young_refresh_interval)
-        self.book.contact_answered(key_in(5, 2), ("192.0.2.2", 1))
-        self.assertEqual(len(self.host.lookups), 1)
-        self.assertEqual(ids.bucket_number(OWN, self.host.lookups[0]), 0)  # the farthest
-        self.book.contact_answered(key_in(5, 3), ("192.0.2.3", 1))
-        self.assertEqual(ids.bucket_number(OWN, self.host.lookups[1]), 1)
-        self.clock.advance(self.limits.routing_young_seconds)
-        self.book.contact_answered(key_in(5, 4), ("192.0.2.4", 1))
-        self.assertEqual(len(self.host.lookups), 2)  # grown up: the hourly refresh rules

@@ -1,6 +1,9 @@
 # -*- test-case-name: tests.test_dht_contacts -*-
 """Who enters the routing table, who leaves it, and what a newcomer is handed.
 
+(Refreshing the buckets while the table is young is the joiner's job:
+:class:`p2pnet.dht.service.JoinPolicy` ``young_refreshes``.)
+
 :class:`ContactBook` sits between the protocol and the pure
 :class:`~p2pnet.dht.routing.RoutingTable`:
 
@@ -23,9 +26,6 @@
   ``welcomeIfNewNode``): when a new contact enters the k closest we know of a key we
   hold, and we are closer to the key than any other contact, the value is stored to it
   -- bounded per newcomer and in flight, never blocking the caller.
-* **While the table is young** each new contact may start a refresh lookup of a bucket
-  not looked up lately, so nodes that joined early in a flash crowd learn of the later
-  ones.
 
 Every per-address and per-id map here is bounded in size and age (see
 :class:`~p2pnet.dht.limits.Limits`); refusals are counted in ``refused`` by kind.
@@ -41,7 +41,6 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from p2pnet import ids
 from p2pnet.dht import codec
 from p2pnet.dht.errors import BucketFullError, RPCTimeoutError, VerificationError
 from p2pnet.dht.limits import Address, Limits, RefusalCounter
@@ -73,8 +72,6 @@ class ContactsHost(Protocol):
     @property
     def key(self) -> bytes: ...
 
-    def find_node_shortlist(self, key: bytes) -> defer.Deferred[Any]: ...
-
     def store_to_node(self, node: Node, key: bytes, index: bytes, bytes_: bytes,
                       timestamp: float) -> defer.Deferred[bool]: ...
 
@@ -88,22 +85,18 @@ class ContactBook:
     """Admission, eviction, failure bookkeeping and welcome of one node's contacts."""
 
     def __init__(self, host: ContactsHost, table: RoutingTable, clock: IReactorTime,
-                 limits: Limits, refused: RefusalCounter,
-                 randbytes: Any = None) -> None:
+                 limits: Limits, refused: RefusalCounter) -> None:
         self.host = host
         self.table = table
         self.clock = clock
         self.limits = limits
         self.refused = refused
-        self._randbytes = randbytes
         self._failures: dict[bytes, tuple[int, float]] = {}  # id -> (count, first failure)
         self._checking: set[bytes] = set()  # ids of incumbents being pinged
         self._verified: dict[Hashable, float] = {}  # address key -> when pinged back
         self._verifying = 0
         self._tokens = float(limits.routing_verify_per_second)
         self._tokens_at = clock.seconds()
-        self._born: float | None = None  # when the first contact entered
-        self._refreshing = False
         self._handover: list[tuple[Node, bytes, bytes]] = []
         self._handing = 0
         self.handed_over = 0
@@ -285,46 +278,10 @@ class ContactBook:
             return 0
         return count
 
-    # -- a newcomer: young-table refresh and value handover ----------------------------
+    # -- a newcomer: value handover ----------------------------------------------------
 
     def _welcome(self, node: Node) -> None:
-        now = self.clock.seconds()
-        if self._born is None:
-            self._born = now
-        if now - self._born < self.limits.routing_young_seconds:
-            self._young_refresh(now)
         self._hand_over(node)
-
-    def _young_refresh(self, now: float) -> None:
-        """One refresh lookup at a time, of the farthest bucket (up to our closest
-        neighbour's) not looked up for ``routing_young_refresh_interval`` seconds."""
-        if self._refreshing:
-            return
-        closest = self.table.closest_bucket_number()
-        if closest is None:
-            return
-        interval = self.limits.routing_young_refresh_interval
-        born = self._born or now  # (the join refreshed every bucket when the table was born)
-        for number in range(closest + 1):
-            bucket = self.table.buckets._made.get(number)
-            last = born if bucket is None else max(bucket.last_lookup, born)
-            if now - last >= interval:
-                break
-        else:
-            return
-        if self._randbytes is None:
-            target = ids.random_key_in_bucket(self.host.key, number)
-        else:
-            target = ids.random_key_in_bucket(self.host.key, number, self._randbytes)
-        self.table.buckets[number].last_lookup = now
-        self._refreshing = True
-
-        def done(result: object) -> None:
-            self._refreshing = False
-            if isinstance(result, Failure):
-                log.debug("young-table refresh failed: {f}", f=result.getErrorMessage())
-
-        self.host.find_node_shortlist(target).addBoth(done)
 
     def _hand_over(self, node: Node) -> None:
         """Queue the records whose k closest (as we know them) the newcomer enters, when

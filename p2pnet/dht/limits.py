@@ -98,12 +98,6 @@ class Limits:
     routing_verify_interval: float = 60.0
     #: addresses remembered as recently pinged back (the per-address table above)
     routing_verify_recent_max: int = 2048
-    #: seconds after the first contact during which the table is "young": each new
-    #: contact may start a refresh lookup of a bucket not looked up for
-    #: ``routing_young_refresh_interval`` seconds (one such lookup at a time)
-    routing_young_seconds: float = 300.0
-    #: seconds between two refreshes of one bucket while the table is young
-    routing_young_refresh_interval: float = 30.0
     #: records handed to one newcomer that enters their k closest (Kademlia §2.5)
     routing_handover_max: int = 64
     #: records scanned for one newcomer

@@ -132,7 +132,7 @@ class DHTNetwork:
                                self.get_value_rpc)}
         self._offers: dict[tuple[bytes, bytes], tuple[bytes, int]] = {}
         self.contacts = ContactBook(self, self._routing_table, reactor, self.limits,
-                                    self.refused, randbytes)
+                                    self.refused)
         self.stats_stored = 0
         self.stats_refused = 0
         self.lookups = 0
