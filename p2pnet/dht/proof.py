@@ -77,9 +77,10 @@ class AddressProof:
     def answered(self, ip: str) -> None:
         """``ip`` answered one of our requests: it receives at that address."""
         proven = self._proven
+        now = self.clock()
         if ip not in proven and len(proven) >= self.limits.proven_max:
-            self._forget(self.clock())
-        proven[ip] = self.clock()
+            self._forget(now)
+        proven[ip] = now
 
     def _forget(self, now: float) -> None:
         cutoff = now - self.limits.proven_seconds
