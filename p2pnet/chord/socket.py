@@ -11,8 +11,11 @@ delete: a delete publishes a newer *tombstone*, and a read that finds one answer
 
 The keys are kept on every node in a :class:`~p2pnet.chord.keyset.KeySet`: each write is
 flooded over the mesh as a notice (channel ``b"chord"``), a node that connects is sent
-the whole set and sends its own, and what a set teaches a node is passed on to its other
-peers -- so ``keys()``, ``len()``, ``in`` and ``iter()`` need no lookup.  ``values()`` and
+the whole set and sends its own (a socket made on a mesh that is already connected asks
+its peers for theirs), and what a set teaches a node is passed on to its other peers --
+so ``keys()``, ``len()``, ``in`` and ``iter()`` need no lookup.  A read agrees with the
+key set: when the set names a newer write than the DHT answered with, that record is
+fetched by its index.  ``values()`` and
 ``items()`` fetch each value: a key whose holders are all gone (or that was deleted
 meanwhile) makes them raise ``KeyError``, as in py2p.
 
