@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from twisted.internet import task
 from twisted.trial.unittest import SynchronousTestCase
 
+from p2pnet.mesh.interfaces import MeshMessage
 from p2pnet.mesh.memory import MemoryMeshNetwork
 from p2pnet.store.keyspace import KeySpace, MemoryKeySpace
 from p2pnet.store.leveldb import DBManager
@@ -543,6 +544,22 @@ class ProtocolTests(SynchronousTestCase):
         a[b"k"] = b"still works"
         n.flush()
         self.assertEqual(b[b"k"], b"still works")
+
+    @given(st.lists(st.binary(max_size=60), min_size=1, max_size=3),
+           st.sampled_from([b"\x01LW", b"\x01LD", b"\x01LG", b"\x01LR", b"\x01FW", b""]))
+    def test_fuzzed_messages_never_raise(self, parts: list[bytes], head: bytes) -> None:
+        n = Net(2)
+        a, b = n.socks
+        a[b"k"] = b"v"
+        n.flush()
+        if head:
+            parts = [head] + parts[1:]
+        msg = MeshMessage(a.peer_id, a.peer_id, CHANNEL, tuple(parts), None, START)
+        b._received(msg)  # dropped and counted, or merged: never an exception
+        n.flush()
+        self.assertEqual(b.get(b"k") is None, b"k" in b._state.entries
+                         and b._state.entries[b"k"].deleted)
+        self.assertEqual(len(b), len(b._state.values))
 
     def test_refused_entries_counted_not_fatal(self) -> None:
         n = Net(2)
