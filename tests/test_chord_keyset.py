@@ -143,6 +143,13 @@ class BoundTests(SynchronousTestCase):
         self.assertIsNotNone(ks.get(b"new"))
         self.assertEqual(ks.keys(), [b"live"])
 
+    def test_future_timestamps_refused(self) -> None:
+        ks = KeySet(max_future=300.0)
+        self.assertEqual(ks.apply(entry(b"k", 1000.0), now=500.0), Outcome.REFUSED_FUTURE)
+        self.assertEqual(ks.apply(entry(b"k", 800.0), now=500.0), Outcome.ADDED)
+        self.assertEqual(ks.apply(entry(b"k", 1e15, False)), Outcome.DELETED)  # no clock
+        self.assertEqual(ks.refused["future_timestamp"], 1)
+
     def test_bad_bounds(self) -> None:
         self.assertRaises(ValueError, KeySet, max_keys=0)
 

@@ -378,6 +378,15 @@ class HostileNoticeTests(SynchronousTestCase):
         self.net.ok(self.net.socks[0].d_set(b"k", b"v"))
         self.assertEqual(list(self.sock.keys()), [b"k"])
 
+    def test_future_notice_cannot_poison_a_key(self) -> None:
+        self.net.ok(self.net.socks[0].d_set(b"k", b"v"))
+        far = Entry(b"k", self.net.clock.seconds() + 1e9, b"\x01" * 20, False)
+        self.send(NOTICE, encode_entries([far]))
+        self.assertEqual(self.sock.refused["future_timestamp"], 1)
+        self.assertIn(b"k", self.sock)
+        self.net.ok(self.sock.d_set(b"k", b"w"))
+        self.assertEqual(self.net.ok(self.net.socks[0].d_get(b"k")), b"w")
+
     def test_set_requests_are_rate_limited(self) -> None:
         self.net.ok(self.net.socks[0].d_set(b"k", b"v"))
         got: list[Any] = []

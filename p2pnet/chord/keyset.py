@@ -22,7 +22,8 @@ value overwritten), ``STALE`` (it lost), or a refusal.  The socket fires ``'add'
 **Bounds.** Whatever notices can make a node hold is bounded: at most ``max_keys``
 entries (live keys and tombstones; when full the oldest tombstone makes room, and with
 none a new key is refused), keys of at most ``max_key_size`` bytes, tombstones kept
-``tombstone_ttl`` seconds.  Refusals are counted in :attr:`KeySet.refused` by kind.
+``tombstone_ttl`` seconds, timestamps at most ``max_future`` seconds ahead of the clock.
+Refusals are counted in :attr:`KeySet.refused` by kind.
 
 The wire form of entries (:func:`encode_entries` / :func:`decode_entries`) is strict and
 total.  Pure module (no Twisted).
@@ -81,6 +82,7 @@ class Outcome(enum.Enum):
     STALE = "stale"
     REFUSED_FULL = "keyset_full"
     REFUSED_KEY_SIZE = "key_too_large"
+    REFUSED_FUTURE = "future_timestamp"
 
     @property
     def won(self) -> bool:
@@ -92,12 +94,13 @@ class KeySet:
     """Entries by key, merged by :attr:`Entry.rank`; see the module docstring."""
 
     def __init__(self, max_keys: int = 100_000, max_key_size: int = 1024,
-                 tombstone_ttl: float = 86400.0) -> None:
-        if max_keys < 1 or max_key_size < 0 or tombstone_ttl < 0:
+                 tombstone_ttl: float = 86400.0, max_future: float = 300.0) -> None:
+        if max_keys < 1 or max_key_size < 0 or tombstone_ttl < 0 or max_future < 0:
             raise ValueError("bounds must be positive")
         self.max_keys = max_keys
         self.max_key_size = max_key_size
         self.tombstone_ttl = tombstone_ttl
+        self.max_future = max_future
         self._entries: dict[bytes, Entry] = {}
         #: present keys, in the order they became present (popitem takes the last)
         self._live: dict[bytes, None] = {}
@@ -143,8 +146,15 @@ class KeySet:
 
     # -- merging ---------------------------------------------------------------------------
 
-    def apply(self, entry: Entry) -> Outcome:
-        """Merge one entry; say what it did (refusals are counted too)."""
+    def apply(self, entry: Entry, now: float | None = None) -> Outcome:
+        """Merge one entry; say what it did (refusals are counted too).
+
+        With ``now`` (this node's clock), an entry more than ``max_future`` seconds
+        ahead is refused: it would outrank every real write of its key for that long.
+        """
+        if now is not None and entry.timestamp > now + self.max_future:
+            self.refused[Outcome.REFUSED_FUTURE.value] += 1
+            return Outcome.REFUSED_FUTURE
         held = self._entries.get(entry.key)
         if held is None:
             refusal = self.check_new(entry.key)

@@ -163,7 +163,8 @@ class ChordSocket(service.Service):
         self.timeout = timeout
         self.limits = limits or getattr(dht, "limits", None) or Limits()
         self.keyset = KeySet(self.limits.chord_max_keys, self.limits.chord_max_key_size,
-                             self.limits.chord_tombstone_ttl)
+                             self.limits.chord_tombstone_ttl,
+                             self.limits.store_max_future_seconds)
         #: refusals and drops by kind: malformed messages, keys too large, key set full
         self.refused: RefusalCounter = self.keyset.refused
         self.stats = ChordStats()
@@ -553,7 +554,7 @@ class ChordSocket(service.Service):
         if now - self._last_prune >= PRUNE_EVERY:
             self._last_prune = now
             self.keyset.prune(now)
-        outcome = self.keyset.apply(entry)
+        outcome = self.keyset.apply(entry, now)
         if outcome is Outcome.ADDED:
             self._events.emit("add", self, entry.key)
         elif outcome is Outcome.DELETED:
