@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from array import array
 from collections.abc import Callable, Hashable, Iterator
 from typing import overload
 
@@ -81,9 +82,9 @@ class Bucket:
         self._number = number
         self._table = table
         self._nodes: list[Node] = []
-        self._seen: list[float] = []   # parallel to _nodes: when each was last seen
+        self._seen = array("d")  # parallel to _nodes: when each was last seen (8 bytes each)
         self._spares: list[Node] | None = None  # replacement cache, oldest first
-        self._spares_seen: list[float] | None = None
+        self._spares_seen: array[float] | None = None
         self._stale = b""  # while locked: the id of the node the BucketFullError named
         self._last_update = 0.0
         self.last_lookup = 0.0
@@ -165,7 +166,7 @@ class Bucket:
         if limit <= 0:
             return
         if self._spares is None or self._spares_seen is None:
-            self._spares, self._spares_seen = [], []
+            self._spares, self._spares_seen = [], array("d")
         for i, n in enumerate(self._spares):
             if n.key == node.key:
                 del self._spares[i], self._spares_seen[i]
