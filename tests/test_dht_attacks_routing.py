@@ -9,7 +9,10 @@ with ordinary (non-loopback) addresses, so the per-address and per-prefix limits
 from __future__ import annotations
 
 import random
+from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from p2pnet import ids
@@ -17,6 +20,7 @@ from p2pnet.dht import codec
 from p2pnet.dht.limits import Limits
 from p2pnet.dht.network import DHTNetwork
 from p2pnet.dht.protocol import DEFAULT_RETRIES, DEFAULT_TIMEOUT
+from p2pnet.models import Node
 from tests.dhthelpers import Sim, key_near, result_of
 
 GIVE_UP = (DEFAULT_RETRIES + 1) * DEFAULT_TIMEOUT
@@ -251,3 +255,46 @@ class SelfBlameTests(SynchronousTestCase):
             self.assertIs(self.successResultOf(self.sim.run(
                 self.a.store_to_node(self.b.node, self.a.key, wrong, b"value", 1.0))), False)
         self.assertIn(self.b.node, self.a.routing_table)
+
+
+class HostileTrafficTests(SynchronousTestCase):
+    """Random well-formed but hostile messages -- requests and unsolicited answers with
+    any id, from addresses that never answer -- sent to a joined node: it still answers,
+    its contact maps stay within their bounds, and its routing table holds no contact
+    that has not answered it."""
+
+    @settings(max_examples=25)
+    @given(st.lists(st.tuples(
+        st.sampled_from(["ping", "findnode", "findval", "pong", "nodes"]),
+        st.binary(min_size=20, max_size=20), st.integers(0, 3), st.integers(0, 255),
+        st.integers(1, 65535)), min_size=1, max_size=150))
+    def test_hostile_messages(self, messages: list[tuple[str, bytes, int, int, int]]) -> None:
+        sim, victim, honest = joined_victim(honest=6)
+        contacts = {(n.key, n.address) for n in [*honest]}
+        bodies: dict[str, Any] = {
+            "ping": codec.PingRequest(), "findnode": None, "findval": None,
+            "pong": codec.PingResponse(), "nodes": None}
+        for kind, sender, net_a, net_b, port in messages:
+            body = bodies[kind]
+            if kind == "findnode":
+                body = codec.FindNodeRequest(sender)
+            elif kind == "findval":
+                body = codec.FindValueRequest(sender, None)
+            elif kind == "nodes":
+                body = codec.NodesResponse((Node(sender, f"10.{200 + net_a}.{net_b}.9", port),))
+            data = codec.encode(b"p2pnet", sender[:codec.TID_BYTES], sender, body)
+            victim.protocol.datagramReceived(data, (f"10.{200 + net_a}.{net_b}.1", port))
+            sim.settle(0.01)
+        sim.settle(GIVE_UP + 1)
+        for n in victim.routing_table.nodes():
+            self.assertIn((n.key, n.address), contacts)
+        sizes = victim.contacts.sizes()
+        limits = victim.limits
+        self.assertLessEqual(sizes["verified"], limits.routing_verify_recent_max)
+        self.assertEqual(sizes["verifying"], 0)
+        self.assertEqual(sizes["checking"], 0)
+        self.assertLessEqual(sizes["failures"], limits.routing_failures_max)
+        for bucket in victim.routing_table.buckets:
+            self.assertLessEqual(len(bucket), victim.k)
+            self.assertLessEqual(len(bucket.replacements), limits.routing_replacements)
+        self.assertTrue(self.successResultOf(sim.run(honest[0].ping_node(victim.node))))
