@@ -453,7 +453,9 @@ class DHTProtocol(DatagramProtocol):
             # with the token it just gave us
             p.proof_retried = True
             stats.proof_retries += 1
-            p.data = codec.encode(self.network_id, msg.tid, self.node_id, p.body, token=token)
+            grant = self.proof.token_for(address[0]) if p.rpc is codec.RPC.STORE else None
+            p.data = codec.encode(self.network_id, msg.tid, self.node_id, p.body, token=token,
+                                  grant=grant)
             self._send_try(msg.tid, p)
             return
         del self._pending[msg.tid]
