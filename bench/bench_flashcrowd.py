@@ -57,7 +57,8 @@ def report(args: argparse.Namespace, mode: str, services: list[Any], join_s: flo
     print(f"mode {mode}  N={n}  loss={args.loss:g}  seed={args.seed}")
     print(f"joined           {sum(joined_of(s) for s in services)} of {n}")
     print(f"join time        {join_s:.2f} s (until the last node joined)")
-    print(f"contacts median  {statistics.median(s.network.routing_table.num_contacts for s in services):.0f}")
+    contacts = statistics.median(s.network.routing_table.num_contacts for s in services)
+    print(f"contacts median  {contacts:.0f}")
     print(f"put median/p99   {statistics.median(puts) * 1e3:.1f} / {pct(puts, 99) * 1e3:.1f} ms"
           if puts else "put              none")
     print(f"get median/p99   {statistics.median(gets) * 1e3:.1f} / {pct(gets, 99) * 1e3:.1f} ms"
@@ -112,14 +113,15 @@ def run_udp(args: argparse.Namespace) -> None:
     cpu0 = cpu()
 
     async def main() -> None:
-        boot = DHTService(port=0, interface="127.0.0.1", reactor=reactor)
+        boot = DHTService(port=0, interface="127.0.0.1", reactor=reactor,
+                          join_policy=policy(args))
         services.append(boot)
         boot.startService()
         address = boot.network.address
         t0 = time.perf_counter()
         for _ in range(args.nodes - 1):
             s = DHTService(port=0, interface="127.0.0.1", bootstrap=[address],
-                           reactor=reactor)
+                           reactor=reactor, join_policy=policy(args))
             services.append(s)
             s.startService()
         last = t0
@@ -152,6 +154,15 @@ def run_udp(args: argparse.Namespace) -> None:
         report(args, "udp", services, out["join_s"], *out["w"], cpu() - cpu0)
 
 
+def policy(args: argparse.Namespace) -> Any:
+    from p2pnet.dht.service import JoinPolicy
+
+    if args.young is None:
+        return None
+    young = tuple(float(x) for x in args.young.split(",") if x)
+    return JoinPolicy(young_refreshes=young)
+
+
 def run_memory(args: argparse.Namespace) -> None:
     from twisted.internet import defer
 
@@ -164,21 +175,30 @@ def run_memory(args: argparse.Namespace) -> None:
     net = MemoryNetwork(clock, latency=0.001, loss=args.loss, seed=args.seed)
     reactor = MemoryReactor(clock, net)
     cpu0 = cpu()
-    boot = DHTService(port=4000, interface="127.0.0.1", reactor=reactor)
+    ids = random.Random(args.seed * 7919)
+    boot = DHTService(port=4000, interface="127.0.0.1", reactor=reactor,
+                      node_id=ids.randbytes(20), rng=random.Random(args.seed),
+                      join_policy=policy(args))
     services = [boot]
     boot.startService()
     for i in range(1, args.nodes):
         s = DHTService(port=4000 + i, interface="127.0.0.1", bootstrap=[boot.network.address],
-                       reactor=reactor)
+                       reactor=reactor, node_id=ids.randbytes(20),
+                       rng=random.Random(args.seed * 100_003 + i),
+                       join_policy=policy(args))
         services.append(s)
         s.startService()
-    state = {"last": 0.0}
+    state = {"last": 0.0, "count": 0}
+
+    def one_joined(_: object) -> None:
+        state["count"] += 1
+        state["last"] = clock.seconds()
+
+    for s in services:
+        s.when_joined().addCallback(one_joined)
 
     def all_joined() -> bool:
-        count = sum(joined_of(s) for s in services)
-        if count > state.get("count", 0):
-            state["count"], state["last"] = count, clock.seconds()
-        return count == len(services)
+        return state["count"] == len(services)
 
     clock.run_until(all_joined, args.join_timeout)
     clock.advance(args.settle)
@@ -201,8 +221,12 @@ def main() -> None:
     p.add_argument("--memory", action="store_true", help="in-memory network even at 0 loss")
     p.add_argument("--ops", type=int, default=100, help="put+get pairs")
     p.add_argument("--join-timeout", type=float, default=60.0)
-    p.add_argument("--settle", type=float, default=1.0, help="seconds after joining")
+    p.add_argument("--settle", type=float, default=40.0,
+                   help="seconds after joining (past the young bucket refreshes)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--young", default=None,
+                   help="seconds of the young bucket refreshes, comma-separated "
+                        "(default: JoinPolicy's; '' for none)")
     p.add_argument("--verbose", "-v", action="store_true")
     args = p.parse_args()
     if args.loss or args.memory:

@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from p2pnet import ids
 from p2pnet.dht.errors import LookupTimeoutError
 from p2pnet.dht.limits import Limits, RefusalCounter
 from p2pnet.dht.routing import RoutingTable
@@ -112,6 +113,8 @@ class Lookup:
         self._timer: IDelayedCall | None = None
         self._pumping = False
         self._again = False
+        self._widened = False
+        self._widening: set[bytes] = set()  # ids asked by _widen, not answered yet
 
     def run(self) -> defer.Deferred[Shortlist]:
         sl = self.shortlist
@@ -128,6 +131,7 @@ class Lookup:
             return
         sl = self.shortlist
         self.rounds += 1
+        self._widening.discard(node.key)
         depth = sl.depth_of(node) + 1
         if result is None:
             sl.mark_node(node, active=False)
@@ -168,9 +172,10 @@ class Lookup:
         try:
             while True:
                 self._again = False
-                if self._stop_here():
-                    self._finish(self.shortlist)
-                    return
+                if self._stop_here() and not self._widening:
+                    if not self._widen():
+                        self._finish(self.shortlist)
+                        return
                 if self.rounds >= self.max_rounds:
                     self.net.refused["lookup_rounds"] += 1
                     self._finish(self.shortlist)
@@ -179,17 +184,53 @@ class Lookup:
                 # never more requests than rounds left: the bound holds for requests too
                 room = min(self.net.alpha - sl.in_flight,
                            self.max_rounds - self.rounds - sl.in_flight)
-                for node in sl.get_nodes_for_contacting(room):
-                    if self.find_value:
-                        d = self.net.find_value_from_node(node, self.key, self.index)
-                    else:
-                        d = self.net.find_nodes_from_node(node, self.key)
-                    d.addCallback(self._answered, node)
-                    d.addErrback(self._bug)
+                self._ask(sl.get_nodes_for_contacting(room))
                 if not self._again:
                     return
         finally:
             self._pumping = False
+
+    def _ask(self, nodes: list[Node]) -> None:
+        for node in nodes:
+            if self.find_value:
+                d = self.net.find_value_from_node(node, self.key, self.index)
+            else:
+                d = self.net.find_nodes_from_node(node, self.key)
+            d.addCallback(self._answered, node)
+            d.addErrback(self._bug)
+
+    def _widen(self) -> bool:
+        """Once per lookup, when it ends with no node in the key's own bucket (seen from
+        here): ask the ``alpha`` nodes of farther buckets closest to the key too.
+
+        The k closest nodes we know of can all be of one region that never learned of
+        the key's: nodes that joined together (a flash crowd) and met only each other.
+        Nodes from farther buckets have another view of the network.  In a settled
+        network a lookup finds nodes of the key's bucket and this costs nothing.
+        """
+        if self._widened:
+            return False
+        self._widened = True
+        if self.find_value and self.shortlist.useful_nodes:
+            return False
+        own = self.net.key
+        if self.key == own:
+            return False
+        b = ids.bucket_number(own, self.key)
+        if any(ids.bucket_number(own, n.key) == b for n in self.shortlist.sorted_nodes):
+            return False
+        far = [n for n in self.net.routing_table.nodes()
+               if ids.bucket_number(own, n.key) < b]
+        if not far:
+            return False
+        k = int.from_bytes(self.key, "big")
+        far.sort(key=lambda n: n.key_int ^ k)
+        nodes = self.shortlist.take(far[: self.net.alpha])
+        if not nodes:
+            return False
+        self._widening.update(n.key for n in nodes)
+        self._ask(nodes)
+        return True
 
     def _out_of_time(self) -> None:
         self._timer = None

@@ -135,6 +135,18 @@ class Shortlist:
         self.contacted += len(picked)
         return [self._known[i] for i in picked]
 
+    def take(self, nodes: Iterable[Node], depth: int = 1) -> list[Node]:
+        """Hand out ``nodes`` for contacting even though they are not among the k closest
+        (added first when new); those already asked are left out."""
+        nodes = list(nodes)
+        self.add_nodes(nodes, depth)
+        picked = [n for n in nodes if n.key in self._candidates]
+        for n in picked:
+            self._candidates.discard(n.key)
+            self._in_flight.add(n.key)
+        self.contacted += len(picked)
+        return [self._known[n.key] for n in picked]
+
     def mark_node(self, node: Node, active: bool, useful: bool = False,
                   values: Iterable[ValueInfo] | None = None) -> None:
         """Record the outcome of contacting ``node``.
