@@ -67,7 +67,7 @@ class Limits:
     #: loopback), as libtorrent's ``dht_restrict_routing_ips``: one host, one slot
     routing_one_per_address: bool = True
     #: contacts of one IPv4 /24 or IPv6 /64 per bucket (libtorrent allows 1; a few lets
-    #: a small LAN or a NAT pool share a bucket while one network cannot fill it)
+    #: a small LAN or a NAT pool share a bucket while one network cannot fill it; 0: off)
     routing_max_per_prefix: int = 2
     #: newcomers a full bucket keeps aside, newest first, to replace contacts that go
     #: stale (libtorrent keeps a replacement bucket per bucket too)

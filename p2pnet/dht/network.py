@@ -118,7 +118,8 @@ class DHTNetwork:
         lim = self.limits
         self._routing_table = RoutingTable(
             self._key, reactor.seconds, k, one_per_address=lim.routing_one_per_address,
-            max_per_prefix=lim.routing_max_per_prefix, replacements=lim.routing_replacements,
+            max_per_prefix=lim.routing_max_per_prefix or None,
+            replacements=lim.routing_replacements,
             replacement_max_age=lim.routing_replacement_max_age)
         self.protocol = DHTProtocol(self._key, network_id, self, reactor, timeout, retries,
                                     tid_source=randbytes)
