@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 
+import attrs
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -20,8 +21,11 @@ from p2pnet.mesh.codec import (
     Refuse,
     decode,
     encode,
+    with_hops,
 )
 from p2pnet.mesh.errors import DecodeError
+
+V = codec.VERSION
 
 ids = st.binary(min_size=1, max_size=codec.MAX_ID)
 channels = st.binary(max_size=codec.MAX_CHANNEL)
@@ -38,7 +42,7 @@ refusals = st.builds(Refuse, code=st.integers(0, 255), reason=st.text(max_size=1
 directs = st.builds(Direct, channel=channels, parts=parts)
 broadcasts = st.builds(Broadcast, msg_id=st.binary(min_size=16, max_size=16), origin=ids,
                        sent_at=st.floats(min_value=0, max_value=1e12), channel=channels,
-                       parts=parts)
+                       parts=parts, hops=st.integers(0, codec.MAX_HOPS))
 messages = st.one_of(hellos, refusals, directs, broadcasts,
                      st.sampled_from([Ping(), Pong(), Bye()]))
 
@@ -52,8 +56,19 @@ class RoundTripTests(SynchronousTestCase):
 
     def test_hello_layout(self) -> None:
         frames = encode(Hello(b"net", b"id1", "127.0.0.1", 4456))
-        self.assertEqual(frames, [b"\x01\x01\x03net\x03id1" + struct.pack(">H", 4456)
-                                  + b"\x09127.0.0.1"])
+        self.assertEqual(frames, [bytes((codec.VERSION,)) + b"\x01\x03net\x03id1"
+                                  + struct.pack(">H", 4456) + b"\x09127.0.0.1"])
+
+    def test_broadcast_layout(self) -> None:
+        frames = encode(Broadcast(b"m" * 16, b"o", 2.5, b"ch", (b"x",), hops=7))
+        self.assertEqual(frames, [bytes((2, Kind.BROADCAST, 7)) + b"m" * 16
+                                  + struct.pack(">d", 2.5) + b"\x01o\x02ch", b"x"])
+        self.assertEqual(Broadcast(b"m" * 16, b"o", 2.5, b"", ()).hops, codec.MAX_HOPS)
+
+    def test_version_one_broadcast_refused(self) -> None:
+        # version 1 had no hop limit (and dropped floods by the sender's clock)
+        head = bytes((1, Kind.BROADCAST)) + b"m" * 16 + struct.pack(">d", 1.0) + b"\x01o\x00"
+        self.assertRaises(DecodeError, decode, [head])
 
     def test_hello_of_other_version_decodes(self) -> None:
         frames = encode(Hello(b"net", b"id1", "h", 1, version=9))
@@ -85,30 +100,34 @@ class StrictnessTests(SynchronousTestCase):
             self.assertBad([frames[0][:n]])
 
     def test_wrong_version_non_hello(self) -> None:
-        self.assertBad([bytes((2, Kind.PING))])
+        self.assertEqual(decode([bytes((V, Kind.PING))]), Ping())
+        self.assertBad([bytes((V + 1, Kind.PING))])
+        self.assertBad([bytes((V - 1, Kind.PING))])
 
     def test_unknown_kind(self) -> None:
-        self.assertBad([bytes((1, 0))])
-        self.assertBad([bytes((1, 99))])
+        self.assertBad([bytes((V, 0))])
+        self.assertBad([bytes((V, 99))])
 
     def test_extra_frames_on_single_frame_kinds(self) -> None:
         for msg in (Ping(), Pong(), Bye(), Refuse(1, "x"), Hello(b"n", b"i", "h", 1)):
             self.assertBad([*encode(msg), b"x"])
 
     def test_bad_sent_at(self) -> None:
+        good = bytes((V, Kind.BROADCAST, 9)) + b"m" * 16 + struct.pack(">d", 0.0) + b"\x01o\x00"
+        self.assertEqual(decode([good]), Broadcast(b"m" * 16, b"o", 0.0, b"", (), hops=9))
         for t in (float("nan"), float("inf"), -1.0):
-            head = (bytes((1, Kind.BROADCAST)) + b"m" * 16 + struct.pack(">d", t)
+            head = (bytes((V, Kind.BROADCAST, 9)) + b"m" * 16 + struct.pack(">d", t)
                     + b"\x01o\x00")
             self.assertBad([head])
 
     def test_zero_lengths(self) -> None:
-        self.assertBad([bytes((1, Kind.HELLO, 0, 1)) + b"i\x00\x01\x01h"])  # empty netid
-        self.assertBad([bytes((1, Kind.HELLO, 1)) + b"n\x00\x00\x01\x01h"])  # empty id
-        self.assertBad([bytes((1, Kind.HELLO, 1)) + b"n\x01i\x00\x00\x01h"])  # port 0
+        self.assertBad([bytes((V, Kind.HELLO, 0, 1)) + b"i\x00\x01\x01h"])  # empty netid
+        self.assertBad([bytes((V, Kind.HELLO, 1)) + b"n\x00\x00\x01\x01h"])  # empty id
+        self.assertBad([bytes((V, Kind.HELLO, 1)) + b"n\x01i\x00\x00\x01h"])  # port 0
 
     def test_bad_utf8(self) -> None:
-        self.assertBad([bytes((1, Kind.HELLO, 1)) + b"n\x01i\x00\x01\x01\xff"])
-        self.assertBad([bytes((1, Kind.REFUSE, 1, 0, 1)) + b"\xff"])
+        self.assertBad([bytes((V, Kind.HELLO, 1)) + b"n\x01i\x00\x01\x01\xff"])
+        self.assertBad([bytes((V, Kind.REFUSE, 1, 0, 1)) + b"\xff"])
 
     def test_too_many_parts(self) -> None:
         head = encode(Direct(b"", ()))[0]
@@ -127,9 +146,29 @@ class StrictnessTests(SynchronousTestCase):
         self.assertRaises(ValueError, Hello, b"n", b"i" * 65, "h", 1)
         self.assertRaises(ValueError, Broadcast, b"short", b"o", 1.0, b"", ())
         self.assertRaises(ValueError, Broadcast, b"m" * 16, b"o", float("nan"), b"", ())
+        self.assertRaises(ValueError, Broadcast, b"m" * 16, b"o", 1.0, b"", (), hops=256)
+        self.assertRaises(ValueError, Broadcast, b"m" * 16, b"o", 1.0, b"", (), hops=-1)
         self.assertRaises(ValueError, Direct, b"c" * 65, ())
         self.assertRaises(TypeError, Direct, b"c", ("str",))
         self.assertRaises(ValueError, Direct, b"c", (b"",) * (codec.MAX_PARTS + 1))
+
+
+class WithHopsTests(SynchronousTestCase):
+    @given(broadcasts, st.integers(0, codec.MAX_HOPS))
+    def test_rewrites_only_the_hop_limit(self, msg: Broadcast, hops: int) -> None:
+        frames = encode(msg)
+        again = with_hops(frames, hops)
+        self.assertEqual(decode(again), attrs.evolve(msg, hops=hops))
+        self.assertEqual(again[1:], frames[1:])
+        self.assertEqual(decode(frames), msg)  # the input is left alone
+
+    def test_refuses_other_frames(self) -> None:
+        good = encode(Broadcast(b"m" * 16, b"o", 1.0, b"", ()))
+        self.assertRaises(ValueError, with_hops, good, 256)
+        self.assertRaises(ValueError, with_hops, good, -1)
+        for frames in ([], [b""], encode(Ping()), encode(Direct(b"abc", (b"x",))),
+                       [bytes((V - 1,)) + good[0][1:]]):
+            self.assertRaises(ValueError, with_hops, frames, 3)
 
 
 class FuzzTests(SynchronousTestCase):

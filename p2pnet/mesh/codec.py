@@ -13,11 +13,17 @@ follow as frames 1..n (every other kind has exactly one frame)::
     hello-ack  (same body as hello: the answering node's own values)
     refuse     code u8 | reason-len u16 | reason (UTF-8)
     direct     channel-len u8 | channel
-    broadcast  msg-id 16 | sent-at f64 | origin-len u8 | origin | channel-len u8 | channel
+    broadcast  hops u8 | msg-id 16 | sent-at f64 | origin-len u8 | origin |
+               channel-len u8 | channel
     ping, pong, bye   (no body)
 
 Every other kind is decoded only at :data:`VERSION`; a hello of any version decodes (its
 body layout is frozen), so a node can refuse a wrong version with a reason.
+
+Version 2 added the broadcast's hop limit (``hops``, 0..255, decremented at each relay,
+see :mod:`p2pnet.mesh.flood`); version 1 dropped floods by the origin's ``sent-at``, which
+version 2 carries as information only.  :func:`with_hops` rewrites the hop limit of
+encoded broadcast frames, so a relay does not encode the message again.
 """
 
 from __future__ import annotations
@@ -32,8 +38,10 @@ import attrs
 
 from p2pnet.mesh.errors import DecodeError
 
-VERSION = 1
+VERSION = 2
 MSG_ID_BYTES = 16
+#: The largest hop limit a broadcast carries (one byte).
+MAX_HOPS = 255
 MAX_ID = 64
 MAX_NETWORK_ID = 32
 MAX_CHANNEL = 64
@@ -118,6 +126,11 @@ def _check_sent_at(_: object, attribute: attrs.Attribute[float], value: float) -
         raise ValueError(f"sent_at must be finite and not negative, got {value!r}")
 
 
+def _check_hops(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_HOPS:
+        raise ValueError(f"hops must be 0..{MAX_HOPS}, got {value!r}")
+
+
 def _check_reason(_: object, attribute: attrs.Attribute[str], value: str) -> None:
     try:
         n = len(value.encode("utf-8"))
@@ -167,13 +180,16 @@ class Direct:
 
 @attrs.frozen
 class Broadcast:
-    """A flooded message: ``msg_id`` de-duplicates, ``sent_at`` is the origin's clock."""
+    """A flooded message: ``msg_id`` de-duplicates, ``hops`` is the number of links it
+    may still cross, ``sent_at`` the origin's clock (information only: clocks may
+    disagree)."""
 
     msg_id: bytes = attrs.field(validator=_bounded_bytes(MSG_ID_BYTES, MSG_ID_BYTES))
     origin: bytes = attrs.field(validator=_bounded_bytes(1, MAX_ID))
     sent_at: float = attrs.field(validator=_check_sent_at)
     channel: bytes = attrs.field(validator=_bounded_bytes(0, MAX_CHANNEL))
     parts: tuple[bytes, ...] = attrs.field(converter=_parts, validator=_check_parts)
+    hops: int = attrs.field(default=MAX_HOPS, validator=_check_hops)
 
 
 @attrs.frozen
@@ -203,7 +219,7 @@ def encode(msg: Message) -> list[bytes]:
     """The frames of ``msg`` (the messages validate themselves when built)."""
     if isinstance(msg, Broadcast):
         head = b"".join((
-            bytes((VERSION, Kind.BROADCAST)), msg.msg_id, _F64.pack(msg.sent_at),
+            bytes((VERSION, Kind.BROADCAST, msg.hops)), msg.msg_id, _F64.pack(msg.sent_at),
             bytes((len(msg.origin),)), msg.origin, bytes((len(msg.channel),)), msg.channel,
         ))
         return [head, *msg.parts]
@@ -228,6 +244,21 @@ def encode(msg: Message) -> list[bytes]:
     if isinstance(msg, Bye):
         return [bytes((VERSION, Kind.BYE))]
     raise TypeError(f"not a mesh message: {type(msg).__name__}")
+
+
+def with_hops(frames: Sequence[bytes], hops: int) -> list[bytes]:
+    """The frames of an encoded :class:`Broadcast` with its hop limit set to ``hops``
+    (for a relay: the rest of the frames is passed on as it came).
+
+    ``frames`` must be a valid broadcast (as :func:`decode` took it); ``ValueError``
+    otherwise, or for a ``hops`` outside 0..255.
+    """
+    if not 0 <= hops <= MAX_HOPS:
+        raise ValueError(f"hops must be 0..{MAX_HOPS}, got {hops!r}")
+    head = frames[0] if frames else b""
+    if len(head) < 3 or head[0] != VERSION or head[1] != Kind.BROADCAST:
+        raise ValueError("not the frames of a broadcast")
+    return [head[:2] + bytes((hops,)) + head[3:], *frames[1:]]
 
 
 # -- decoding ---------------------------------------------------------------------------
@@ -307,6 +338,7 @@ def decode(frames: Sequence[bytes]) -> Message:
     if version != VERSION:
         raise DecodeError(f"unsupported version {version}")
     if kind == Kind.BROADCAST:
+        hops = r.u8("hops")
         msg_id = r.take(MSG_ID_BYTES, "msg id")
         sent_at = _F64.unpack(r.take(8, "sent at"))[0]
         origin = r.short(1, MAX_ID, "origin")
@@ -314,7 +346,7 @@ def decode(frames: Sequence[bytes]) -> Message:
         r.end()
         if not math.isfinite(sent_at) or sent_at < 0:
             raise DecodeError(f"bad sent-at {sent_at!r}")
-        return Broadcast(msg_id, origin, sent_at, channel, _payload(frames))
+        return Broadcast(msg_id, origin, sent_at, channel, _payload(frames), hops)
     if kind == Kind.DIRECT:
         channel = r.short(0, MAX_CHANNEL, "channel")
         r.end()

@@ -3,18 +3,33 @@
 
 Pure logic on an injected clock (anything with ``seconds()``), no I/O.
 
-A broadcast carries a message id and its origin's send time.  A node that gets one:
+A broadcast carries a message id and a hop limit (``hops``: the links it may still
+cross).  Its origin sends it with ``max_hops``.  A node that gets one:
 
-- drops it when the id is in its seen-cache (``seen``), or when its send time is more
-  than ``ttl`` seconds away from now, in the past (``too_old``) or in the future
-  (``from_future``: a skewed or lying clock would otherwise outlive the cache);
-- otherwise remembers the id, delivers the message once, and relays it to every peer
-  but the one it came from.
+- drops it when its hop limit is spent (``hops`` 0: ``hop_limit``) or its id is in the
+  seen-cache (``seen``);
+- otherwise remembers the id, delivers the message once, and relays it with ``hops - 1``
+  to every peer but the one it came from, unless ``hops - 1`` is 0 (``Decision.expired``).
 
-The seen-cache forgets ids ``ttl`` seconds after it learnt them, so a message can only
-come back after it is too old to be taken.  It also holds at most ``max_entries`` ids
-(the oldest go first): a node flooded with more than ``max_entries`` broadcasts within
-``ttl`` seconds may deliver a message twice, but its memory stays bounded.
+No decision reads a sender's clock.  The seen-cache stamps an id with *this* node's clock
+when it first sees it and forgets it ``ttl`` seconds later, so two nodes whose clocks
+disagree by minutes or years flood to each other as well as any (the origin's send time,
+``sent_at`` on the wire, is information for the application only).
+
+Why each message reaches each node once:
+
+- Until an id is forgotten, a node relays it at most once, so every copy travels a
+  simple path: a flood is finite and every node delivers once.  With ``max_hops >= n - 1``
+  every node of a connected mesh of ``n`` nodes is reached whatever its shape (a node
+  first reached over a path of ``k <= n - 2`` links relays with ``max_hops - k >= 1``);
+  in a mesh of more nodes, every node within ``max_hops`` links along the way the flood
+  goes.  The default, 255 (the wire's limit), covers any mesh of up to 256 nodes.
+- The hop limit bounds what the cache cannot: an id forgotten early (the cache was full,
+  ``max_entries`` ids within ``ttl`` seconds) or a copy stuck in a queue for more than
+  ``ttl`` seconds may be delivered twice, but no copy crosses more than ``max_hops``
+  links, so no relay loop runs for ever.
+- A peer announcing more than our ``max_hops`` is held to ours (a peer cannot make a
+  message outlive our limit; nodes configured with different limits still interoperate).
 """
 
 from __future__ import annotations
@@ -25,10 +40,12 @@ from typing import Protocol
 
 import attrs
 
-#: Seconds a broadcast lives, and a seen id is kept (py2p's and SEMANTICS §6's 60 s).
+#: Seconds a seen id is kept, on the receiver's clock (py2p's and SEMANTICS §6's 60 s).
 TTL = 60.0
 #: Ids the seen-cache holds at most.
 MAX_ENTRIES = 100_000
+#: Hop limit of a new broadcast: links it may cross (the wire carries one byte).
+MAX_HOPS = 255
 
 
 class Clock(Protocol):
@@ -36,7 +53,8 @@ class Clock(Protocol):
 
 
 class SeenCache:
-    """Message ids seen in the last ``ttl`` seconds, at most ``max_entries`` of them."""
+    """Message ids first seen here in the last ``ttl`` seconds (of this node's clock),
+    at most ``max_entries`` of them."""
 
     def __init__(self, clock: Clock, ttl: float = TTL, max_entries: int = MAX_ENTRIES) -> None:
         if ttl <= 0 or max_entries < 1:
@@ -64,6 +82,8 @@ class SeenCache:
         while seen:
             oldest, at = next(iter(seen.items()))
             if at > horizon:
+                # (after our own clock stepped back, ids are kept until it catches up:
+                # longer than ttl, never past max_entries)
                 break
             del seen[oldest]
 
@@ -83,35 +103,43 @@ class SeenCache:
 @attrs.frozen
 class Decision:
     """What to do with an incoming broadcast: ``deliver`` it here, relay it to
-    ``relay_to``; ``dropped`` names why it was dropped (``None`` when taken)."""
+    ``relay_to`` with hop limit ``hops``; ``dropped`` names why it was dropped (``None``
+    when taken); ``expired`` when it was taken but its hop limit stops it here."""
 
     deliver: bool
     relay_to: tuple[bytes, ...] = ()
     dropped: str | None = None
+    hops: int = 0
+    expired: bool = False
 
 
 class Flood:
     """The flood rule of one node, over its :class:`SeenCache`."""
 
-    def __init__(self, clock: Clock, ttl: float = TTL, max_entries: int = MAX_ENTRIES) -> None:
+    def __init__(self, clock: Clock, ttl: float = TTL, max_entries: int = MAX_ENTRIES,
+                 max_hops: int = MAX_HOPS) -> None:
+        if not 1 <= max_hops <= MAX_HOPS:
+            raise ValueError(f"max_hops must be 1..{MAX_HOPS}")
         self.clock = clock
         self.ttl = ttl
+        self.max_hops = max_hops
         self.seen = SeenCache(clock, ttl, max_entries)
 
-    def originate(self, msg_id: bytes) -> float:
-        """Remember our own broadcast (so it never comes back to us); returns its send time."""
+    def originate(self, msg_id: bytes) -> int:
+        """Remember our own broadcast (so it never comes back to us); returns the hop
+        limit to send it with."""
         self.seen.add(msg_id)
-        return self.clock.seconds()
+        return self.max_hops
 
-    def receive(self, msg_id: bytes, sent_at: float, via: bytes,
+    def receive(self, msg_id: bytes, hops: int, via: bytes,
                 peers: Iterable[bytes]) -> Decision:
-        """The decision for a broadcast ``msg_id`` sent at ``sent_at``, arrived from
-        ``via``, with ``peers`` the neighbours connected now."""
-        age = self.clock.seconds() - sent_at
-        if age > self.ttl:
-            return Decision(False, dropped="too_old")
-        if age < -self.ttl:
-            return Decision(False, dropped="from_future")
+        """The decision for a broadcast ``msg_id`` that arrived from ``via`` with hop
+        limit ``hops``, with ``peers`` the neighbours connected now."""
+        if hops < 1:
+            return Decision(False, dropped="hop_limit")
         if not self.seen.add(msg_id):
             return Decision(False, dropped="seen")
-        return Decision(True, tuple(p for p in peers if p != via))
+        left = min(hops, self.max_hops) - 1
+        if left < 1:
+            return Decision(True, expired=any(p != via for p in peers))
+        return Decision(True, tuple(p for p in peers if p != via), hops=left)

@@ -24,10 +24,14 @@ class MeshLimits:
     rcvbuf: int = 0
     #: unhandled messages kept for ``recv()``; the oldest go first
     inbox_limit: int = 10_000
-    #: seconds a broadcast lives and a seen id is kept (py2p's 60 s)
+    #: seconds a seen broadcast id is kept, from its first sight on this node's clock
+    #: (py2p's 60 s; the sender's clock plays no part)
     seen_ttl: float = flood.TTL
     #: ids the seen-cache holds at most (100k ids of 16 bytes: a few MB)
     seen_max: int = flood.MAX_ENTRIES
+    #: hop limit of our broadcasts, and the most we relay anyone's (1..255): every node of
+    #: a mesh of up to max_hops + 1 nodes is reached whatever its shape
+    max_hops: int = flood.MAX_HOPS
     #: seconds a dial waits for the hello-ack
     handshake_timeout: float = 5.0
     #: a link silent this long gets a ping
