@@ -296,7 +296,7 @@ def attacker_main(scenario: str, target_port: int, seconds: float, rate: float,
             if due <= 0 and not got:
                 time.sleep(0.0005)
     elif scenario == "lookup":
-        depth: dict[bytes, int] = {}
+        closest: dict[bytes, int] = {}
         fake = 0
         while time.monotonic() < end:
             r, _, _ = select.select([sock], [], [], 0.05)
@@ -314,12 +314,13 @@ def attacker_main(scenario: str, target_port: int, seconds: float, rate: float,
                 if msg.rpc == c.RPC.PING:
                     send(w.encode(c.PingResponse(), msg.tid, token=False), to=addr)
                 elif msg.rpc in (c.RPC.FIND_NODE, c.RPC.FIND_VALUE):
+                    # 20 ids, each strictly closer to the key than any handed out
+                    # before for it: distances m-1 .. m-20, then m drops by 20
                     key = int.from_bytes(msg.body.key, "big")
-                    d = depth[msg.body.key] = min(depth.get(msg.body.key, 4) + 1, 150)
-                    nodes = []
-                    for _ in range(20):
-                        nid = key ^ random.getrandbits(160 - d)
-                        nodes.append(_node(nid.to_bytes(20, "big"), out["port"]))
+                    m = closest.get(msg.body.key, 1 << 150)
+                    closest[msg.body.key] = m - 20
+                    nodes = [_node((key ^ (m - j)).to_bytes(20, "big"), out["port"])
+                             for j in range(1, 21)]
                     fake += 20
                     send(w.encode(c.NodesResponse(tuple(nodes)), msg.tid, rpc=msg.rpc,
                                   token=False), to=addr)
@@ -563,8 +564,14 @@ async def drive(args: argparse.Namespace) -> dict[str, Any]:
                     break
         if scen.startswith("table"):
             # a new honest node joins through the victim; then one asks for close nodes
+            # (the attacker has stopped: contacts it planted now time out)
             honest2 = Honest()
-            await _with_timeout(honest2.net.join_network(vaddr), 20)
+            t0 = time.monotonic()
+            try:
+                joined = await _with_timeout(honest2.net.join_network(vaddr), 10)
+                result["newcomer_join"] = f"{joined} in {time.monotonic() - t0:.1f} s"
+            except Exception:
+                result["newcomer_join"] = "unfinished after 10 s"
             aports = set(result["attacker"]["ports"])
             nodes = await honest.net.find_nodes_from_node(vnode, os.urandom(20))
             nodes = list(nodes or [])
@@ -598,9 +605,10 @@ async def drive(args: argparse.Namespace) -> dict[str, Any]:
         for child in (attacker, victim):
             if child is None:
                 continue
-            try:
-                await _with_timeout(child.ended, 5)
-            except Exception:
+            end = time.monotonic() + 5
+            while not child.ended.called and time.monotonic() < end:
+                await task.deferLater(reactor, 0.1, lambda: None)
+            if not child.ended.called:  # busy (an endless lookup, a read queue): kill it
                 try:
                     child.transport.signalProcess("KILL")
                 except Exception:
@@ -757,7 +765,12 @@ async def sim_drive(args: argparse.Namespace) -> dict[str, Any]:
     if scen == "sim-table-ports":
         newcomer = DHTNetwork(reactor)
         net.attach(newcomer.protocol, "198.51.100.8", 4000)
-        await _with_timeout(newcomer.join_network(victim.address), 20)
+        t0 = time.monotonic()
+        try:
+            joined = await _with_timeout(newcomer.join_network(victim.address), 10)
+            result["newcomer_join"] = f"{joined} in {time.monotonic() - t0:.1f} s"
+        except Exception:
+            result["newcomer_join"] = "unfinished after 10 s"
         nodes = list(await honest.find_nodes_from_node(pong[1], os.urandom(20)) or [])
         result["findnode_attacker"] = (
             f"{sum(1 for n in nodes if n.host == att_ip)}/{len(nodes)}")
@@ -842,6 +855,7 @@ EXTRA: dict[str, list[tuple[str, Any]]] = {
                  ("victim pulls in progress at end", lambda r: r.get("victim", {}).get("pulls")),
                  ("attacker bytes sent", lambda r: r.get("attacker", {}).get("bytes_out"))],
     "table": [("findnode answer: attacker's", lambda r: r.get("findnode_attacker")),
+              ("newcomer join", lambda r: r.get("newcomer_join")),
               ("newcomer admitted", lambda r: r.get("newcomer_admitted"))],
 }
 EXTRA["table-ports"] = EXTRA["table"]
@@ -873,12 +887,12 @@ def print_table(scen: str, before: dict[str, Any], after: dict[str, Any],
             print(f"  {label} FAILED: {r['error']}")
             if r.get("stderr"):
                 print("    " + r["stderr"].strip().replace("\n", "\n    ")[-1500:])
-    print(f"  {'':<34}{'before':>16}{'after':>16}{'before/after':>14}")
+    print(f"  {'':<34}{'before':>22}{'after':>22}{'before/after':>14}")
     for label, get in ROWS + EXTRA.get(scen, []):
         b, a = get(before), get(after)
         if b is None and a is None:
             continue
-        print(f"  {label:<34}{_fmt(b):>16}{_fmt(a):>16}{_ratio(b, a):>14}")
+        print(f"  {label:<34}{_fmt(b):>22}{_fmt(a):>22}{_ratio(b, a):>14}")
     ref = after.get("victim", {}).get("refused")
     if ref:
         print(f"  after: refusals {ref}")
