@@ -160,6 +160,13 @@ def p2pnet_child(n: int, sets: int, gets: int, mesh_kind: str, seed: int) -> dic
             get_med_ms=med(get_lat) * 1e3, get_p99_ms=pct(get_lat, 99) * 1e3,
             get_hops_mean=mean(get_hops), get_hops_max=max(get_hops),
             get_ok_pct=100.0 * ok / gets, log2n=math.log2(n), cpu_s=cpu_seconds() - cpu0)
+        refused: dict[str, int] = {}
+        for d in dhts:
+            for kind, count in d.network.refused.items():
+                refused[kind] = refused.get(kind, 0) + count
+        out["dht_refused"] = refused
+        out["dht_timeouts"] = sum(d.network.protocol.stats.timeouts for d in dhts)
+        out["dht_retries"] = sum(d.network.protocol.stats.retries for d in dhts)
         for s in socks:
             s.stopService()
         if mesh_kind == "zmq":
@@ -296,6 +303,8 @@ def main() -> None:
               f"{r['get_hops_mean']:>9.2f}/{r['get_hops_max']:<8} {r['get_ok_pct']:>6.0f}% | "
               f"{r['keys_everywhere']:>4}/{n:<4} {r['keys_everywhere_s']:>5.2f}s "
               f"{r['build_s']:>8.1f} {r['cpu_s']:>6.1f}  (DHT joins {r['dht_build_s']:.1f}s)")
+        print(f"{'':>14}DHT request timeouts {r['dht_timeouts']}, retries {r['dht_retries']}, "
+              f"refusals {r['dht_refused'] or '-'}")
 
     if not a.py2p_nodes:
         return
