@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -11,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from p2pnet.mesh.interfaces import IMesh, MeshMessage
-from p2pnet.mesh.memory import MemoryMesh, MemoryMeshNetwork
+from p2pnet.mesh.memory import MemoryMesh, MemoryMeshNetwork, SkewedClock
 
 
 def ids(n: int) -> list[bytes]:
@@ -203,19 +204,97 @@ class FloodTests(SynchronousTestCase):
         self.assertEqual((msg.origin, msg.via, msg.msg_id), (b"n00", b"n01", msg_id))
         self.assertTrue(msg.broadcast)
 
-    def test_old_broadcast_dropped(self) -> None:
+    def test_slow_links_still_deliver(self) -> None:
+        # 90 s on the way to the third hop: no age limit drops it (version 1 did)
         clock = task.Clock()
-        net = MemoryMeshNetwork(clock, latency=30.0, max_age=60.0)
+        net = MemoryMeshNetwork(clock, latency=30.0, seen_ttl=60.0)
         nodes = build(net, 4, "line")
         rec = Recorder(nodes[3])
         nodes[0].broadcast(b"x", channel=b"app")
         net.flush()
-        self.assertEqual(rec.got, [])  # 90 s on the way to the third hop
-        self.assertEqual(nodes[3].stats["too_old"], 1)
+        self.assertEqual(len(rec.got), 1)
+        self.assertEqual(clock.seconds(), 90.0)
+
+    def test_hop_limit(self) -> None:
+        clock = task.Clock()
+        net = MemoryMeshNetwork(clock, max_hops=2)
+        nodes = build(net, 4, "line")
+        recs = [Recorder(m) for m in nodes]
+        nodes[0].broadcast(b"x", channel=b"app")
+        net.flush()
+        self.assertEqual([len(r.got) for r in recs], [0, 1, 1, 0])
+        self.assertEqual((nodes[1].stats["relayed"], nodes[2].stats["last_hop"]), (1, 1))
+
+    def skewed_mesh(self, shape: str, n: int = 6) -> tuple[MemoryMeshNetwork,
+                                                         list[MemoryMesh]]:
+        """A mesh where n01 runs 10 minutes ahead, n02 10 minutes behind (on a skewed
+        view of the network's clock) and n03 on a task.Clock of its own, 10 minutes
+        ahead, that nobody advances."""
+        clock = task.Clock()
+        clock.advance(10_000)
+        own = task.Clock()
+        own.advance(10_600)
+        clocks: dict[int, Any] = {1: SkewedClock(clock, 600.0),
+                                  2: SkewedClock(clock, -600.0), 3: own}
+        net = MemoryMeshNetwork(clock, jitter=0.02, duplicate=0.3, seed=5)
+        nodes = [net.node(b"n%02d" % i, clocks.get(i)) for i in range(n)]
+        names = [m.peer_id for m in nodes]
+        if shape == "ring":
+            net.link_all(zip(names, names[1:] + names[:1], strict=True))
+        else:
+            net.link_all((a, b) for i, a in enumerate(names) for b in names[i + 1:])
+        return net, nodes
+
+    def test_skewed_clocks_receive_every_broadcast_once(self) -> None:
+        for shape in ("ring", "full"):
+            net, nodes = self.skewed_mesh(shape)
+            recs = [Recorder(m) for m in nodes]
+            sent = {}
+            for _ in range(3):  # over more than a ttl of the network's clock
+                for i, m in enumerate(nodes):
+                    sent[m.broadcast(b"from %d" % i, channel=b"app")] = i
+                net.flush()
+                net.clock.advance(45)  # type: ignore[attr-defined]
+            for i, rec in enumerate(recs):
+                got = Counter(msg.msg_id for msg in rec.got)
+                self.assertEqual(set(got), {mid for mid, s in sent.items() if s != i},
+                                 (shape, i))
+                self.assertEqual(set(got.values()), {1}, (shape, i))
+            for m in nodes:
+                self.assertEqual(m.stats["hop_limit"], 0)
+                self.assertEqual(m.stats["last_hop"], 0)
+
+    def test_sent_at_is_the_origins_clock(self) -> None:
+        net, nodes = self.skewed_mesh("full", 4)
+        rec = Recorder(nodes[0])
+        for m in nodes[1:]:
+            m.broadcast(b"x", channel=b"app")
+        net.flush()
+        by_origin = {msg.origin: msg.sent_at for msg in rec.got}
+        self.assertEqual(by_origin, {b"n01": 10_600.0, b"n02": 9_400.0, b"n03": 10_600.0})
+
+    def test_relay_loop_bounded_when_ids_are_forgotten(self) -> None:
+        # seen ids forgotten before the next hop arrives: only the hop limit ends it
+        clock = task.Clock()
+        net = MemoryMeshNetwork(clock, latency=0.01, seen_ttl=0.001, max_hops=30)
+        nodes = build(net, 5, "ring")
+        net.unlink(b"n00", b"n04")  # n00 hangs off the ring n01 n02 n03 n04
+        net.link(b"n01", b"n04")
+        recs = [Recorder(m) for m in nodes]
+        nodes[0].broadcast(b"x", channel=b"app")
+        net.flush()
+        # one link to n01, then at most one copy each way round the ring (two copies
+        # that reach a node at the same instant are one), until the hop limit ends it
+        self.assertGreater(net.sent, 3 * 4)  # round the ring of 4 more than 3 times
+        self.assertLessEqual(net.sent, 1 + 2 * 29)
+        self.assertEqual(sum(len(r.got) for r in recs), net.sent - sum(
+            m.stats["seen"] for m in nodes))
+        self.assertGreaterEqual(sum(m.stats["last_hop"] for m in nodes), 1)
+        self.assertGreater(len(recs[1].got), 3)  # n01 delivered it again and again
 
     def test_seen_cache_bounded(self) -> None:
         clock = task.Clock()
-        net = MemoryMeshNetwork(clock, seen_size=10, max_age=5.0)
+        net = MemoryMeshNetwork(clock, seen_size=10, seen_ttl=5.0)
         a, b = build(net, 2, "line")
         Recorder(b)
         for _ in range(50):
@@ -247,6 +326,11 @@ class FloodTests(SynchronousTestCase):
                 clock.advance(0.1)
         net.flush()
         self.assertEqual([m.parts[0] for m in rec.got], [b"%d" % i for i in range(50)])
+
+    def test_max_age_is_the_old_name_of_seen_ttl(self) -> None:
+        net = MemoryMeshNetwork(task.Clock(), max_age=5.0)
+        self.assertEqual(net.seen_ttl, 5.0)
+        self.assertEqual(net.node(b"a").flood.seen.ttl, 5.0)
 
     def test_bad_parameters(self) -> None:
         clock = task.Clock()

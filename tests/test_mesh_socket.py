@@ -23,6 +23,7 @@ from p2pnet.mesh.errors import (
 )
 from p2pnet.mesh.interfaces import IMesh, MeshMessage
 from p2pnet.mesh.limits import MeshLimits
+from p2pnet.mesh.memory import SkewedClock
 from p2pnet.mesh.socket import MeshSocket
 from p2pnet.store.peer import PeerState
 from p2pnet.store.peerstore import PeerStore
@@ -133,6 +134,30 @@ class FloodTopologyTests(MeshTestCase):
         edges |= {(a, b) for a, b in ((rng.randrange(8), rng.randrange(8)) for _ in range(8))
                   if a != b and (b, a) not in edges}
         await self.check_flood(nodes, sorted(edges), [0, 5, 7])
+
+    async def test_clocks_ten_minutes_apart(self) -> None:
+        # n1 runs 10 minutes ahead, n3 10 minutes behind (their timers still run on the
+        # reactor): in a ring of five every broadcast still reaches every node once.
+        nodes = [await self.node(reactor=SkewedClock(reactor, offset))
+                 for offset in (0.0, 600.0, 0.0, -600.0, 0.0)]
+        await self.check_flood(nodes, [(i, (i + 1) % 5) for i in range(5)], [0, 1, 3, 4])
+        for sock in nodes:
+            self.assertEqual(sock.stats["broadcast_hop_limit"], 0)
+
+    async def test_hop_limit_decremented_at_each_relay(self) -> None:
+        a = await self.node(limits=MeshLimits(max_hops=2))
+        b, c, d = await self.nodes(3)
+        for x, y in ((a, b), (b, c), (c, d)):
+            await self.link(x, y)
+        await wait_until(lambda: len(c.peers()) == 2 and len(d.peers()) == 1)
+        got: list[list[MeshMessage]] = [[], [], []]
+        for i, sock in enumerate((b, c, d)):
+            sock.handle(b"t", got[i].append)
+        a.broadcast(b"two hops", channel=b"t")
+        await wait_until(lambda: len(got[1]) == 1, what="the second hop")
+        await turn(0.1)
+        self.assertEqual([len(g) for g in got], [1, 1, 0])
+        self.assertEqual((c.stats["broadcast_last_hop"], d.stats["broadcast_seen"]), (1, 0))
 
 
 class MessagingTests(MeshTestCase):
@@ -273,7 +298,8 @@ class HandshakeTests(MeshTestCase):
     async def test_raw_hello_of_other_version_gets_refuse_frame(self) -> None:
         b = await self.node()
         dealer = self.raw_dealer(b)
-        dealer.send_multipart(codec.encode(Hello(b"p2pnet", b"raw", "127.0.0.1", 9, version=2)))
+        dealer.send_multipart(codec.encode(Hello(b"p2pnet", b"raw", "127.0.0.1", 9,
+                                                version=codec.VERSION - 1)))
         answer = codec.decode(await self.raw_recv(dealer))
         assert isinstance(answer, Refuse)
         self.assertEqual(answer.code, Refusal.WRONG_VERSION)
@@ -312,8 +338,9 @@ class BadInputTests(MeshTestCase):
         await self.link(a, b)
         await self.link(c, b)
         (dialer,) = a._outgoing
-        junk = [[b""], [b"\xff\xff"], [b"\x01\x05short"], [b"\x01\x04\x01", b"x"] + [b""] * 70,
-                [b"\x01\x06", b"extra"]]
+        v = bytes((codec.VERSION,))
+        junk = [[b""], [b"\xff\xff"], [v + b"\x05short"], [v + b"\x04\x01", b"x"] + [b""] * 70,
+                [v + b"\x06", b"extra"], [b"\x01\x06"]]
         for frames in junk:
             dialer.send_frames(frames)
         raw = self.raw_dealer(b)  # and from a stranger, before any hello

@@ -19,11 +19,16 @@ reproducible).  A message in flight on a link that is unlinked before it arrives
 as on a closed connection.
 
 Flooding is the real mesh's rule, :class:`p2pnet.mesh.flood.Flood` (SEMANTICS §6): a
-broadcast carries a message id and the origin's send time; a node that has not seen the
-id delivers it and relays it to every neighbour but the one it came from; a seen id, or
-a broadcast more than ``max_age`` seconds old, is dropped.  The seen-cache keeps ids for
-``max_age`` seconds and at most ``seen_size`` ids.  So every node reachable from the
-sender receives a broadcast once, the sender never.
+broadcast carries a message id, a hop limit (``max_hops`` at its origin) and the origin's
+send time (information only); a node that has not seen the id delivers it and relays it,
+its hop limit less one, to every neighbour but the one it came from; a seen id, or a
+spent hop limit, is dropped.  The seen-cache keeps ids for ``seen_ttl`` seconds of the
+node's own clock and at most ``seen_size`` ids.  So every node reachable from the sender
+(within ``max_hops`` links) receives a broadcast once, the sender never.
+
+Each node may run on its own clock (``net.node(peer_id, clock=...)``, e.g. a
+:class:`SkewedClock` ahead of or behind the network's): it stamps its sends and its
+seen-cache with it, while messages still travel on the network's clock.
 
 This is public test API: applications test their own code on the sync and chord sockets
 over it, on ``task.Clock``, the way p2pnet's own tests do.
@@ -41,6 +46,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from p2pnet.mesh import flood
 from p2pnet.mesh.flood import Flood
 from p2pnet.mesh.interfaces import IMesh, MeshMessage
 from p2pnet.observer import EventEmitter
@@ -54,6 +60,26 @@ def _link_key(a: bytes, b: bytes) -> tuple[bytes, bytes]:
     return (a, b) if a <= b else (b, a)
 
 
+class SkewedClock:
+    """``clock`` read ``offset`` seconds ahead (behind, when negative): a node whose clock
+    disagrees with the others'.  Delayed calls run on ``clock`` after the same delays
+    (their ``getTime()`` is on ``clock``)."""
+
+    def __init__(self, clock: IReactorTime, offset: float) -> None:
+        self.clock = clock
+        self.offset = offset
+
+    def seconds(self) -> float:
+        return self.clock.seconds() + self.offset
+
+    def callLater(self, delay: float, callable: Callable[..., Any], *args: Any,
+                  **kw: Any) -> IDelayedCall:
+        return self.clock.callLater(delay, callable, *args, **kw)
+
+    def getDelayedCalls(self) -> list[IDelayedCall]:
+        return list(self.clock.getDelayedCalls())
+
+
 class MemoryMeshNetwork:
     """The nodes and links of an in-memory mesh, and the messages in flight between them."""
 
@@ -65,9 +91,13 @@ class MemoryMeshNetwork:
         jitter: float = 0.0,
         duplicate: float = 0.0,
         seed: int = 0,
-        max_age: float = 60.0,
-        seen_size: int = 100_000,
+        seen_ttl: float = flood.TTL,
+        seen_size: int = flood.MAX_ENTRIES,
+        max_hops: int = flood.MAX_HOPS,
+        max_age: float | None = None,
     ) -> None:
+        """``max_age`` is the former name of ``seen_ttl`` (the seen-cache's ttl; no
+        broadcast is dropped for its age any more)."""
         if latency <= 0 or jitter < 0:
             # (a zero latency would let messages that answer each other run for ever
             # inside one step of a task.Clock)
@@ -78,8 +108,9 @@ class MemoryMeshNetwork:
         self.latency = latency
         self.jitter = jitter
         self.duplicate = duplicate
-        self.max_age = max_age
+        self.seen_ttl = seen_ttl if max_age is None else max_age
         self.seen_size = seen_size
+        self.max_hops = max_hops
         self.random = random.Random(seed)
         self.nodes: dict[bytes, MemoryMesh] = {}
         #: link -> its epoch (a message sent on an earlier epoch of a link is lost)
@@ -90,7 +121,7 @@ class MemoryMeshNetwork:
         # Messages in flight: one heap and one timer (a task.Clock sorts its calls on
         # every callLater, which would make a busy network quadratic).
         self._queue: list[tuple[float, int, tuple[bytes, bytes], int, bytes,
-                                MeshMessage]] = []
+                                MeshMessage, int]] = []
         self._order = 0
         self._timer: IDelayedCall | None = None
         #: messages put on a link (copies included) / lost on a link unlinked in flight
@@ -99,13 +130,14 @@ class MemoryMeshNetwork:
 
     # -- nodes and links ----------------------------------------------------------------
 
-    def node(self, peer_id: bytes) -> MemoryMesh:
-        """Make a new node (``ValueError`` if the id is taken; see :meth:`remove`)."""
+    def node(self, peer_id: bytes, clock: IReactorTime | None = None) -> MemoryMesh:
+        """Make a new node (``ValueError`` if the id is taken; see :meth:`remove`), on
+        its own ``clock`` if given (else the network's)."""
         if not isinstance(peer_id, bytes):
             raise TypeError(f"peer_id must be bytes, not {type(peer_id).__name__}")
         if peer_id in self.nodes:
             raise ValueError(f"node {peer_id!r} already exists")
-        mesh = MemoryMesh(self, peer_id)
+        mesh = MemoryMesh(self, peer_id, clock)
         self.nodes[peer_id] = mesh
         return mesh
 
@@ -176,7 +208,7 @@ class MemoryMeshNetwork:
 
     # -- delivery -----------------------------------------------------------------------
 
-    def _transmit(self, src: bytes, dst: bytes, msg: MeshMessage) -> None:
+    def _transmit(self, src: bytes, dst: bytes, msg: MeshMessage, hops: int = 0) -> None:
         key = _link_key(src, dst)
         epoch = self._links[key]
         copies = 2 if self.duplicate and self.random.random() < self.duplicate else 1
@@ -188,7 +220,7 @@ class MemoryMeshNetwork:
             self.sent += 1
             self._order += 1
             heapq.heappush(self._queue, (self.clock.seconds() + delay, self._order, key,
-                                         epoch, dst, msg))
+                                         epoch, dst, msg, hops))
         self._schedule()
 
     def _schedule(self) -> None:
@@ -209,17 +241,17 @@ class MemoryMeshNetwork:
         now = self.clock.seconds()
         queue = self._queue
         while queue and queue[0][0] <= now:
-            _, _, key, epoch, dst, msg = heapq.heappop(queue)
-            self._arrive(key, epoch, dst, msg)
+            _, _, key, epoch, dst, msg, hops = heapq.heappop(queue)
+            self._arrive(key, epoch, dst, msg, hops)
         self._schedule()
 
     def _arrive(self, key: tuple[bytes, bytes], epoch: int, dst: bytes,
-                msg: MeshMessage) -> None:
+                msg: MeshMessage, hops: int) -> None:
         self.in_flight -= 1
         if self._links.get(key) != epoch or dst not in self.nodes:
             self.lost += 1
             return
-        self.nodes[dst]._receive(msg)
+        self.nodes[dst]._receive(msg, hops)
 
     @property
     def max_delay(self) -> float:
@@ -244,18 +276,22 @@ class MemoryMeshNetwork:
 
 @implementer(IMesh)
 class MemoryMesh:
-    """One node of a :class:`MemoryMeshNetwork` (make it with ``net.node(peer_id)``)."""
+    """One node of a :class:`MemoryMeshNetwork` (make it with ``net.node(peer_id)``);
+    ``clock`` is its own clock (the network's by default)."""
 
-    def __init__(self, network: MemoryMeshNetwork, peer_id: bytes) -> None:
+    def __init__(self, network: MemoryMeshNetwork, peer_id: bytes,
+                 clock: IReactorTime | None = None) -> None:
         self.network = network
         self.peer_id = peer_id
+        self.clock: IReactorTime = clock if clock is not None else network.clock
         self._neighbours: set[bytes] = set()
         self._events = EventEmitter(MESH_EVENTS)
         self._handlers: dict[bytes, Callable[[MeshMessage], None]] = {}
-        self.flood = Flood(network.clock, network.max_age, network.seen_size)
+        self.flood = Flood(self.clock, network.seen_ttl, network.seen_size,
+                           network.max_hops)
         self._counter = 0
-        #: delivered, relayed, seen (duplicates), too_old, from_future, handler_failed,
-        #: unhandled
+        #: delivered, relayed, seen (duplicates), hop_limit (arrived spent), last_hop
+        #: (delivered, not relayed further: hop limit), handler_failed, unhandled
         self.stats: Counter[str] = Counter()
 
     def __repr__(self) -> str:
@@ -279,18 +315,18 @@ class MemoryMesh:
         self._check_parts(parts, channel)
         msg = MeshMessage(origin=self.peer_id, via=self.peer_id, channel=channel,
                           parts=tuple(parts), msg_id=None,
-                          sent_at=self.network.clock.seconds())
+                          sent_at=self.clock.seconds())
         self.network._transmit(self.peer_id, peer_id, msg)
 
     def broadcast(self, *parts: bytes, channel: bytes = b"") -> bytes:
         self._check_parts(parts, channel)
         self._counter += 1
         msg_id = self.peer_id + b":" + str(self._counter).encode()
-        now = self.flood.originate(msg_id)
+        hops = self.flood.originate(msg_id)
         msg = MeshMessage(origin=self.peer_id, via=self.peer_id, channel=channel,
-                          parts=tuple(parts), msg_id=msg_id, sent_at=now)
+                          parts=tuple(parts), msg_id=msg_id, sent_at=self.clock.seconds())
         for peer_id in sorted(self._neighbours):
-            self.network._transmit(self.peer_id, peer_id, msg)
+            self.network._transmit(self.peer_id, peer_id, msg, hops)
         return msg_id
 
     def peers(self) -> list[bytes]:
@@ -306,18 +342,20 @@ class MemoryMesh:
             if not isinstance(part, bytes):
                 raise TypeError(f"message parts must be bytes, not {type(part).__name__}")
 
-    def _receive(self, msg: MeshMessage) -> None:
+    def _receive(self, msg: MeshMessage, hops: int) -> None:
         if msg.msg_id is not None:
-            decision = self.flood.receive(msg.msg_id, msg.sent_at, msg.via,
+            decision = self.flood.receive(msg.msg_id, hops, msg.via,
                                           sorted(self._neighbours))
             if not decision.deliver:
                 self.stats[decision.dropped or "dropped"] += 1
                 return
+            if decision.expired:
+                self.stats["last_hop"] += 1
             relay = MeshMessage(origin=msg.origin, via=self.peer_id, channel=msg.channel,
                                 parts=msg.parts, msg_id=msg.msg_id, sent_at=msg.sent_at)
             for peer_id in decision.relay_to:
                 if peer_id != msg.origin:
-                    self.network._transmit(self.peer_id, peer_id, relay)
+                    self.network._transmit(self.peer_id, peer_id, relay, decision.hops)
                     self.stats["relayed"] += 1
         self.stats["delivered"] += 1
         handler = self._handlers.get(msg.channel)

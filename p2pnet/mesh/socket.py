@@ -14,9 +14,11 @@ reactor) and dials the peers the :class:`~p2pnet.store.peerstore.PeerStore` know
   in the peer book (:mod:`p2pnet.mesh.peers`), which retries lost peers with back-off.
 - **One link per peer.**  When two nodes dial each other at once, both keep the link
   dialled by the lower id and close the other without a ``'disconnect'``.
-- **Floods.**  :meth:`MeshSocket.broadcast` sends to every neighbour; a node relays a
-  broadcast it has not seen to every neighbour but the sender (the frames as they came)
-  and delivers it once (:mod:`p2pnet.mesh.flood`).
+- **Floods.**  :meth:`MeshSocket.broadcast` sends to every neighbour with a hop limit
+  (``MeshLimits.max_hops``); a node relays a broadcast it has not seen to every neighbour
+  but the sender (the frames as they came, the hop limit less one) and delivers it once
+  (:mod:`p2pnet.mesh.flood`).  No clock is compared: nodes whose clocks disagree flood to
+  each other alike.
 - **Bad input.**  Frames are decoded strictly (:mod:`p2pnet.mesh.codec`); a malformed
   one is dropped and counted in :attr:`MeshSocket.stats`, and the link stays up.
 - **Bounds.**  Everything is bounded by :class:`~p2pnet.mesh.limits.MeshLimits`: peers,
@@ -153,7 +155,8 @@ class MeshSocket(service.Service):
         self._events = EventEmitter(EVENTS)
         self._handlers: dict[bytes, Callable[[MeshMessage], None]] = {}
         self._inbox: deque[MeshMessage] = deque()
-        self._flood = Flood(self._clock, self.limits.seen_ttl, self.limits.seen_max)
+        self._flood = Flood(self._clock, self.limits.seen_ttl, self.limits.seen_max,
+                            self.limits.max_hops)
         self._incoming: dict[bytes, _Link] = {}
         self._outgoing: dict[Dialer, _Link] = {}
         self._by_peer: dict[bytes, list[_Link]] = {}
@@ -196,8 +199,9 @@ class MeshSocket(service.Service):
         if self._transport is None:
             raise MeshStoppedError("the mesh socket is not running")
         msg_id = os.urandom(codec.MSG_ID_BYTES)
-        sent_at = self._clock.seconds()
-        frames = codec.encode(Broadcast(msg_id, self.peer_id, sent_at, channel, parts))
+        sent_at = max(0.0, self._clock.seconds())  # information only (see flood.py)
+        frames = codec.encode(Broadcast(msg_id, self.peer_id, sent_at, channel, parts,
+                                        self._flood.max_hops))
         self._flood.originate(msg_id)
         self.stats["broadcast_sent"] += 1
         for links in list(self._by_peer.values()):
@@ -462,14 +466,18 @@ class MeshSocket(service.Service):
         peer_id = link.peer_id
         assert peer_id is not None
         if isinstance(msg, Broadcast):
-            decision = self._flood.receive(msg.msg_id, msg.sent_at, peer_id, self._by_peer)
+            decision = self._flood.receive(msg.msg_id, msg.hops, peer_id, self._by_peer)
             if not decision.deliver:
                 self.stats[f"broadcast_{decision.dropped}"] += 1
                 return
-            for target in decision.relay_to:
-                links = self._by_peer.get(target)  # a relay may have dropped a slow peer
-                if links:
-                    self._transmit(links[0], frames)
+            if decision.expired:
+                self.stats["broadcast_last_hop"] += 1
+            if decision.relay_to:
+                relayed = codec.with_hops(frames, decision.hops)
+                for target in decision.relay_to:
+                    links = self._by_peer.get(target)  # a relay may drop a slow peer
+                    if links:
+                        self._transmit(links[0], relayed)
             if msg.origin != peer_id and self._book is not None:
                 self._book.heard_from(msg.origin)
             self._dispatch(MeshMessage(msg.origin, peer_id, msg.channel, msg.parts,
