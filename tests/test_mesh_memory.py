@@ -147,6 +147,18 @@ class NodeTests(SynchronousTestCase):
         self.assertEqual(rec.got, [])
         self.assertEqual(self.net.lost, 1)
 
+    def test_drop_in_flight(self) -> None:
+        a, b = self.net.node(b"a"), self.net.node(b"b")
+        rec = Recorder(b)
+        self.net.link(b"a", b"b")
+        a.send(b"b", b"1", channel=b"app")
+        a.broadcast(b"2", channel=b"app")
+        self.assertEqual(self.net.drop_in_flight(), 2)
+        self.assertEqual((self.net.in_flight, self.net.lost), (0, 2))
+        a.send(b"b", b"3", channel=b"app")  # the network goes on
+        self.net.flush()
+        self.assertEqual([m.parts for m in rec.got], [(b"3",)])
+
     def test_remove_and_reuse_id(self) -> None:
         self.net.node(b"a")
         b = self.net.node(b"b")

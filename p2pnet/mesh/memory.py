@@ -253,6 +253,18 @@ class MemoryMeshNetwork:
             return
         self.nodes[dst]._receive(msg, hops)
 
+    def drop_in_flight(self) -> int:
+        """Lose every message in flight (a glitch of the whole network; counted in
+        :attr:`lost`); returns how many were lost."""
+        dropped = len(self._queue)
+        self._queue.clear()
+        self.in_flight -= dropped
+        self.lost += dropped
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        return dropped
+
     @property
     def max_delay(self) -> float:
         return self.latency + self.jitter
