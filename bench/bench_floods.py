@@ -63,7 +63,7 @@ K_BIG = hashlib.sha1(b"bench_floods big").digest()
 ATTACKER_ID = hashlib.sha1(b"bench_floods attacker").digest()
 
 LOOPBACK = ["idle", "ping", "findnode", "getval", "store0", "lookup", "pullbomb", "table",
-            "table-ports"]
+            "table-ports", "getval-ports", "store0-ports"]
 SIM = ["sim-idle", "sim-ping-ports", "sim-store0-ports", "sim-table-ports"]
 
 
@@ -234,7 +234,9 @@ def attacker_main(scenario: str, target_port: int, seconds: float, rate: float,
     w = Wire()
     c = w.codec
     target = ("127.0.0.1", target_port)
-    socks = [_socket() for _ in range(200 if scenario == "table-ports" else 1)]
+    ports = scenario.endswith("-ports")
+    scenario = scenario.removesuffix("-ports") if scenario != "table-ports" else scenario
+    socks = [_socket() for _ in range(200 if ports else 1)]
     sock = socks[0]
     out: dict[str, Any] = {"sent": 0, "answers": 0, "errors": {}, "requests_in": 0,
                            "port": sock.getsockname()[1]}
@@ -281,18 +283,20 @@ def attacker_main(scenario: str, target_port: int, seconds: float, rate: float,
                 break
             due = int((now - start) * rate) - out["sent"]
             for _ in range(min(due, 256)):
-                if not send(request()):
+                if not send(request(), s=socks[out["sent"] % len(socks)]):
                     break
             got = False
-            while True:
-                try:
-                    data = sock.recv(65536)
-                except (BlockingIOError, OSError):
-                    break
-                got = True
-                msg = w.decode(data)
-                if msg is not None:
-                    note_answer(msg)
+            ready = select.select(socks, [], [], 0)[0] if ports else socks
+            for s in ready:
+                while True:
+                    try:
+                        data = s.recv(65536)
+                    except (BlockingIOError, OSError):
+                        break
+                    got = True
+                    msg = w.decode(data)
+                    if msg is not None:
+                        note_answer(msg)
             if due <= 0 and not got:
                 time.sleep(0.0005)
     elif scenario == "lookup":
@@ -871,6 +875,8 @@ TITLES = {
     "pullbomb": "pull bomb: 16 offers of 1 MiB, 1 byte per chunk per {pace} s (#2)",
     "table": "table flood: 4,000 pings, crafted ids, one address (#6)",
     "table-ports": "table flood over 200 source ports (loopback: 200 addresses)",
+    "getval-ports": "getval read flood over 200 source ports (loopback: 200 addresses)",
+    "store0-ports": "zero-byte store flood over 200 source ports (loopback: 200 addresses)",
     "sim-idle": "in-memory network, distinct IPs: no attacker (baseline)",
     "sim-ping-ports": "in-memory: ping flood from one IP over 200 ports",
     "sim-store0-ports": "in-memory: zero-byte store flood from one IP over 200 ports",
