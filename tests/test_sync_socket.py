@@ -192,6 +192,24 @@ class DictApiTests(SynchronousTestCase):
         self.assertRaises(SyncRefused, s.update, {b"k": b"v", b"toolong": b"v"})
         self.assertEqual(len(s), 0)  # update: all or nothing
 
+    def test_update_bounded_by_max_keys_as_a_whole(self) -> None:
+        n = Net(0)
+        s = SyncSocket(n.net.node(b"small"), clock=n.clock, limits=SyncLimits(max_keys=3))
+        s[b"a"] = b"1"
+        del s[b"a"]  # a tombstone counts as a key
+        with self.assertRaises(SyncRefused) as caught:
+            s.update({b"b": b"1", b"c": b"1", b"d": b"1"})  # 1 + 3 new > 3
+        self.assertIn("too_many_keys", str(caught.exception))
+        self.assertEqual((len(s), len(s._state.entries)), (0, 1))  # nothing written
+        s.update({b"a": b"2", b"b": b"2", b"c": b"2"})  # a is not new: 3 keys, at the bound
+        self.assertEqual(s.copy(), {b"a": b"2", b"b": b"2", b"c": b"2"})
+        s.update({b"a": b"3", b"c": b"3"})  # no new key: fine when full
+        self.assertRaises(SyncRefused, s.update, {b"a": b"4", b"e": b"4"})
+        self.assertEqual(s.copy(), {b"a": b"3", b"b": b"2", b"c": b"3"})
+        n.clock.advance(s.limits.tombstone_seconds + 1)
+        del s[b"c"]
+        self.assertRaises(SyncRefused, s.update, {b"e": b"5"})  # c's tombstone is young
+
 
 class LeaseTests(SynchronousTestCase):
     def setUp(self) -> None:

@@ -319,7 +319,8 @@ class SyncSocket(Service):
     def update(self, mapping: Mapping[Any, Any] | Iterable[tuple[Any, Any]] = (),
                **kwargs: Any) -> None:
         """Set many keys at once, in one message: all or none (a key leased to another
-        node raises ``LeaseError`` before anything is written)."""
+        node raises ``LeaseError``, and keys past ``max_keys`` for the whole update
+        :class:`~p2pnet.sync.merge.SyncRefused`, before anything is written)."""
         pairs = list(mapping.items() if isinstance(mapping, Mapping) else mapping)
         pairs += list(kwargs.items())
         now = self._now()
@@ -328,6 +329,12 @@ class SyncSocket(Service):
         for key, value in pairs:
             todo[to_bytes(key)] = to_value(value)
         state = self._state
+        new_keys = sum(1 for k in todo if k not in state.entries)
+        if new_keys and len(state.entries) + new_keys > self.limits.max_keys:
+            # (each key alone would pass the check below: the update as a whole must)
+            raise SyncRefused(f"refused to write {len(todo)} keys: too_many_keys "
+                              f"({len(state.entries)} held and {new_keys} new, at most "
+                              f"{self.limits.max_keys}; tombstones count)")
         writer = self._writer()
         prepared = [  # every key checked before any is written
             (k, state.prepare(k, writer, now, v, kind=kind, leasing=self.leasing,
