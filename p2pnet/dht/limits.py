@@ -61,6 +61,9 @@ class Limits:
     lookup_max_rounds: int = 60
     #: seconds one lookup runs at most
     lookup_max_seconds: float = 30.0
+    #: one lookup holds at most one node per source address (IP; IP and port on
+    #: loopback): a peer cannot feed it ids of its own
+    lookup_one_per_address: bool = True
 
     # -- the routing table (p2pnet.dht.routing, p2pnet.dht.contacts) -----------------
     #: at most one contact per IP address in the whole table (per IP and port on
@@ -177,8 +180,8 @@ class Limits:
     proven_max: int = 10_000
     #: seconds an IP that answered us stays proven
     proven_seconds: float = 600.0
-    #: tokens we hold from other nodes (one per address), at most
-    token_cache_max: int = 10_000
+    #: tokens we hold from other nodes (one per address, about 130 bytes each), at most
+    token_cache_max: int = 4_096
     #: bytes a findnode/findval request to an address we hold no token for is padded to,
     #: so its answer (20 IPv6 contacts: 828 bytes) fits the amplification bound
     request_pad_to: int = 300

@@ -107,7 +107,7 @@ class Lookup:
         self.max_seconds = limits.lookup_max_seconds
         self.shortlist = Shortlist(key, net.key, net.k, index,
                                    max_candidates=limits.lookup_max_candidates,
-                                   one_per_source=True)
+                                   one_per_source=limits.lookup_one_per_address)
         self.rounds = 0
         self._done: defer.Deferred[Shortlist] = defer.Deferred()
         self._timer: IDelayedCall | None = None

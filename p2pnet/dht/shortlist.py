@@ -7,7 +7,8 @@ then *in flight* until :meth:`Shortlist.mark_node` says they answered (*active*)
 the ``k`` closest nodes not dropped have all answered, or when nothing is left to ask.
 
 A shortlist also bounds what a stranger can make a lookup hold: at most
-``max_candidates`` nodes (a closer newcomer pushes out the farthest node not yet asked),
+``max_candidates`` nodes (a closer newcomer pushes out the farthest node not yet asked;
+both a push-out and a refusal count as ``lookup_candidates``),
 and with ``one_per_source`` at most one node id per source address (the IP, or the
 ``(ip, port)`` on loopback: :func:`p2pnet.dht.limits.source_key`).  Refusals are counted
 in :attr:`Shortlist.refused` by kind.  It remembers each node's *depth*: 1 for the nodes
@@ -16,11 +17,15 @@ it started with, ``d + 1`` for a node first named by a node of depth ``d``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 from p2pnet.dht.codec import ValueInfo
 from p2pnet.dht.limits import RefusalCounter, source_key
 from p2pnet.models import Node
+
+#: source_key parses the address; a lookup asks it for every node it is handed
+_source_key = functools.lru_cache(maxsize=8192)(source_key)
 
 K = 20
 NETWORK_PARALLELISM = 3
@@ -68,7 +73,7 @@ class Shortlist:
         for n in nodes:
             if n.key == self._own or n.key in self._known:
                 continue
-            source = source_key(n.address) if self.one_per_source else None
+            source = _source_key(n.address) if self.one_per_source else None
             if source is not None and source in self._sources:
                 self.refused["lookup_same_address"] += 1
                 continue
@@ -101,9 +106,15 @@ class Shortlist:
                 node = self._known.pop(victim)
                 self._depth.pop(victim, None)
                 if self.one_per_source:
-                    self._sources.pop(source_key(node.address), None)
+                    self._sources.pop(_source_key(node.address), None)
+                self.refused["lookup_candidates"] += 1  # pushed out
                 return True
         return False
+
+    @property
+    def held(self) -> int:
+        """How many nodes the shortlist holds."""
+        return len(self._known)
 
     def depth_of(self, node: Node) -> int:
         """The node's depth (0 for a node this shortlist does not hold)."""
