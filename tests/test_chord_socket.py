@@ -30,6 +30,7 @@ from p2pnet.chord.socket import (
 )
 from p2pnet.dht.limits import Limits
 from p2pnet.dht.network import DHTNetwork
+from p2pnet.dht.publishing import Maintenance
 from p2pnet.mesh.memory import MemoryMeshNetwork
 from tests.dhthelpers import Sim
 
@@ -430,6 +431,28 @@ class FailureTests(SynchronousTestCase):
         self.assertFalse(net.clock.getDelayedCalls() and
                          any(c.func.__name__ == "expire" for c in net.clock.getDelayedCalls()))
 
+    def test_timeout_when_all_holders_are_partitioned(self) -> None:
+        """Every holder of a key cut off (the rest of the network answers): a read runs
+        out of the socket's time and says so with the typed error, not ``KeyError``."""
+        net = ChordNet(24)  # the DHT's defaults: k = 20, 2 s requests, one retry
+        net.ok(net.socks[0].d_set(b"k", b"v"))
+        holders = {i for i, n in enumerate(net.sim.nodes)
+                   if n.kvp_table.records_for_key(record.dht_key(b"k"))}
+        self.assertGreaterEqual(len(holders), 3)
+        reader = net.socks[min(set(range(24)) - holders)]
+        for i in holders:
+            net.sim.net.blocked_hosts.add(net.sim.nodes[i].address[0])
+        self.assertIn(b"k", reader)
+        start = net.clock.seconds()
+        err = fails_with(self, net.do(reader.d_get(b"k")), ChordTimeoutError)
+        self.assertNotIsInstance(err, KeyError)
+        self.assertAlmostEqual(net.clock.seconds() - start, reader.timeout, delta=1.0)
+        self.assertEqual(reader.stats.failures["get"], 1)
+        # a default does not hide a timeout: it is for absent keys only
+        fails_with(self, net.do(reader.d_get(b"k", b"dflt")), ChordTimeoutError)
+        fails_with(self, net.do(reader.d_delete(b"k")), ChordTimeoutError)
+        self.assertIn(b"k", reader)  # a failed delete removes nothing
+
     def test_values_may_raise_keyerror_when_holders_gone(self) -> None:
         net = ChordNet(12, k=3)
         net.ok(net.socks[0].d_set(b"k", b"v"))
@@ -474,6 +497,51 @@ class FailureTests(SynchronousTestCase):
 
 
 class SurvivalTests(SynchronousTestCase):
+
+    def test_values_are_handed_on_when_holders_go(self) -> None:
+        """Few copies (k = 3), a third of the nodes killed in waves without a word, each
+        wave taking holders of the values: the DHT's replication hands every value on
+        before its last holder goes, so every value outlives all its first holders."""
+        net = ChordNet(30, seed=5, k=3)
+        for node in net.sim.nodes:
+            m = Maintenance(node, wait_for_join=False)
+            m.startService()
+            self.addCleanup(m.stopService)
+        values = {b"key%d" % i: b"value%d" % i for i in range(10)}
+        for i, (k, v) in enumerate(values.items()):
+            net.ok(net.socks[i + 10].d_set(k, v))
+
+        def holders(k: bytes) -> set[int]:
+            return {i for i, n in enumerate(net.sim.nodes)
+                    if i not in dead and n.kvp_table.records_for_key(record.dht_key(k))}
+
+        dead: set[int] = set()
+        first = {k: holders(k) for k in values}
+        while len(dead) < 10:
+            # a wave of at most 4: the first holders of the values that have fewest left,
+            # each value keeping one live holder through the wave (were they all killed
+            # at once, nothing could save it)
+            held = {k: holders(k) for k in values}
+            wave: set[int] = set()
+            targets = sorted(values, key=lambda k: (len(first[k] - dead), k))
+            for i in [i for k in targets for i in sorted(first[k] - dead)]:
+                if len(wave) < min(4, 10 - len(dead)) and all(
+                        len(h - wave - {i}) >= 1 for h in held.values()):
+                    wave.add(i)
+            if not wave:  # no first holder may go now: any other node then
+                wave = {min(set(range(30)) - dead - set().union(*held.values()))}
+            self.assertTrue(wave)
+            for i in wave:
+                net.kill(i)
+            dead |= wave
+            net.sim.settle(net.sim.nodes[0].TIME_REPLICATE + 60)  # replication runs
+        orphaned = [k for k in values if first[k] <= dead]
+        self.assertGreaterEqual(len(orphaned), 2)  # handed on, or they would be lost
+        alive = [s for i, s in enumerate(net.socks) if i not in dead]
+        for j, (k, v) in enumerate(values.items()):
+            self.assertEqual(net.ok(alive[j % len(alive)].d_get(k)), v)
+            self.assertGreaterEqual(len(holders(k)), 2)
+
     def test_values_survive_killing_a_third(self) -> None:
         net = ChordNet(30, seed=3)
         values = {b"key%d" % i: b"value%d" % i for i in range(30)}
