@@ -113,9 +113,10 @@ class HeapClock:
 
 
 class MemoryReactor:
-    """Just enough reactor for a ``DHTService``: the clock's time, UDP on ``network``."""
+    """Just enough reactor for a ``DHTService``: the clock's time (a :class:`HeapClock`
+    or ``task.Clock``), UDP on ``network``."""
 
-    def __init__(self, clock: HeapClock, network: MemoryNetwork,
+    def __init__(self, clock: Any, network: MemoryNetwork,
                  host: str = "127.0.0.1") -> None:
         self.clock = clock
         self.network = network
