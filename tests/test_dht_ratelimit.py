@@ -154,3 +154,21 @@ class AddressProofTests(SynchronousTestCase):
             self.proof.answered(f"10.{i // 250}.{i % 250}.1")
             self.assertLessEqual(len(self.proof), 50)
         self.assertTrue(self.proof.is_proven("10.3.249.1", None))  # the newest stays
+
+
+class SweepTests(SynchronousTestCase):
+    def test_table_holds_recent_sources_only(self) -> None:
+        """A source heard from more than burst/rate seconds ago is forgotten once the
+        table doubles; the ones still draining stay (their debt is not forgiven)."""
+        t = BucketTable(rate=10, burst=20, max_keys=10_000)
+        now = 0.0
+        for i in range(5000):
+            now += 0.01  # 100 sources a second: each refills 2 s later
+            t.take(("10.0.0.1", i), now)
+            self.assertLessEqual(len(t), 2 * 200 + BucketTable.SWEEP_FROM)
+        busy = ("10.9.9.9", 1)
+        for _ in range(25):
+            t.take(busy, now)
+        for i in range(1000):
+            t.take(("10.0.0.2", i), now)  # many new sources at once: sweeps happen
+        self.assertFalse(t.take(busy, now))  # the busy bucket was not swept

@@ -25,6 +25,8 @@ from collections.abc import Callable
 from p2pnet.dht.codec import TOKEN_BYTES
 from p2pnet.dht.limits import Limits
 
+_TOKENS_CACHED = 256
+
 
 class AddressProof:
     """Hands out tokens bound to IPs, checks them, and remembers IPs that answered us."""
@@ -61,7 +63,7 @@ class AddressProof:
         self._maybe_rotate(self.clock())
         token = self._tokens.get(ip)
         if token is None:
-            if len(self._tokens) >= self.limits.proven_max:
+            if len(self._tokens) >= _TOKENS_CACHED:  # a cache: a hash costs a microsecond
                 self._tokens.clear()
             token = self._tokens[ip] = self._mac(self._secret, ip)
         return token

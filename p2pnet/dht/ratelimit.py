@@ -61,21 +61,38 @@ class TokenBucket:
 
 
 class BucketTable:
-    """Buckets by key, at most ``max_keys`` of them."""
+    """Buckets by key, at most ``max_keys`` of them.
+
+    A bucket that has refilled is as good as a new one, so refilled buckets are swept
+    out whenever the table has doubled since the last sweep: the table holds about the
+    sources heard from in the last ``burst / rate`` seconds (2 s by default), not every
+    source ever seen (a node's memory matters at 1,000 nodes a process).
+    """
+
+    SWEEP_FROM = 32
 
     def __init__(self, rate: float, burst: float, max_keys: int) -> None:
         self.rate = rate
         self.burst = burst
         self.max_keys = max(1, max_keys)
         self.buckets: dict[Any, TokenBucket] = {}
+        self._sweep_at = min(self.max_keys, self.SWEEP_FROM)
 
     def take(self, key: Any, now: float) -> bool:
         bucket = self.buckets.get(key)
         if bucket is None:
-            if len(self.buckets) >= self.max_keys:
-                self._shrink(now)
+            if len(self.buckets) >= self._sweep_at:
+                self._sweep(now)
             bucket = self.buckets[key] = TokenBucket(self.rate, self.burst, now)
         return bucket.take(now)
+
+    def _sweep(self, now: float) -> None:
+        if len(self.buckets) >= self.max_keys:
+            self._shrink(now)
+        else:
+            for k in [k for k, b in self.buckets.items() if b.full(now)]:
+                del self.buckets[k]
+        self._sweep_at = min(self.max_keys, max(self.SWEEP_FROM, 2 * len(self.buckets)))
 
     def _shrink(self, now: float) -> None:
         """Forget refilled buckets; if that frees less than a quarter, the oldest half."""
@@ -107,7 +124,8 @@ class RateLimiter:
         self.prefixes = BucketTable(limits.rate_per_prefix, limits.rate_per_prefix_burst,
                                     limits.rate_max_sources)
         self.everyone = TokenBucket(limits.rate_global, limits.rate_global_burst, clock())
-        # host -> (loopback?, its prefix key or None when it has no prefix bucket)
+        # host -> (loopback?, its prefix key or None when it has no prefix bucket); a
+        # small cache (recomputing costs a few microseconds)
         self._hosts: dict[str, tuple[bool, str | None]] = {}
 
     def check(self, address: Address) -> str | None:
@@ -120,7 +138,7 @@ class RateLimiter:
         host = address[0]
         known = self._hosts.get(host)
         if known is None:
-            if len(self._hosts) >= self.limits.rate_max_sources:
+            if len(self._hosts) >= _HOSTS_CACHED:
                 self._hosts.clear()
             known = self._hosts[host] = (is_loopback(host),
                                          None if _local(host) else prefix_key(address))
@@ -133,6 +151,9 @@ class RateLimiter:
         if not self.everyone.take(now):
             return RATE_LIMITED_GLOBAL
         return None
+
+
+_HOSTS_CACHED = 256
 
 
 def _local(host: str) -> bool:
