@@ -650,3 +650,25 @@ class WireDefenceTests(ProtocolTestMixin, SynchronousTestCase):
         d = self.proto.request(PEER, codec.PingRequest())
         self.answer(self.sent()[0], codec.PingResponse())
         self.successResultOf(d)
+
+
+class PaddingTests(ProtocolTestMixin, SynchronousTestCase):
+    def test_padded_to_exactly_the_target(self) -> None:
+        target = self.proto.limits.request_pad_to
+        for body in [codec.FindNodeRequest(OTHER_ID), codec.FindValueRequest(OTHER_ID),
+                     codec.FindValueRequest(OTHER_ID, PEER_ID)]:
+            self.proto.request(PEER, body)
+            data, _ = self.transport.written[-1]
+            self.assertEqual(len(data), target)
+            self.assertEqual(codec.decode(data).body, body)
+
+    def test_no_tokens_held_for_loopback_servers(self) -> None:
+        """Proof is per IP: on loopback a per-server token buys nothing but memory."""
+        local = ("127.0.0.1", 5000)
+        d = self.proto.request(local, codec.FindNodeRequest(OTHER_ID))
+        msg, _ = self.sent()
+        data = codec.encode(NETWORK, msg.tid, PEER_ID, codec.NodesResponse(()),
+                            codec.RPC.FIND_NODE, b"K" * 8)
+        self.proto.datagramReceived(data, local)
+        self.successResultOf(d)
+        self.assertEqual(self.proto._tokens, {})

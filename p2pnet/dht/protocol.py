@@ -162,6 +162,13 @@ _VALUE_BYTES = codec.KEY + 4 + 8
 _UNPROVEN = codec.ErrorResponse(codec.ErrorCode.UNPROVEN, "prove your address: send the token")
 
 
+def _body_size(body: Any) -> int:
+    """Bytes of a findnode or findval request's body (what padding adds to)."""
+    if type(body) is codec.FindNodeRequest:
+        return codec.KEY
+    return codec.KEY + 1 + (0 if body.index is None else codec.KEY)
+
+
 def _is_loopback_host(host: str) -> bool:
     return host.startswith("127.") or host == "::1"
 
@@ -210,6 +217,8 @@ class DHTProtocol(DatagramProtocol):
             self._ping_frame = (head + bytes((codec.Kind.REQUEST, codec.RPC.PING)),
                                 node_id + b"\x00",
                                 head + bytes((codec.Kind.RESPONSE, codec.RPC.PING)))
+        # bytes of a header without token, grant or padding
+        self._head_size = 2 + len(network_id) + 2 + codec.TID_BYTES + codec.KEY + 1
         self._tid = tid_source or _RandomPool().take
         self._deadlines: list[tuple[float, int, bytes]] = []
         self._seq = 0
@@ -286,17 +295,20 @@ class DHTProtocol(DatagramProtocol):
                         address: Address) -> bytes:
         """A request with our token for ``address``, or padded when we hold none."""
         token = self._tokens.get(address) if rpc in _TOKEN_RPCS else None
+        if token is None and rpc in _PAD_RPCS:
+            size = self._head_size + _body_size(body)
+            padding = codec.padding_for(size, self.limits.request_pad_to)
+            return codec.encode(self.network_id, tid, self.node_id, body, padding=padding)
         # a store offer may be pulled with getvals: grant the receiver a token for them
         grant = self.proof.token_for(address[0]) if rpc is codec.RPC.STORE else None
-        data = codec.encode(self.network_id, tid, self.node_id, body, token=token,
-                            grant=grant)
-        pad_to = self.limits.request_pad_to
-        if token is None and rpc in _PAD_RPCS and len(data) < pad_to:
-            data = codec.encode(self.network_id, tid, self.node_id, body,
-                                padding=codec.padding_for(len(data), pad_to))
-        return data
+        return codec.encode(self.network_id, tid, self.node_id, body, token=token, grant=grant)
 
     def _keep_token(self, address: Address, token: bytes) -> None:
+        if _is_loopback_host(address[0]):
+            # Proof is per IP, and every node on loopback shares 127.0.0.1: once any local
+            # node answered a server, all are proven there.  Holding a token per local
+            # server would cost ~200 bytes each and buy nothing (1,000 nodes a process).
+            return
         tokens = self._tokens
         if tokens.get(address) != token:
             if address not in tokens and len(tokens) >= self.limits.token_cache_max:
