@@ -63,8 +63,9 @@ K_BIG = hashlib.sha1(b"bench_floods big").digest()
 ATTACKER_ID = hashlib.sha1(b"bench_floods attacker").digest()
 
 LOOPBACK = ["idle", "ping", "findnode", "getval", "store0", "lookup", "pullbomb", "table",
-            "table-ports", "getval-ports", "store0-ports"]
-SIM = ["sim-idle", "sim-ping-ports", "sim-store0-ports", "sim-table-ports"]
+            "table-ports", "getval-ports", "store0-ports", "lookup-ports", "pullslow-ports"]
+SIM = ["sim-idle", "sim-ping-ports", "sim-store0-ports", "sim-table-ports",
+       "sim-pullslow-ports"]
 
 
 def sha1(b: bytes) -> bytes:
@@ -236,7 +237,7 @@ def attacker_main(scenario: str, target_port: int, seconds: float, rate: float,
     target = ("127.0.0.1", target_port)
     ports = scenario.endswith("-ports")
     scenario = scenario.removesuffix("-ports") if scenario != "table-ports" else scenario
-    socks = [_socket() for _ in range(200 if ports else 1)]
+    socks = [_socket() for _ in range((8 if scenario == "pullslow" else 200) if ports else 1)]
     sock = socks[0]
     out: dict[str, Any] = {"sent": 0, "answers": 0, "errors": {}, "requests_in": 0,
                            "port": sock.getsockname()[1]}
@@ -302,68 +303,90 @@ def attacker_main(scenario: str, target_port: int, seconds: float, rate: float,
     elif scenario == "lookup":
         closest: dict[bytes, int] = {}
         fake = 0
+        pports = [s.getsockname()[1] for s in socks]
         while time.monotonic() < end:
-            r, _, _ = select.select([sock], [], [], 0.05)
-            if not r:
-                continue
-            while True:
-                try:
-                    data, addr = sock.recvfrom(65536)
-                except (BlockingIOError, OSError):
-                    break
-                msg = w.decode(data)
-                if msg is None or msg.kind != c.Kind.REQUEST:
-                    continue
-                out["requests_in"] += 1
-                if msg.rpc == c.RPC.PING:
-                    send(w.encode(c.PingResponse(), msg.tid, token=False), to=addr)
-                elif msg.rpc in (c.RPC.FIND_NODE, c.RPC.FIND_VALUE):
-                    # 20 ids, each strictly closer to the key than any handed out
-                    # before for it: distances m-1 .. m-20, then m drops by 20
-                    key = int.from_bytes(msg.body.key, "big")
-                    m = closest.get(msg.body.key, 1 << 150)
-                    closest[msg.body.key] = m - 20
-                    nodes = [_node((key ^ (m - j)).to_bytes(20, "big"), out["port"])
-                             for j in range(1, 21)]
-                    fake += 20
-                    send(w.encode(c.NodesResponse(tuple(nodes)), msg.tid, rpc=msg.rpc,
-                                  token=False), to=addr)
+            r, _, _ = select.select(socks, [], [], 0.05)
+            for s in r:
+                while True:
+                    try:
+                        data, addr = s.recvfrom(65536)
+                    except (BlockingIOError, OSError):
+                        break
+                    msg = w.decode(data)
+                    if msg is None or msg.kind != c.Kind.REQUEST:
+                        continue
+                    out["requests_in"] += 1
+                    if msg.rpc == c.RPC.PING:
+                        send(w.encode(c.PingResponse(), msg.tid, token=False), s=s, to=addr)
+                    elif msg.rpc in (c.RPC.FIND_NODE, c.RPC.FIND_VALUE):
+                        # 20 ids, each strictly closer to the key than any handed out
+                        # before for it: distances m-1 .. m-20, then m drops by 20; at
+                        # the attacker's one port, or (-ports) at 20 of its 200 ports
+                        key = int.from_bytes(msg.body.key, "big")
+                        m = closest.get(msg.body.key, 1 << 150)
+                        closest[msg.body.key] = m - 20
+                        nodes = [_node((key ^ (m - j)).to_bytes(20, "big"),
+                                       pports[(fake + j) % len(pports)])
+                                 for j in range(1, 21)]
+                        fake += 20
+                        send(w.encode(c.NodesResponse(tuple(nodes)), msg.tid, rpc=msg.rpc,
+                                      token=False), s=s, to=addr)
         out["fake_ids_sent"] = fake
-    elif scenario == "pullbomb":
-        pending: list[tuple[float, Any, bytes, Any]] = []
+    elif scenario in ("pullbomb", "pullslow"):
+        # pullbomb: 16 offers from one port, each getval answered with 1 byte after
+        # ``pace`` s.  pullslow: 2 offers from each of 8 ports, each getval answered in
+        # full just before the requester's 2 s timeout, and a new offer as soon as the
+        # victim answers one (so the pull slots stay taken)
+        slow = scenario == "pullslow"
+        pending: list[tuple[float, socket.socket, Any, bytes, Any]] = []
         size = 1024 * 1024
+        offers = 0
+
+        def offer(s: socket.socket) -> None:
+            nonlocal offers
+            offers += 1
+            send(w.encode(c.StoreRequest(sha1(b"bomb %d" % offers),
+                                         sha1(b"bomb value %d" % offers), size,
+                                         time.time())), s=s)
+
         for i in range(16):
-            key = sha1(b"bomb %d" % i)
-            send(w.encode(c.StoreRequest(key, sha1(b"bomb value %d" % i), size, time.time())))
+            offer(socks[i % len(socks)])
         out["bytes_out"] = 0
         while time.monotonic() < end:
             now = time.monotonic()
             while pending and pending[0][0] <= now:
-                _, addr, tid, body = pending.pop(0)
-                data = w.encode(c.GetValueResponse(size, body.offset, b"x"), tid, token=False)
-                if send(data, to=addr):
+                _, s, addr, tid, body = pending.pop(0)
+                chunk = (bytes(max(0, min(body.length, size - body.offset))) if slow
+                         else b"x")
+                data = w.encode(c.GetValueResponse(size, body.offset, chunk), tid,
+                                token=False)
+                if send(data, s=s, to=addr):
                     out["bytes_out"] += len(data)
             wait = max(0.0, min(0.05, (pending[0][0] - now) if pending else 0.05))
-            r, _, _ = select.select([sock], [], [], wait)
-            if not r:
-                continue
-            while True:
-                try:
-                    data, addr = sock.recvfrom(65536)
-                except (BlockingIOError, OSError):
-                    break
-                msg = w.decode(data)
-                if msg is None:
-                    continue
-                if msg.kind != c.Kind.REQUEST:
-                    note_answer(msg)
-                    continue
-                out["requests_in"] += 1
-                if msg.rpc == c.RPC.PING:
-                    send(w.encode(c.PingResponse(), msg.tid, token=False), to=addr)
-                elif msg.rpc == c.RPC.GET_VALUE:
-                    pending.append((time.monotonic() + pace, addr, msg.tid, msg.body))
+            r, _, _ = select.select(socks, [], [], wait)
+            for s in r:
+                while True:
+                    try:
+                        data, addr = s.recvfrom(65536)
+                    except (BlockingIOError, OSError):
+                        break
+                    msg = w.decode(data)
+                    if msg is None:
+                        continue
+                    if msg.kind != c.Kind.REQUEST:
+                        note_answer(msg)
+                        if slow and msg.rpc == c.RPC.STORE:
+                            offer(s)
+                        continue
+                    out["requests_in"] += 1
+                    if msg.rpc == c.RPC.PING:
+                        send(w.encode(c.PingResponse(), msg.tid, token=False), s=s, to=addr)
+                    elif msg.rpc == c.RPC.GET_VALUE:
+                        pending.append((time.monotonic() + (1.8 if slow else pace), s, addr,
+                                        msg.tid, msg.body))
+                        pending.sort(key=lambda p: p[0])
         out["getvals_held_at_end"] = len(pending)
+        out["offers"] = offers
     elif scenario in ("table", "table-ports"):
         # 4,000 pings with crafted ids spread over the victim's buckets; ping-backs are
         # answered (by each socket, with the id it last claimed), so they can enter
@@ -507,6 +530,7 @@ async def drive(args: argparse.Namespace) -> dict[str, Any]:
     from twisted.internet import reactor, task
 
     scen = args.driver
+    secs = max(args.seconds, 16.0) if scen.startswith("pullslow") else args.seconds
     env = dict(os.environ)
     me = os.path.abspath(__file__)
     victim = _lines_process()
@@ -532,19 +556,19 @@ async def drive(args: argparse.Namespace) -> dict[str, Any]:
             attacker = _lines_process()
             reactor.spawnProcess(attacker, sys.executable,
                                  [sys.executable, me, "--attacker", scen, "--target",
-                                  str(vport), "--seconds", str(args.seconds), "--rate",
+                                  str(vport), "--seconds", str(secs), "--rate",
                                   str(args.rate), "--pace", str(args.pace), "--victim-id",
                                   vid.hex()], env=env)
             aport = int((await _with_timeout(attacker.lines.get(), 30)).split()[1])
-            if scen == "lookup":
+            if scen.startswith("lookup"):
                 victim.transport.write(f"join {aport}\n".encode())
                 await _with_timeout(victim.lines.get(), 10)
         stores_ok = stores = 0
-        t_end = time.monotonic() + args.seconds
+        t_end = time.monotonic() + secs
         next_store = time.monotonic() + 1.0
         while time.monotonic() < t_end:
             honest.get_once()
-            if scen == "pullbomb" and time.monotonic() >= next_store:
+            if scen.startswith("pull") and time.monotonic() >= next_store:
                 next_store += 1.0
                 v = os.urandom(4096)
                 stores += 1
@@ -558,7 +582,7 @@ async def drive(args: argparse.Namespace) -> dict[str, Any]:
             await task.deferLater(reactor, 0.1, lambda: None)
         unfinished = await honest.settle(6.0)
         result.update(honest.summary(unfinished))
-        if scen == "pullbomb":
+        if scen.startswith("pull"):
             result["honest_stores"] = f"{stores_ok}/{stores}"
         if attacker is not None:
             while True:
@@ -696,11 +720,29 @@ async def sim_drive(args: argparse.Namespace) -> dict[str, Any]:
                 return
             if msg.kind != c.Kind.REQUEST:
                 counts["answers"] += 1
+                if slow and msg.rpc == c.RPC.STORE:
+                    sim_offer(self.p)
                 return
             if msg.rpc == c.RPC.PING:
                 reply = w.encode(c.PingResponse(), msg.tid,
                                  sender=claimed.get(self.p, ATTACKER_ID), token=False)
                 net.send((att_ip, self.p), addr, reply)
+            elif slow and msg.rpc == c.RPC.GET_VALUE:
+                b = msg.body
+                chunk = bytes(max(0, min(b.length, SIZE - b.offset)))
+                reply = w.encode(c.GetValueResponse(SIZE, b.offset, chunk), msg.tid,
+                                 token=False)
+                reactor.callLater(1.8, net.send, (att_ip, self.p), addr, reply)
+
+    slow = scen == "sim-pullslow-ports"
+    SIZE = 1024 * 1024
+
+    def sim_offer(port: int) -> None:
+        counts["offers"] = n = counts.get("offers", 0) + 1
+        net.send((att_ip, port), victim.address, w.encode(
+            c.StoreRequest(sha1(b"bomb %d" % n), sha1(b"bomb value %d" % n), SIZE,
+                           time.time())))
+        counts["sent"] += 1
 
     for p in ports:
         net.attach(AttackerPort(p), att_ip, p)  # type: ignore[arg-type]
@@ -733,14 +775,25 @@ async def sim_drive(args: argparse.Namespace) -> dict[str, Any]:
     rss_samples: list[int] = []
     sampler = task.LoopingCall(lambda: rss_samples.append(rss_kib(pid)))
     sampler.start(0.1)
-    if scen != "sim-idle":
+    if slow:
+        for i in range(16):
+            sim_offer(ports[i % 8])
+    elif scen != "sim-idle":
         # table: 4,000 pings in ~2.4 s; ping/store: 50 per 5 ms, up to 10,000/s
         flood.start(0.03 if scen == "sim-table-ports" else 0.005)
     pending: set[Any] = set()
-    t_end = time.monotonic() + args.seconds
+    t_end = time.monotonic() + (max(args.seconds, 16.0) if slow else args.seconds)
+    stores = {"ok": 0, "n": 0}
+    next_store = time.monotonic() + 1.0
     while time.monotonic() < t_end:
         t0 = time.monotonic()
         hon["started"] += 1
+        if slow and t0 >= next_store:
+            next_store += 1.0
+            v = os.urandom(4096)
+            stores["n"] += 1
+            honest.store_to_node(pong[1], os.urandom(20), sha1(v), v, time.time()).addCallback(
+                lambda ok: stores.__setitem__("ok", stores["ok"] + (ok is True)))
         d = honest.get(K_SMALL)
 
         def ok(v: bytes, t0: float = t0) -> None:
@@ -766,6 +819,8 @@ async def sim_drive(args: argparse.Namespace) -> dict[str, Any]:
                    "gets_unfinished": len(pending),
                    "get_p50_ms": statistics.median(lat) if lat else float("nan"),
                    "get_p99_ms": pct(lat, 0.99)})
+    if slow:
+        result["honest_stores"] = f"{stores['ok']}/{stores['n']}"
     if scen == "sim-table-ports":
         newcomer = DHTNetwork(reactor)
         net.attach(newcomer.protocol, "198.51.100.8", 4000)
@@ -786,6 +841,7 @@ async def sim_drive(args: argparse.Namespace) -> dict[str, Any]:
     result["rss_end_mib"] = rss_kib(pid) / 1024
     result["attacker"] = dict(counts, ports=len(ports))
     result["victim"] = {"contacts": victim.routing_table.num_contacts, "records": len(table),
+                        "pulls": len(getattr(victim.store, "_pulls", {})),
                         "stats_refused": victim.stats_refused,
                         "refused": dict(getattr(victim, "refused", {}) or {})}
     return result
@@ -851,6 +907,7 @@ ROWS: list[tuple[str, Any]] = [
     ("attacker datagrams sent", lambda r: r.get("attacker", {}).get("sent")),
     ("attacker answers received", lambda r: r.get("attacker", {}).get("answers")),
     ("victim requests to attacker", lambda r: r.get("attacker", {}).get("requests_in")),
+    ("victim requests handled (decoded)", lambda r: r.get("victim", {}).get("requests_in")),
 ]
 EXTRA: dict[str, list[tuple[str, Any]]] = {
     "lookup": [("fake ids handed out", lambda r: r.get("attacker", {}).get("fake_ids_sent")),
@@ -863,6 +920,10 @@ EXTRA: dict[str, list[tuple[str, Any]]] = {
               ("newcomer admitted", lambda r: r.get("newcomer_admitted"))],
 }
 EXTRA["table-ports"] = EXTRA["table"]
+EXTRA["lookup-ports"] = EXTRA["lookup"]
+EXTRA["pullslow-ports"] = EXTRA["pullbomb"] + [
+    ("attacker offers made", lambda r: r.get("attacker", {}).get("offers"))]
+EXTRA["sim-pullslow-ports"] = EXTRA["pullslow-ports"]
 EXTRA["sim-table-ports"] = EXTRA["table"]
 
 TITLES = {
@@ -877,6 +938,10 @@ TITLES = {
     "table-ports": "table flood over 200 source ports (loopback: 200 addresses)",
     "getval-ports": "getval read flood over 200 source ports (loopback: 200 addresses)",
     "store0-ports": "zero-byte store flood over 200 source ports (loopback: 200 addresses)",
+    "lookup-ports": "endless-lookup peer whose fake ids sit at 200 ports (200 addresses)",
+    "pullslow-ports": "slow pulls: 2 offers of 1 MiB from each of 8 ports, every chunk "
+                      "answered whole after 1.8 s, re-offered at once; >= 16 s",
+    "sim-pullslow-ports": "in-memory: slow pulls as above, from one IP over 8 ports; >= 16 s",
     "sim-idle": "in-memory network, distinct IPs: no attacker (baseline)",
     "sim-ping-ports": "in-memory: ping flood from one IP over 200 ports",
     "sim-store0-ports": "in-memory: zero-byte store flood from one IP over 200 ports",
