@@ -19,8 +19,12 @@ answer holds 20 new closer ids at its own address (#1), ``pullbomb``: 16 store o
 1 MiB answered 1 byte per ``--pace`` seconds (#2; the issue's 1.5 s shortened), plus an
 honest store offered every second, ``table``: 4,000 pings with crafted ids from one
 address, then a new honest node joins through the victim and another asks it for the
-nodes closest to a random key (#6), ``table-ports``: the same 4,000 pings spread over
-200 source ports.
+nodes closest to a random key (#6).  Then the same attacks from many source ports (see
+below): ``table-ports``, ``getval-ports``, ``store0-ports`` (200 ports),
+``lookup-ports`` (the fake ids sit at 200 ports, so one-node-per-address within a lookup
+does not stop it and the lookup's caps must), ``pullslow-ports`` (2 offers of 1 MiB from
+each of 8 ports, every chunk answered whole just before the 2 s request timeout, so the
+pull is slow but never short; at least 16 s).
 
 **Loopback limitation.**  Every node of a local network shares 127.0.0.1, so the
 per-address limits (rate buckets, routing one-per-address, store quotas, pulls per
@@ -30,7 +34,8 @@ addresses on loopback, which it would not on the internet (``table-ports`` shows
 The ``sim-*`` scenarios run the victim on the in-memory network (``p2pnet.sim.memory``,
 driven by the real reactor, all in one process) with the attacker on 203.0.113.66 and
 the honest node on 198.51.100.7, so the per-IP keys bite as on the internet, also
-against an attacker that rotates ports.
+against an attacker that rotates ports (``sim-ping-ports``, ``sim-store0-ports``,
+``sim-table-ports``: 200 ports; ``sim-pullslow-ports``: 8 ports).
 
 Prints figures only; asserts nothing.  The machine is shared: expect noise.
 
@@ -842,6 +847,7 @@ async def sim_drive(args: argparse.Namespace) -> dict[str, Any]:
     result["attacker"] = dict(counts, ports=len(ports))
     result["victim"] = {"contacts": victim.routing_table.num_contacts, "records": len(table),
                         "pulls": len(getattr(victim.store, "_pulls", {})),
+                        "requests_in": victim.protocol.stats.requests_in,
                         "stats_refused": victim.stats_refused,
                         "refused": dict(getattr(victim, "refused", {}) or {})}
     return result
