@@ -133,6 +133,10 @@ class _RandomPool:
         return out
 
 
+#: one pool for every protocol of the process: 4 KiB, not 4 KiB per node
+_SHARED_POOL = _RandomPool()
+
+
 class _Pending:
     __slots__ = ("deferred", "address", "data", "timeout", "tries_left", "deadline", "rpc",
                  "tries", "body", "proof_retried")
@@ -219,7 +223,7 @@ class DHTProtocol(DatagramProtocol):
                                 head + bytes((codec.Kind.RESPONSE, codec.RPC.PING)))
         # bytes of a header without token, grant or padding
         self._head_size = 2 + len(network_id) + 2 + codec.TID_BYTES + codec.KEY + 1
-        self._tid = tid_source or _RandomPool().take
+        self._tid = tid_source or _SHARED_POOL.take
         self._deadlines: list[tuple[float, int, bytes]] = []
         self._seq = 0
         self._timer: IDelayedCall | None = None
