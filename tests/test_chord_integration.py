@@ -1,12 +1,22 @@
 """The chord socket on 21 real loopback nodes: UDP DHT services and ZeroMQ mesh sockets
-on the global reactor, the blocking dict API used from threads."""
+on the global reactor, the blocking dict API used from threads, and a hypothesis state
+machine that drives that API against a plain ``dict``.
+
+Robust on a loaded 2-core machine: every wait is a bounded poll with a generous limit
+(:data:`WAIT`), the DHT's requests get 2 s and a retry, the sockets 60 s an operation,
+and nothing asserts a time.
+"""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from hypothesis import Phase, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from twisted.internet import defer, reactor, task, threads
 from twisted.trial.unittest import TestCase
 
@@ -18,9 +28,11 @@ from p2pnet.mesh.socket import MeshSocket
 
 clock: Any = reactor
 N = 21
+#: The bound of every wait for news to spread (generous: the machine may be loaded).
+WAIT = 60.0
 
 
-async def wait_until(cond: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
+async def wait_until(cond: Callable[[], bool], timeout: float = WAIT, what: str = "") -> None:
     deadline = clock.seconds() + timeout
     while not cond():
         if clock.seconds() > deadline:
@@ -28,8 +40,115 @@ async def wait_until(cond: Callable[[], bool], timeout: float = 5.0, what: str =
         await task.deferLater(clock, 0.01, lambda: None)
 
 
+m_keys = st.sampled_from(["a", b"a", b"b", "\u00fc", b"\x00", b""])
+m_values = st.binary(max_size=6)
+m_nodes = st.integers(0, N - 1)
+
+
+def norm(key: Any) -> bytes:
+    return key.encode("utf-8") if isinstance(key, str) else key
+
+
+def wait_in_thread(cond: Callable[[], bool], what: str) -> None:
+    """From a thread other than the reactor's: poll ``cond`` on the reactor thread until
+    it holds, at most :data:`WAIT` seconds."""
+    deadline = time.monotonic() + WAIT
+    while not threads.blockingCallFromThread(clock, cond):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+class LoopbackVersusDict(RuleBasedStateMachine):
+    """The blocking dict API of the loopback sockets (from a thread) against a ``dict``.
+
+    Each rule runs on a random node; after each, every node's key set must come to hold
+    the model's keys.  An example ends by clearing the socket (and the model)."""
+
+    socks: list[ChordSocket] = []
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model: dict[bytes, bytes] = {}
+
+    def teardown(self) -> None:
+        self.socks[0].clear()
+        wait_in_thread(lambda: all(len(s) == 0 for s in self.socks), "cleared everywhere")
+
+    @rule(n=m_nodes, key=m_keys, value=m_values)
+    def set(self, n: int, key: Any, value: bytes) -> None:
+        self.socks[n][key] = value
+        self.model[norm(key)] = value
+
+    @rule(n=m_nodes, key=m_keys)
+    def get(self, n: int, key: Any) -> None:
+        k = norm(key)
+        if k in self.model:
+            assert self.socks[n][key] == self.model[k]
+        else:
+            try:
+                self.socks[n][key]
+            except KeyError:
+                pass
+            else:
+                raise AssertionError(f"{key!r} is not in the model")
+        assert self.socks[n].get(key) == self.model.get(k)
+
+    @rule(n=m_nodes, key=m_keys)
+    def delete(self, n: int, key: Any) -> None:
+        k = norm(key)
+        try:
+            del self.socks[n][key]
+        except KeyError:
+            assert k not in self.model
+        else:
+            del self.model[k]
+
+    @rule(n=m_nodes, key=m_keys, default=m_values)
+    def pop(self, n: int, key: Any, default: bytes) -> None:
+        assert self.socks[n].pop(key, default) == self.model.pop(norm(key), default)
+
+    @rule(n=m_nodes)
+    def popitem(self, n: int) -> None:
+        try:
+            k, v = self.socks[n].popitem()
+        except KeyError:
+            assert not self.model
+        else:
+            assert self.model.pop(k) == v
+
+    @rule(n=m_nodes, key=m_keys, value=m_values)
+    def setdefault(self, n: int, key: Any, value: bytes) -> None:
+        assert self.socks[n].setdefault(key, value) == self.model.setdefault(norm(key), value)
+
+    @rule(n=m_nodes, pairs=st.dictionaries(m_keys, m_values, max_size=3))
+    def update(self, n: int, pairs: dict[Any, bytes]) -> None:
+        pairs = {norm(k): v for k, v in pairs.items()}
+        self.socks[n].update(pairs)
+        self.model.update(pairs)
+
+    @rule(n=m_nodes)
+    def read_all(self, n: int) -> None:
+        sock = self.socks[n]
+        keys, values, items = sock.keys(), sock.values(), sock.items()
+        for view in (keys, values, items):  # Python 3 style: iterators, not lists
+            assert iter(view) is view and not isinstance(view, list), view
+        assert sorted(keys) == sorted(self.model)
+        assert sorted(values) == sorted(self.model.values())
+        assert dict(items) == self.model == sock.copy()
+        assert len(sock) == len(self.model) and sorted(sock) == sorted(self.model)
+
+    @invariant()
+    def every_node_has_the_keys(self) -> None:
+        want = sorted(self.model)
+        wait_in_thread(lambda: all(sorted(s.keyset.keys()) == want for s in self.socks),
+                       f"the keys {want} everywhere")
+        for k in (b"a", b"b", "\u00fc"):
+            assert (k in self.socks[0]) == (norm(k) in self.model)
+
+
 class LoopbackChordTests(TestCase):
-    timeout = 60
+    timeout = 300
 
     async def build(self) -> None:
         self.dhts: list[DHTService] = []
@@ -38,7 +157,7 @@ class LoopbackChordTests(TestCase):
         self.events: list[Counter[tuple[str, bytes]]] = []
         for _ in range(N):
             boot = [self.dhts[0].network.address] if self.dhts else []
-            dht = DHTService(0, "127.0.0.1", bootstrap=boot, timeout=0.5, retries=0)
+            dht = DHTService(0, "127.0.0.1", bootstrap=boot, timeout=2.0, retries=1)
             dht.startService()
             self.addCleanup(self.stop, dht)
             mesh = MeshSocket("127.0.0.1", 0, limits=MeshLimits(handshake_timeout=3.0))
@@ -46,7 +165,7 @@ class LoopbackChordTests(TestCase):
             self.addCleanup(self.stop, mesh)
             await mesh.when_ready()
             self.assertTrue(await dht.when_joined())
-            sock = ChordSocket(mesh, dht.network)
+            sock = ChordSocket(mesh, dht.network, timeout=60.0)
             sock.startService()
             self.addCleanup(self.stop, sock)
             counts: Counter[tuple[str, bytes]] = Counter()
@@ -133,3 +252,22 @@ class LoopbackChordTests(TestCase):
         self.assertEqual(dict(zip(values, got, strict=True)), values)
         self.assertEqual(await alive[-1].d_get(b"k"), b"v")
         self.assertEqual(sorted(alive[0].keys()), sorted([b"k", *values]))
+
+    async def test_blocking_dict_api_against_a_dict(self) -> None:
+        """The hypothesis state machine on the 21 loopback nodes, through the blocking API
+        from a thread (the dict-style calls are for code outside the reactor thread)."""
+        await self.build()
+        machine = type("Machine", (LoopbackVersusDict,), {"socks": self.socks})
+
+        def run() -> None:  # no shrinking: each step is real network round trips
+            run_state_machine_as_test(machine, settings=settings(
+                max_examples=4, stateful_step_count=12,
+                phases=(Phase.explicit, Phase.reuse, Phase.generate)))
+
+        await threads.deferToThread(run)
+        # every node saw each add and delete once: as many deletes as adds, per key
+        for i, counts in enumerate(self.events):
+            for (event, key), n in counts.items():
+                if event == "add":
+                    self.assertEqual(counts[("delete", key)], n, f"node {i}, {key!r}")
+        self.assertGreater(sum(self.events[0].values()), 0)
