@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Any
 
@@ -236,6 +237,24 @@ class DictAPITests(SynchronousTestCase):
         self.assertEqual(self.b.stats.mean_hops("set"), 0.0)
         self.net.do(self.b.d_get(b"nope"))
         self.assertEqual(self.b.stats.failures["get"], 1)
+
+    def test_hops_grow_like_log_n(self) -> None:
+        """Few contacts per bucket (k = 3), so lookups must hop: the hops of sets and
+        gets grow with the network, and stay within about log2(n)."""
+        means = []
+        for n in (4, 16, 64):
+            net = ChordNet(n, seed=1, k=3, link=False)
+            hops = []
+            for j in range(12):
+                writer, reader = net.socks[(j * 7) % n], net.socks[(j * 5 + 3) % n]
+                net.ok(writer.d_set(b"k%d" % j, b"v"))
+                hops.append(writer.last_hops)
+                self.assertEqual(net.ok(reader.d_get(b"k%d" % j)), b"v")
+                hops.append(reader.last_hops)
+            self.assertLessEqual(max(hops), math.ceil(math.log2(n)) + 1, f"n = {n}")
+            means.append(sum(hops) / len(hops))
+        self.assertLess(means[0], means[1])
+        self.assertLess(means[1], means[2])
 
     def test_corrupt_record(self) -> None:
         """Bytes under a chord key that are not its record: a typed error, counted."""
