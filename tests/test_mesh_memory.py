@@ -96,6 +96,23 @@ class NodeTests(SynchronousTestCase):
         self.assertEqual(msg.sent_at, 5.0)
         self.assertFalse(msg.broadcast)
 
+    def test_jitter_reorders_and_duplicate_repeats(self) -> None:
+        # the hypothesis tests of the sync socket rely on both really happening
+        net = MemoryMeshNetwork(self.clock, latency=0.01, jitter=0.05, duplicate=0.5,
+                                seed=1)
+        a, b = net.node(b"a"), net.node(b"b")
+        rec = Recorder(b)
+        net.link(b"a", b"b")
+        sent = [b"%d" % i for i in range(40)]
+        for part in sent:
+            a.send(b"b", part, channel=b"app")
+        net.flush()
+        got = [m.parts[0] for m in rec.got]
+        self.assertEqual(set(got), set(sent))
+        self.assertGreater(len(got), len(sent))  # some came twice
+        deduplicated = list(dict.fromkeys(got))
+        self.assertNotEqual(deduplicated, sent)  # and not in the order sent
+
     def test_send_to_unconnected_raises(self) -> None:
         a = self.net.node(b"a")
         self.net.node(b"b")

@@ -197,6 +197,25 @@ class MessagingTests(MeshTestCase):
         self.assertEqual(b.peers(), [])
         self.assertEqual(b.stats["disconnect_bye"], 1)
 
+    async def test_connect_and_disconnect_as_decorators(self) -> None:
+        a, b = await self.nodes(2)
+        events: list[tuple[str, bytes]] = []
+
+        @a.on("connect")
+        def connected(mesh: MeshSocket, pid: bytes) -> None:
+            events.append(("connect", pid))
+
+        @a.on("disconnect")
+        def disconnected(mesh: MeshSocket, pid: bytes) -> None:
+            events.append(("disconnect", pid))
+
+        self.assertTrue(callable(connected) and callable(disconnected))
+        await self.link(a, b)
+        await b.stopService()
+        await wait_until(lambda: len(events) == 2, what="the disconnect")
+        self.assertEqual(events, [("connect", b.peer_id), ("disconnect", b.peer_id)])
+        self.assertRaises(ValueError, a.on, "conect")
+
     async def test_handled_channel_not_queued(self) -> None:
         a, b = await self.nodes(2)
         await self.link(a, b)
@@ -350,6 +369,24 @@ class BadInputTests(MeshTestCase):
         c.broadcast(b"flood")
         await wait_until(lambda: len(b._inbox) == 2 and len(a._inbox) == 1)
         self.assertEqual(sorted(b.peers()), sorted([a.peer_id, c.peer_id]))
+
+    async def test_malformed_frames_from_a_dialled_peer_link_survives(self) -> None:
+        # the other direction: junk arriving on a link we dialled (read by a DEALER)
+        a, b, c = await self.nodes(3)
+        await self.link(a, b)
+        await self.link(a, c)
+        (routing_id,) = b._incoming
+        assert b.transport is not None
+        v = bytes((codec.VERSION,))
+        junk = [[b""], [b"\xff\xff"], [v + b"\x05short"], [v + b"\x06", b"extra"]]
+        for frames in junk:
+            b.transport.send_routed(routing_id, frames)
+        await wait_until(lambda: a.stats["malformed"] == len(junk))
+        b.send(a.peer_id, b"still here")
+        c.send(a.peer_id, b"and here")
+        await wait_until(lambda: len(a._inbox) == 2)
+        self.assertEqual(sorted(a.peers()), sorted([b.peer_id, c.peer_id]))
+        self.assertEqual(a.stats["disconnect_refused"] + a.stats["disconnect_bye"], 0)
 
     async def test_stranger_without_hello_gets_bye(self) -> None:
         b = await self.node()

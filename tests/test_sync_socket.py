@@ -120,6 +120,10 @@ class DictApiTests(SynchronousTestCase):
         del self.a[b"k"]
         self.n.flush()
         self.assertEqual(self.n.dicts(), [{}, {}, {}])
+        for s in self.n.socks:  # the tombstone left behind is no value
+            self.assertNotIn(b"k", s)
+            self.assertEqual((len(s), list(s), s.get(b"k")), (0, [], None))
+            self.assertRaises(KeyError, s.__getitem__, b"k")
 
     def test_pop_and_popitem(self) -> None:
         self.a[b"k"] = b"v"
