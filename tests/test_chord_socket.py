@@ -472,6 +472,29 @@ class FailureTests(SynchronousTestCase):
         fails_with(self, net.do(reader.d_delete(b"k")), ChordTimeoutError)
         self.assertIn(b"k", reader)  # a failed delete removes nothing
 
+    def test_a_write_no_other_node_took_fails(self) -> None:
+        """A writer whose DHT reaches no other node (its mesh still does): the write is
+        not reported done -- it would die with the writer -- and no notice goes out."""
+        net = ChordNet(6, timeout=600.0)
+        for i in range(1, 6):
+            net.sim.net.blocked_hosts.add(net.sim.nodes[i].address[0])
+        err = fails_with(self, net.do(net.socks[0].d_set(b"k", b"v")), ChordTimeoutError)
+        self.assertIn("no other node", str(err))
+        for i, s in enumerate(net.socks):
+            self.assertNotIn(b"k", s, f"node {i}")
+            self.assertEqual(net.events[i], Counter())
+        net.sim.net.blocked_hosts.clear()
+        net.ok(net.socks[0].d_set(b"k", b"v"))
+        net.kill(0)
+        self.assertEqual(net.ok(net.socks[3].d_get(b"k")), b"v")
+
+    def test_a_lone_node_is_a_dict(self) -> None:
+        net = ChordNet(1)
+        net.ok(net.socks[0].d_set(b"k", b"v"))
+        self.assertEqual(net.ok(net.socks[0].d_get(b"k")), b"v")
+        net.ok(net.socks[0].d_delete(b"k"))
+        self.assertEqual(list(net.socks[0].keys()), [])
+
     def test_values_may_raise_keyerror_when_holders_gone(self) -> None:
         net = ChordNet(12, k=3)
         net.ok(net.socks[0].d_set(b"k", b"v"))

@@ -317,9 +317,19 @@ class ChordSocket(service.Service):
         return ts
 
     async def _write(self, rec: record.Record, stats: LookupStats) -> None:
-        """Publish ``rec``, then take it into the key set and flood its notice."""
+        """Publish ``rec``, then take it into the key set and flood its notice.
+
+        A write that no other node took (while this node knows others) is not done: it
+        would die with this node.  It fails with :class:`ChordTimeoutError` and sends no
+        notice (the copy kept here may still be republished later, as for any timeout
+        the outcome is unknown).
+        """
         raw = record.encode(rec)
-        await self.dht.put(record.dht_key(rec.key), raw, rec.timestamp, stats=stats)
+        took = await self.dht.put(record.dht_key(rec.key), raw, rec.timestamp, stats=stats)
+        if not took and self.dht.routing_table.num_contacts:
+            self.counters["not_stored"] += 1
+            raise ChordTimeoutError(f"no other node stored the write of {rec.key!r} "
+                                    f"(none answered in time, or all refused)")
         entry = Entry(rec.key, rec.timestamp, record.digest(raw), rec.present)
         if self._apply(entry).won:
             self._broadcast(entry)
