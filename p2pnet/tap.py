@@ -152,7 +152,11 @@ class Options(usage.Options):
     def opt_limit(self, value: str) -> None:
         """Set a DHT limit, NAME=VALUE (repeatable); "--limit list" prints them all."""
         if value.strip() == "list":
-            print("\n".join(limit_names()))
+            try:
+                sys.stdout.write("\n".join(limit_names()) + "\n")
+                sys.stdout.flush()
+            except BrokenPipeError:  # `| head`: fine, and no traceback at exit either
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise SystemExit(0)
         name, parsed = parse_limit(value)
         self["limits"][name] = parsed
