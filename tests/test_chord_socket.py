@@ -203,6 +203,18 @@ class DictAPITests(SynchronousTestCase):
         self.assertIsInstance(self.net.do(self.a.d_update([(b"only one",)])).value,
                               ValueError)
 
+    def test_update_with_one_key_twice_keeps_the_last(self) -> None:
+        """As ``dict.update``: a key given twice (``"k"`` and ``b"k"`` are one key) ends
+        with the last value, though the writes of an update run in parallel."""
+        pairs = []
+        for i in range(8):
+            pairs += [(b"k%d" % i, b"first"), (f"k{i}", b"last")]
+        self.net.ok(self.a.d_update(pairs))
+        for i in range(8):
+            self.assertEqual(self.net.ok(self.b.d_get(b"k%d" % i)), b"last", i)
+        self.net.ok(self.a.d_update({b"x": b"1"}, x=b"2"))
+        self.assertEqual(self.net.ok(self.b.d_get(b"x")), b"2")
+
     def test_overwrite_keeps_one_key(self) -> None:
         self.net.ok(self.a.d_set(b"k", b"1"))
         self.net.ok(self.b.d_set(b"k", b"2"))

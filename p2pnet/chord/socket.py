@@ -434,16 +434,19 @@ class ChordSocket(service.Service):
     def d_update(self, other: Mapping[Any, Any] | Iterable[tuple[Any, Any]] = (),
                  **kwargs: Any) -> defer.Deferred[None]:
         """Set every pair of ``other`` and ``kwargs`` (``BULK_PARALLELISM`` at a time);
-        fails with the first error after all writes ended."""
+        fails with the first error after all writes ended.  A key given twice (``"k"``
+        and ``b"k"`` are one key) gets its last value, as with ``dict.update``."""
         try:
             pairs = list(other.items() if isinstance(other, Mapping) else other)
             pairs += list(kwargs.items())
+            latest: dict[bytes, Any] = {}
             for pair in pairs:
                 if len(pair) != 2:
                     raise ValueError("update needs (key, value) pairs")
+                latest[as_bytes(pair[0])] = pair[1]  # the writes run in parallel
         except (TypeError, ValueError) as e:
             return defer.fail(e)
-        d = self._bulk([(self.d_set, (k, v)) for k, v in pairs])
+        d = self._bulk([(self.d_set, (k, v)) for k, v in latest.items()])
         return d.addCallback(lambda _: None)
 
     def d_values(self) -> defer.Deferred[list[bytes]]:
