@@ -480,6 +480,9 @@ class ReconnectTests(MeshTestCase):
         book = a2.peer_book
         assert book is not None
         self.assertEqual(book.state(b.peer_id), PeerState.CONNECTED)
+        # a2 dialled them itself (it listens on a new port that b and c never learnt)
+        self.assertEqual(len(a2._outgoing), 2)
+        self.assertGreaterEqual(book.dials, 2)
 
     async def test_lost_peer_retried_with_backoff(self) -> None:
         limits = MeshLimits(retry_initial=0.05, retry_max=0.2, handshake_timeout=0.3)
