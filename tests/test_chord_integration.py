@@ -159,7 +159,7 @@ class LoopbackChordTests(TestCase):
             dht = DHTService(0, "127.0.0.1", bootstrap=boot, timeout=2.0, retries=1)
             dht.startService()
             self.addCleanup(self.stop, dht)
-            mesh = MeshSocket("127.0.0.1", 0, limits=MeshLimits(handshake_timeout=3.0))
+            mesh = MeshSocket("127.0.0.1", 0, limits=MeshLimits(handshake_timeout=WAIT))
             mesh.startService()
             self.addCleanup(self.stop, mesh)
             await mesh.when_ready()
@@ -217,6 +217,14 @@ class LoopbackChordTests(TestCase):
         self.assertIsInstance(missing, KeyError)
         with self.assertRaises(ReactorThreadError):
             a[b"k"]
+        for call in (lambda: a.get(b"k"), lambda: a.__setitem__(b"k", b"w"),
+                     lambda: a.__delitem__(b"k"), lambda: a.pop(b"k"), a.popitem,
+                     lambda: a.setdefault(b"k", b"w"), lambda: a.update({b"k": b"w"}),
+                     a.values, a.items, a.copy, a.clear):
+            with self.assertRaises(ReactorThreadError) as cm:
+                call()
+            self.assertIn("d_", str(cm.exception))
+        self.assertEqual(await b.d_get(b"k"), b"v")  # none of them did anything
 
         # events once on every node, the writers' included
         await self.everywhere(
@@ -229,7 +237,7 @@ class LoopbackChordTests(TestCase):
                                    for i, (k, v) in enumerate(values.items())])
         await self.everywhere(lambda s, e: len(s) == 13, "13 keys everywhere")
         # a node that connects late receives the whole key set from its peer
-        late_mesh = MeshSocket("127.0.0.1", 0)
+        late_mesh = MeshSocket("127.0.0.1", 0, limits=MeshLimits(handshake_timeout=WAIT))
         late_mesh.startService()
         self.addCleanup(self.stop, late_mesh)
         await late_mesh.when_ready()
