@@ -201,8 +201,13 @@ class NewOptionsTests(unittest.SynchronousTestCase):
                 text, want = str(not default).lower(), not default
             elif isinstance(default, int):
                 text, want = str(default + 7), default + 7
-            else:
+            elif isinstance(default, float):
                 text, want = str(default + 0.5), default + 0.5
+            else:  # a field no command line can spell: refused with a clear message
+                with self.assertRaises(usage.UsageError) as cm:
+                    parse("--limit", f"{field.name}=1")
+                self.assertIn("cannot be set from the command line", str(cm.exception))
+                continue
             o = parse("--limit", f"{field.name}={text}")
             self.assertEqual(getattr(o["limits-object"], field.name), want, field.name)
             # every other field keeps its default
