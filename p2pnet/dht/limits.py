@@ -12,6 +12,7 @@ Per-prefix limits key on the IPv4 /24 or the IPv6 /64 (see :func:`prefix_key`).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import Counter
 
@@ -20,6 +21,7 @@ import attrs
 Address = tuple[str, int]
 
 
+@functools.lru_cache(maxsize=65_536)  # parsing an address is slow; every datagram asks
 def is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback

@@ -54,8 +54,10 @@ class JoinPolicy:
     #: past contacts tried per round, after the bootstrap addresses
     per_round: int = 3
     #: seconds after joining at which the node refreshes its buckets again, while its
-    #: table is young and the network around it may still be filling in
-    young_refreshes: tuple[float, ...] = (5.0, 30.0)
+    #: table is young and the network around it may still be filling in (none by
+    #: default: each costs a lookup per bucket, and lookups that widen to farther
+    #: buckets made them unnecessary in the flash-crowd runs; see bench_flashcrowd)
+    young_refreshes: tuple[float, ...] = ()
     #: seconds of random delay before the first try (spreads a crowd started at once)
     start_jitter: float = 0.0
 
