@@ -107,7 +107,12 @@ class HeapClock:
                      ) -> defer.Deferred[Any]:
         """Advance until ``d`` fires (or ``max_seconds``); returns ``d``."""
         fired: list[bool] = []
-        d.addBoth(lambda r: fired.append(True) or r)
+
+        def note(result: Any) -> Any:
+            fired.append(True)
+            return result
+
+        d.addBoth(note)
         self.run_until(lambda: bool(fired), max_seconds)
         return d
 
