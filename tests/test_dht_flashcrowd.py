@@ -93,3 +93,48 @@ class LoopbackFlashCrowdTests(unittest.TestCase):
     @staticmethod
     def _stop(s: DHTService) -> Any:
         return s.stopService() if s.running else None
+
+
+class HeapClockTests(unittest.SynchronousTestCase):
+    """The simulation's clock runs calls as ``task.Clock`` does, each at its own time."""
+
+    def test_order_cancel_reset_delay(self) -> None:
+        clock = HeapClock()
+        ran: list[tuple[str, float]] = []
+
+        def note(name: str) -> None:
+            ran.append((name, clock.seconds()))
+
+        clock.callLater(3, note, "c")
+        a = clock.callLater(1, note, "a")
+        gone = clock.callLater(2, note, "gone")
+        late = clock.callLater(1.5, note, "late")
+        early = clock.callLater(10, note, "early")
+        gone.cancel()
+        late.delay(4)  # now due at 5.5
+        early.reset(0.5)  # now due at 0.5
+        self.assertEqual(clock.pending, 4)
+        self.assertEqual(sorted(c.getTime() for c in clock.getDelayedCalls()),
+                         [0.5, 1, 3, 5.5])
+        clock.advance(4)
+        self.assertEqual(ran, [("early", 0.5), ("a", 1), ("c", 3)])
+        self.assertFalse(a.active())
+        self.assertEqual(clock.seconds(), 4)
+        self.assertEqual(clock.next_call_time(), 5.5)
+        clock.advance(10)
+        self.assertEqual(ran[-1], ("late", 5.5))
+        self.assertIsNone(clock.next_call_time())
+
+    def test_run_until_and_looping_call(self) -> None:
+        clock = HeapClock()
+        ticks: list[float] = []
+        loop = task.LoopingCall(lambda: ticks.append(clock.seconds()))
+        loop.clock = clock
+        loop.start(2.0, now=False)
+        self.assertTrue(clock.run_until(lambda: len(ticks) == 3, 100))
+        self.assertEqual(ticks, [2.0, 4.0, 6.0])
+        self.assertFalse(clock.run_until(lambda: False, 5))
+        self.assertEqual(clock.seconds(), 10.0)  # stops at the last call within the bound
+        loop.stop()
+        d = clock.run_deferred(task.deferLater(clock, 7, lambda: "done"))  # type: ignore[arg-type]
+        self.assertEqual(self.successResultOf(d), "done")
