@@ -484,6 +484,33 @@ class ReconnectTests(MeshTestCase):
         self.assertEqual(len(a2._outgoing), 2)
         self.assertGreaterEqual(book.dials, 2)
 
+    async def test_crashed_peer_back_on_a_new_port_replaces_its_dead_link(self) -> None:
+        # a dialled b, so a's link is the one the lower id dialled; b dies without a bye
+        # and comes back on a new port: a must not keep the dead link (ZeroMQ does not
+        # tell it the TCP connection went) for peer_timeout seconds
+        a = await self.node(peer_id=b"a-low", limits=MeshLimits(handshake_timeout=0.3))
+        b = await self.node(peer_id=b"b-high")
+        await self.link(a, b)
+        events: list[tuple[str, bytes]] = []
+        a.on("connect", lambda m, pid: events.append(("connect", pid)))
+        a.on("disconnect", lambda m, pid: events.append(("disconnect", pid)))
+        for link in list(b._incoming.values()) + list(b._outgoing.values()):
+            link.closed = True  # a crash: no bye on any link
+        b._incoming.clear()
+        b._by_peer.clear()
+        await b.stopService()
+        await turn(0.35)  # longer than a handshake: not two dials at once
+        b2 = await self.node(peer_id=b"b-high")
+        await self.link(b2, a)
+        got: list[MeshMessage] = []
+        b2.handle(b"t", got.append)
+        a.send(b"b-high", b"to the new b", channel=b"t")
+        await wait_until(lambda: len(got) == 1, what="a's send reaching the new b")
+        self.assertEqual((a.peers(), b2.peers()), ([b"b-high"], [b"a-low"]))
+        self.assertEqual(len(a._incoming) + len(a._outgoing), 1)
+        self.assertEqual(events, [("disconnect", b"b-high"), ("connect", b"b-high")])
+        self.assertEqual(a.stats["disconnect_replaced"], 1)
+
     async def test_lost_peer_retried_with_backoff(self) -> None:
         limits = MeshLimits(retry_initial=0.05, retry_max=0.2, handshake_timeout=0.3)
         a = await self.node(limits=limits)

@@ -13,7 +13,9 @@ reactor) and dials the peers the :class:`~p2pnet.store.peerstore.PeerStore` know
   :class:`~p2pnet.mesh.errors.HandshakeRefusedError`.  Both sides then record the other
   in the peer book (:mod:`p2pnet.mesh.peers`), which retries lost peers with back-off.
 - **One link per peer.**  When two nodes dial each other at once, both keep the link
-  dialled by the lower id and close the other without a ``'disconnect'``.
+  dialled by the lower id and close the other without a ``'disconnect'``.  A peer that
+  dials again later (it restarted, maybe without a bye) replaces its old link: a
+  ``'disconnect'`` then a ``'connect'``.
 - **Floods.**  :meth:`MeshSocket.broadcast` sends to every neighbour with a hop limit
   (``MeshLimits.max_hops``); a node relays a broadcast it has not seen to every neighbour
   but the sender (the frames as they came, the hop limit less one) and delivers it once
@@ -79,7 +81,7 @@ class _Link:
     that dialled us (through the ROUTER)."""
 
     __slots__ = ("routing_id", "dialer", "peer_id", "hello", "connector", "seq",
-                 "overflow", "last_seen", "closed", "connect_d", "timeout")
+                 "overflow", "last_seen", "closed", "connect_d", "timeout", "up_at")
 
     def __init__(self, *, routing_id: bytes | None = None, dialer: Dialer | None = None,
                  now: float = 0.0) -> None:
@@ -94,6 +96,7 @@ class _Link:
         self.closed = False
         self.connect_d: defer.Deferred[bytes] | None = None
         self.timeout: IDelayedCall | None = None
+        self.up_at = now  # when the handshake completed (set by _link_up)
 
     @property
     def outgoing(self) -> bool:
@@ -441,9 +444,16 @@ class MeshSocket(service.Service):
 
     def _link_up(self, link: _Link, hello: Hello, connector: bytes) -> None:
         peer_id = hello.peer_id
+        now = self._clock.seconds()
+        for old in list(self._by_peer.get(peer_id, ())):
+            if now - old.up_at >= self.limits.handshake_timeout:
+                # Not two dials at once: the peer dialled again, so it lost that link
+                # (it restarted, maybe without a bye; ZeroMQ does not tell us).
+                self._close_link(old, reason="replaced")
         link.peer_id = peer_id
         link.hello = hello
         link.connector = connector
+        link.up_at = now
         self._seq += 1
         link.seq = self._seq
         links = self._by_peer.setdefault(peer_id, [])
