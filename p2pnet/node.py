@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import inspect
 import os
 import socket
 from collections.abc import Iterable
@@ -52,13 +51,19 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from p2pnet import ids
+from p2pnet.chord.socket import ChordSocket
+from p2pnet.control import ControlService
+from p2pnet.dht.kvptable import LevelDBKVPTable
 from p2pnet.dht.limits import Limits
 from p2pnet.dht.network import NETWORK_ID
 from p2pnet.dht.service import DHTService
+from p2pnet.mesh.socket import MeshSocket
 from p2pnet.observer import OneShotObserver
+from p2pnet.store.keyspace import KeySpace, MemoryKeySpace
 from p2pnet.store.leveldb import DBManager
 from p2pnet.store.peer import Peer
 from p2pnet.store.peerstore import PeerStore
+from p2pnet.sync.socket import SyncSocket
 from p2pnet.timers import Periodic
 
 log = Logger(namespace="p2pnet.node")
@@ -221,16 +226,6 @@ def advertised_host(interface: str) -> str:
     return host
 
 
-def _optional(module: str, name: str) -> Any:
-    """A class of a slice that may not have landed yet (None when it is missing)."""
-    import importlib
-
-    try:
-        return getattr(importlib.import_module(module), name)
-    except ImportError:
-        return None
-
-
 class P2PNode(service.MultiService):
     """A p2pnet node (see the module docstring).
 
@@ -307,9 +302,6 @@ class P2PNode(service.MultiService):
         if not memory:
             self.db = DBManager(self._leveldb_path(), reactor=reactor, lazy=True, repair=True)
             self.db.setName("leveldb")
-        dht_kwargs: dict[str, Any] = {}
-        if "limits" in inspect.signature(DHTService).parameters:
-            dht_kwargs["limits"] = self.limits
         self.dht = DHTService(
             port=port,
             interface=interface,
@@ -317,26 +309,32 @@ class P2PNode(service.MultiService):
             network_id=network_id,
             bootstrap=self.bootstrap,
             reactor=reactor,
-            **dht_kwargs,
+            limits=self.limits,
         )
-        if not dht_kwargs:  # a DHT without the limits keyword yet: set them afterwards
-            self.dht.network.limits = self.limits  # type: ignore[attr-defined,unused-ignore]
         self.dht.setName("dht")
-        self.mesh: Any = None
-        self.sync: Any = None
-        self.chord: Any = None
-        self._build_sockets()
-        self.control: Any = None
+        self.mesh = MeshSocket(
+            interface,
+            self.mesh_port,
+            network_id=network_id,
+            peer_store=self.peers,
+            reactor=reactor,
+            advertise_host=self.advertise_host,
+        )
+        self.mesh.setName("mesh")
+        store = MemoryKeySpace() if self.db is None else KeySpace(self.db, b"sync/")
+        self.sync = SyncSocket(self.mesh, clock=reactor, store=store)
+        self.sync.setName("sync")
+        self.chord = ChordSocket(self.mesh, self.dht.network, reactor=reactor)
+        self.chord.setName("chord")
+        self.control: ControlService | None = None
         if control:
-            from p2pnet.control import ControlService
-
             self.control = ControlService(self, reactor=reactor)
             self.control.setName("control")
         self._saver = Periodic(reactor, SAVE_CONTACTS_INTERVAL, self.save_contacts,
                                name="save DHT contacts")
         for child in (self.peers, self.contacts, self.db, self.dht, self.mesh, self.sync,
                       self.chord, self.control):
-            if child is not None and service.IService.providedBy(child):
+            if child is not None:
                 self.addService(child)
 
     def _leveldb_path(self) -> str:
@@ -346,34 +344,6 @@ class P2PNode(service.MultiService):
             os.rename(old, path)
             log.info("moved the value table {old} to {path}", old=old, path=path)
         return path
-
-    def _build_sockets(self) -> None:
-        """The mesh and the sockets on it, for the slices that have landed."""
-        mesh_cls = _optional("p2pnet.mesh.socket", "MeshSocket")
-        if mesh_cls is None:
-            return
-        self.mesh = mesh_cls(
-            self.interface,
-            self.mesh_port,
-            network_id=self.network_id,
-            peer_store=self.peers,
-            reactor=self._reactor,
-            advertise_host=self.advertise_host,
-        )
-        self.mesh.setName("mesh")
-        sync_cls = _optional("p2pnet.sync.socket", "SyncSocket")
-        if sync_cls is not None:
-            from p2pnet.store.keyspace import KeySpace, MemoryKeySpace
-
-            store = MemoryKeySpace() if self.db is None else KeySpace(self.db, b"sync/")
-            self.sync = sync_cls(self.mesh, clock=self._reactor, store=store)
-            if service.IService.providedBy(self.sync):
-                self.sync.setName("sync")
-        chord_cls = _optional("p2pnet.chord.socket", "ChordSocket")
-        if chord_cls is not None:
-            self.chord = chord_cls(self.mesh, self.dht.network, reactor=self._reactor)
-            if service.IService.providedBy(self.chord):
-                self.chord.setName("chord")
 
     # -- addresses and state -------------------------------------------------------------
 
@@ -385,10 +355,9 @@ class P2PNode(service.MultiService):
 
     @property
     def mesh_address(self) -> tuple[str, int] | None:
-        if self.mesh is None or not self.mesh.running:
+        if not self.mesh.running:
             return None
-        address: tuple[str, int] = self.mesh.address
-        return address
+        return self.mesh.address
 
     @property
     def uptime(self) -> float:
@@ -416,8 +385,7 @@ class P2PNode(service.MultiService):
     def check_ports(self) -> None:
         """Raise :class:`PortInUseError` if the DHT's or the mesh's port is taken."""
         check_port_free("UDP", self.interface, self.port)
-        if self.mesh is not None:
-            check_port_free("TCP", self.interface, self.mesh_port)
+        check_port_free("TCP", self.interface, self.mesh_port)
 
     def startService(self) -> None:  # noqa: N802 - IService
         """Check the ports (raising :class:`PortInUseError` at once), then start the
@@ -441,8 +409,8 @@ class P2PNode(service.MultiService):
 
         d.addBoth(done)
 
-    def _start_child(self, child: Any) -> None:
-        if child is None or not service.IService.providedBy(child):
+    def _start_child(self, child: service.IService | None) -> None:
+        if child is None:
             return
         child.startService()
         self._up.append(child)
@@ -455,8 +423,6 @@ class P2PNode(service.MultiService):
         await self.contacts.when_ready()
         if self.db is not None:
             await self.db.when_ready()
-            from p2pnet.dht.kvptable import LevelDBKVPTable
-
             table = await self.db.submit(LevelDBKVPTable, self.db, namespace=b"kvp/")
             self.dht.network.kvp_table = table
         if not self.running:
@@ -466,21 +432,16 @@ class P2PNode(service.MultiService):
             self._start_child(self.dht)
         except CannotListenError as e:
             raise PortInUseError("UDP", self.interface, self.port, str(e.socketError)) from e
-        if self.mesh is not None:
-            try:
-                self._start_child(self.mesh)
-            except Exception as e:
-                raise NodeStartError(f"mesh cannot start on TCP {self.interface}:"
-                                     f"{self.mesh_port}: {one_line(e)}") from e
-            ready = getattr(self.mesh, "when_ready", None)
-            if ready is not None:
-                await ready()
-            self._start_child(self.sync)
-            ready = getattr(self.sync, "when_ready", None)
-            if ready is not None:
-                await ready()
-            self._start_child(self.chord)
-            self._connect_mesh()
+        try:
+            self._start_child(self.mesh)
+        except Exception as e:
+            raise NodeStartError(f"mesh cannot start on TCP {self.interface}:"
+                                 f"{self.mesh_port}: {one_line(e)}") from e
+        await self.mesh.when_ready()
+        self._start_child(self.sync)
+        await self.sync.when_ready()
+        self._start_child(self.chord)
+        self._connect_mesh()
         if self.control is not None:
             self._start_child(self.control)
         self._saver.start()
@@ -493,8 +454,7 @@ class P2PNode(service.MultiService):
         with self.contacts.peers_lock:
             known = [p for p in self.contacts.peers.values() if p.host and p.port]
         known.sort(key=lambda p: -(p.db_id or 0))
-        joiner = getattr(self.dht, "joiner", None)
-        targets = [self.dht.bootstrap] + ([joiner.bootstrap] if joiner is not None else [])
+        targets = [self.dht.bootstrap, self.dht.joiner.bootstrap]
         added = 0
         for peer in known[:REJOIN_CONTACTS]:
             address = (str(peer.host), int(peer.port))  # type: ignore[arg-type]
