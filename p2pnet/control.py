@@ -32,18 +32,25 @@ import hmac
 import json
 import os
 import secrets
-from collections.abc import Callable, Coroutine, Mapping
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
 import attrs
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, error
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 
+from p2pnet.chord.socket import ChordSocket
+from p2pnet.dht.errors import LookupTimeoutError, RPCTimeoutError, ValueNotFoundError
+from p2pnet.mesh.errors import HandshakeTimeoutError
 from p2pnet.models import MAX_VALUE_SIZE
+from p2pnet.sync.socket import SyncSocket
+
+if TYPE_CHECKING:
+    from p2pnet.node import P2PNode
 
 log = Logger(namespace="p2pnet.control")
 
@@ -52,6 +59,9 @@ CONTROL_FILE = "control.json"
 MAX_BODY = MAX_VALUE_SIZE + 4096
 #: The longest key the API takes, in bytes.
 MAX_KEY = 1024
+#: Errors answered with 504: the node or a peer ran out of time.
+TIMEOUT_ERRORS = (TimeoutError, defer.TimeoutError, error.TimeoutError, RPCTimeoutError,
+                  LookupTimeoutError, HandshakeTimeoutError)
 
 
 class ApiError(Exception):
@@ -127,15 +137,15 @@ class ControlResource(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, node: Any, token: str) -> None:
+    def __init__(self, node: P2PNode, token: str) -> None:
         super().__init__()
         self.node = node
         self._token = token.encode("ascii")
 
     # -- plumbing --------------------------------------------------------------------
 
-    def render(self, request: server.Request) -> Any:
-        if getattr(request, "too_large", False):
+    def render(self, request: LimitedRequest) -> Any:
+        if request.too_large:
             return self._finish(request, _json(
                 {"error": f"request body over {MAX_BODY} bytes"}, http.REQUEST_ENTITY_TOO_LARGE))
         auth: bytes = request.getHeader(b"authorization") or b""
@@ -163,14 +173,12 @@ class ControlResource(resource.Resource):
         return server.NOT_DONE_YET
 
     def _error_reply(self, failure: Failure) -> _Reply:
-        from p2pnet.dht.errors import ValueNotFoundError
-
         e = failure.value
         if isinstance(e, ApiError):
             return _json({"error": str(e)}, e.status)
         if isinstance(e, ValueNotFoundError | KeyError):
             return _json({"error": "not found"}, http.NOT_FOUND)
-        if isinstance(e, TimeoutError) or type(e).__name__.endswith("TimeoutError"):
+        if isinstance(e, TIMEOUT_ERRORS):
             return _json({"error": f"timed out: {_line(e)}"}, http.GATEWAY_TIMEOUT)
         if isinstance(e, TypeError | ValueError):
             return _json({"error": _line(e)}, http.BAD_REQUEST)
@@ -231,13 +239,17 @@ class ControlResource(resource.Resource):
         data: bytes = content.read()
         return data
 
-    def _need(self, part: str) -> Any:
-        obj = getattr(self.node, part, None)
-        if obj is None:
-            raise ApiError(http.SERVICE_UNAVAILABLE, f"this node has no {part} socket")
+    def _check_running(self) -> None:
         if not self.node.running:
             raise ApiError(http.SERVICE_UNAVAILABLE, "the node is stopping")
-        return obj
+
+    def _sync(self) -> SyncSocket:
+        self._check_running()
+        return self.node.sync
+
+    def _chord(self) -> ChordSocket:
+        self._check_running()
+        return self.node.chord
 
     # -- status and peers ------------------------------------------------------------
 
@@ -272,17 +284,17 @@ class ControlResource(resource.Resource):
     # -- sync --------------------------------------------------------------------------
 
     async def sync_list(self, request: server.Request) -> _Reply:
-        sync = self._need("sync")
+        sync = self._sync()
         return _json({"keys": sorted(text_key(k) for k in sync.keys())})
 
     async def sync_get(self, request: server.Request, key: bytes) -> _Reply:
-        value = self._need("sync")[key]
+        value = self._sync()[key]
         if isinstance(value, bytes | bytearray):
             return _bytes(bytes(value))
         return _Reply(200, json.dumps(_jsonable(value)).encode() + b"\n")
 
     async def sync_set(self, request: server.Request, key: bytes) -> _Reply:
-        sync = self._need("sync")
+        sync = self._sync()
         value = self._body(request)
         try:
             sync[key] = value
@@ -291,7 +303,7 @@ class ControlResource(resource.Resource):
         return _json({"key": text_key(key), "bytes": len(value)})
 
     async def sync_delete(self, request: server.Request, key: bytes) -> _Reply:
-        sync = self._need("sync")
+        sync = self._sync()
         if key not in sync:
             raise ApiError(http.NOT_FOUND, "not found")
         try:
@@ -303,20 +315,20 @@ class ControlResource(resource.Resource):
     # -- chord -------------------------------------------------------------------------
 
     async def chord_list(self, request: server.Request) -> _Reply:
-        keys = await self._need("chord").d_keys()
+        keys = await self._chord().d_keys()
         return _json({"keys": sorted(text_key(k) for k in keys)})
 
     async def chord_get(self, request: server.Request, key: bytes) -> _Reply:
-        value = await self._need("chord").d_get(key)
+        value = await self._chord().d_get(key)
         return _bytes(value)
 
     async def chord_set(self, request: server.Request, key: bytes) -> _Reply:
         value = self._body(request)
-        await self._need("chord").d_set(key, value)
+        await self._chord().d_set(key, value)
         return _json({"key": text_key(key), "bytes": len(value)})
 
     async def chord_delete(self, request: server.Request, key: bytes) -> _Reply:
-        await self._need("chord").d_delete(key)
+        await self._chord().d_delete(key)
         return _json({"key": text_key(key), "deleted": True})
 
 
@@ -353,31 +365,18 @@ def _addr(address: tuple[str, int] | None) -> str | None:
     return None if address is None else f"{address[0]}:{address[1]}"
 
 
-def node_status(node: Any) -> dict[str, Any]:
+def node_status(node: P2PNode) -> dict[str, Any]:
     """What ``GET /status`` answers (also usable without the HTTP server)."""
     net = node.dht.network
-    stats = net.protocol.stats
-    protocol = attrs.asdict(stats) if attrs.has(type(stats)) else dict(vars(stats))
+    protocol = attrs.asdict(net.protocol.stats)
     drop_kinds = ("malformed", "wrong_network", "from_self", "unmatched", "wrong_address",
                   "wrong_rpc")
-    dropped = {k: protocol[k] for k in drop_kinds if k in protocol}
-    for k, v in protocol.items():
-        if k.startswith("dropped_") or k.endswith("_dropped"):
-            dropped[k] = v
-    refused = getattr(net, "refused", None)
+    dropped = {k: protocol[k] for k in drop_kinds}
+    refused = net.refused
     table = net.kvp_table
     records = sum(1 for _ in table.records())
     mesh = node.mesh
-    mesh_stats: dict[str, Any] = {}
-    if mesh is not None and getattr(mesh, "stats", None) is not None:
-        ms = mesh.stats
-        if attrs.has(type(ms)):
-            mesh_stats = attrs.asdict(ms)
-        elif isinstance(ms, Mapping):
-            mesh_stats = dict(sorted(ms.items()))
-        else:
-            mesh_stats = dict(vars(ms))
-    control = getattr(node, "control", None)
+    control = node.control
     return {
         "node_id": node.node_id.hex(),
         "network_id": node.network_id.decode("utf-8", "backslashreplace"),
@@ -395,31 +394,29 @@ def node_status(node: Any) -> dict[str, Any]:
         },
         "peers": {
             "dht": net.routing_table.num_contacts,
-            "mesh": len(mesh.peers()) if mesh is not None and mesh.running else 0,
+            "mesh": len(mesh.peers()) if mesh.running else 0,
         },
         "routing_table": net.routing_table.num_contacts,
         "values": {"records": records, "bytes": table.total_bytes,
                    "max_bytes": table.max_bytes},
-        "sockets": {"mesh": mesh is not None, "sync": node.sync is not None,
-                    "chord": node.chord is not None},
         "counters": {
             "dropped": dropped,
             "dropped_total": sum(dropped.values()),
-            "refused": refused.as_dict() if refused is not None else {},
-            "refused_total": sum(refused.values()) if refused is not None else 0,
+            "refused": refused.as_dict(),
+            "refused_total": sum(refused.values()),
             "protocol": protocol,
-            "mesh": mesh_stats,
+            "mesh": dict(sorted(mesh.stats.items())),
         },
     }
 
 
-def node_peers(node: Any) -> dict[str, Any]:
+def node_peers(node: P2PNode) -> dict[str, Any]:
     """What ``GET /peers`` answers."""
     net = node.dht.network
     contacts = [{"id": n.key.hex(), "address": f"{n.host}:{n.port}"}
                 for n in net.routing_table.get_close_nodes(node.node_id, 10_000)]
     mesh: list[dict[str, Any]] = []
-    if node.mesh is not None and node.mesh.running:
+    if node.mesh.running:
         for peer_id in node.mesh.peers():
             entry: dict[str, Any] = {"id": _peer_id_text(peer_id)}
             with node.peers.peers_lock:
@@ -433,7 +430,7 @@ def node_peers(node: Any) -> dict[str, Any]:
 class ControlService(service.Service):
     """Serves :class:`ControlResource` on 127.0.0.1 and writes the control file."""
 
-    def __init__(self, node: Any, *, reactor: Any = None, port: int = 0) -> None:
+    def __init__(self, node: P2PNode, *, reactor: Any = None, port: int = 0) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
 

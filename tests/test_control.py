@@ -105,10 +105,9 @@ class ControlTests(unittest.TestCase):
         self.assertEqual(s["counters"]["dropped_total"], 1)
         self.assertEqual(s["counters"]["refused"]["rate_limited"], 2)
         self.assertEqual(s["counters"]["refused_total"], 2)
-        if self.node.mesh is not None:
-            self.node.mesh.stats["malformed"] += 3
-            _, s = as_json((yield self.req("GET", "/status")))
-            self.assertEqual(s["counters"]["mesh"]["malformed"], 3)
+        self.node.mesh.stats["malformed"] += 3
+        _, s = as_json((yield self.req("GET", "/status")))
+        self.assertEqual(s["counters"]["mesh"]["malformed"], 3)
 
     @defer.inlineCallbacks
     def test_peers(self) -> Any:
@@ -208,11 +207,28 @@ class ControlTests(unittest.TestCase):
         self.assertIn("UTF-8", body["error"])
 
     @defer.inlineCallbacks
-    def test_missing_socket_503(self) -> Any:
-        self.node.chord = None
-        code, body = as_json((yield self.req("GET", "/chord/k")))
-        self.assertEqual(code, 503)
-        self.assertIn("no chord socket", body["error"])
+    def test_timeouts_504(self) -> Any:
+        from p2pnet.chord.errors import ChordTimeoutError
+        from p2pnet.dht.errors import LookupTimeoutError
+
+        for error in (LookupTimeoutError("lookup ran past 5 s"),
+                      ChordTimeoutError("no holder answered"), defer.TimeoutError()):
+            self.patch(self.node.chord, "d_get",
+                       lambda key, e=error: defer.fail(e))
+            code, body = as_json((yield self.req("GET", "/chord/k")))
+            self.assertEqual(code, 504, error)
+            self.assertTrue(body["error"].startswith("timed out: "), body)
+
+    @defer.inlineCallbacks
+    def test_stopping_node_503(self) -> Any:
+        self.node.running = False  # as between stopService and the control API's stop
+        try:
+            for area in ("sync", "chord"):
+                code, body = as_json((yield self.req("GET", f"/{area}/k")))
+                self.assertEqual(code, 503)
+                self.assertIn("stopping", body["error"])
+        finally:
+            self.node.running = True
 
 
 class WritePrivateTests(unittest.SynchronousTestCase):
