@@ -44,6 +44,15 @@ async def wait_until(cond: Callable[[], bool], timeout: float = 3.0, what: str =
         await turn()
 
 
+async def crash(sock: MeshSocket) -> None:
+    """Stop ``sock`` as a crash would: its sockets close, no peer gets a bye."""
+    for link in list(sock._incoming.values()) + list(sock._outgoing.values()):
+        link.closed = True
+    sock._incoming.clear()
+    sock._by_peer.clear()
+    await sock.stopService()
+
+
 class MeshTestCase(TestCase):
     timeout = 20
 
@@ -494,11 +503,7 @@ class ReconnectTests(MeshTestCase):
         events: list[tuple[str, bytes]] = []
         a.on("connect", lambda m, pid: events.append(("connect", pid)))
         a.on("disconnect", lambda m, pid: events.append(("disconnect", pid)))
-        for link in list(b._incoming.values()) + list(b._outgoing.values()):
-            link.closed = True  # a crash: no bye on any link
-        b._incoming.clear()
-        b._by_peer.clear()
-        await b.stopService()
+        await crash(b)
         await turn(0.35)  # longer than a handshake: not two dials at once
         b2 = await self.node(peer_id=b"b-high")
         await self.link(b2, a)

@@ -17,6 +17,7 @@ from p2pnet.mesh.socket import MeshSocket
 from p2pnet.store.keyspace import MemoryKeySpace
 from p2pnet.sync.merge import Lease, LeaseError
 from p2pnet.sync.socket import SyncSocket
+from tests.test_mesh_socket import crash
 
 clock: Any = reactor
 START = 1_700_000_000
@@ -215,3 +216,29 @@ class LateJoinerTests(SyncZmqTestCase):
         await self.converged(socks + [sock2],
                              {b"own": b"after", b"meanwhile": b"changed", **offline})
         await sock2.stopService()
+
+    async def test_crashed_node_back_on_a_new_port_converges(self) -> None:
+        """No bye: the survivor learns of the crash only when the node dials again."""
+        a_mesh = await self.mesh(peer_id=b"a-low", limits=MeshLimits(handshake_timeout=0.3))
+        a = self.sync(a_mesh, anti_entropy=None)
+        store = MemoryKeySpace()
+        b_mesh = await self.mesh(peer_id=b"b-high")
+        b = self.sync(b_mesh, store=store, anti_entropy=None)
+        b.startService()
+        await self.link(a_mesh, b_mesh)  # the lower id dialled: the link it prefers
+        b[b"k"] = b"1"
+        await self.converged([a, b], {b"k": b"1"})
+        await crash(b_mesh)
+        b[b"offline"] = b"kept in the store"
+        await b.stopService()
+        a[b"meanwhile"] = b"2"
+        await turn(0.35)  # longer than a handshake
+
+        b2_mesh = await self.mesh(peer_id=b"b-high")
+        b2 = self.sync(b2_mesh, store=store, anti_entropy=None)
+        b2.startService()
+        await b2.when_ready()
+        await self.link(b2_mesh, a_mesh)
+        await self.converged([a, b2], {b"k": b"1", b"offline": b"kept in the store",
+                                       b"meanwhile": b"2"})
+        await b2.stopService()
