@@ -39,7 +39,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any, ParamSpec, TypeVar
 
 from twisted.application import service
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -53,6 +53,7 @@ from p2pnet.store.errors import (
 )
 from p2pnet.store.peer import Peer, PeerState, check_host, check_port
 from p2pnet.store.pool import StoreExecutor
+from p2pnet.timers import Periodic
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -182,7 +183,7 @@ class PeerStore(service.Service):
             self._executor = StoreExecutor(
                 reactor, name="p2pnet-peerstore", batch_context=self._batch
             )
-        self._loop: task.LoopingCall | None = None
+        self._syncer = Periodic(self._clock, job=self._periodic_sync, name="periodic peer sync")
         self._ready: OneShotObserver[None] = OneShotObserver()
         self._started_once = False
 
@@ -317,9 +318,7 @@ class PeerStore(service.Service):
     def stopService(self) -> defer.Deferred[None]:
         """Stop the timer, make the last sync, close, stop the thread."""
         super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
+        self._syncer.stop()  # a sync under way is queued before the close on the store thread
         d = self.when_ready() if self._started_once else defer.succeed(None)
         d.addErrback(lambda _: None)  # a failed start was logged; closing is still safe
         d.addCallback(lambda _: self.d_terminate_db())
@@ -336,11 +335,8 @@ class PeerStore(service.Service):
         self._set_start_outcome(None)
         if not self.running:
             return
-        self._loop = task.LoopingCall(self._periodic_sync)
-        self._loop.clock = self._clock
-        self._loop.start(self.sync_interval, now=False).addErrback(
-            lambda f: self.log.failure("peer store sync timer stopped", f)
-        )
+        self._syncer.interval = self.sync_interval
+        self._syncer.start()
 
     def _start_failed(self, failure: Failure) -> None:
         if failure.check(StoreError):  # a typed error says it all: one line, no traceback
