@@ -521,14 +521,7 @@ class P2PNode(service.MultiService):
     async def _stop(self) -> None:
         starting = self._starting
         if starting is not None:
-            waiter: defer.Deferred[None] = defer.Deferred()
-
-            def release(result: object) -> object:
-                waiter.callback(None)
-                return result
-
-            starting.addBoth(release)
-            await waiter
+            await starting  # startService's done() took its result (or failure): None
         await self._saver.stop()
         while self._up:
             child = self._up.pop()
