@@ -25,6 +25,7 @@ import attrs
 from twisted.application import service
 from twisted.python import usage
 
+from p2pnet.dht.limits import Limits
 from p2pnet.node import (
     DEFAULT_DATA_DIR,
     DEFAULT_INTERFACE,
@@ -53,8 +54,6 @@ def parse_address(text: str) -> tuple[str, int]:
 
 
 def _limit_fields() -> dict[str, Any]:
-    from p2pnet.dht.limits import Limits
-
     return {f.name: f for f in attrs.fields(Limits)}
 
 
@@ -179,8 +178,6 @@ class Options(usage.Options):
         if self["log-level"] not in LOG_LEVELS:
             raise usage.UsageError(f"log level must be one of {', '.join(LOG_LEVELS)}, not "
                                    f"{self['log-level']!r}")
-        from p2pnet.dht.limits import Limits
-
         try:
             self["limits-object"] = Limits(**self["limits"])
         except (TypeError, ValueError) as e:
@@ -290,7 +287,7 @@ class DaemonService(service.MultiService):
         reactor.stop()
 
 
-def makeService(options: Any) -> service.IService:  # noqa: N802 - twistd plugin API
+def makeService(options: Options) -> service.IService:  # noqa: N802 - twistd plugin API
     """The node for ``options`` (see :class:`Options`)."""
     from p2pnet.store.errors import StoreError
 
@@ -305,7 +302,7 @@ def makeService(options: Any) -> service.IService:  # noqa: N802 - twistd plugin
             network_id=options["network-id"],
             memory=options["memory"],
             limits=options.get("limits-object"),
-            lock=getattr(options, "lock", None),
+            lock=options.lock,
             advertise_host=options.get("advertise-host"),
         )
     except (NodeStartError, StoreError) as e:
