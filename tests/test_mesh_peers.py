@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -160,6 +161,40 @@ class BoundTests(SynchronousTestCase):
         book.connected(b"f", "h", 6)
         self.assertEqual(len(book.known()), 4)
         store.terminate_db()
+
+
+class SlowStore:
+    """A PeerStore stand-in whose syncs finish when the test says."""
+
+    running = True
+
+    def __init__(self) -> None:
+        self.peers: dict[bytes, Peer] = {}
+        self.peers_lock = threading.Lock()
+        self.syncs: list[tuple[set[bytes], defer.Deferred[None]]] = []
+
+    def add_peer(self, peer: Peer) -> None:
+        self.peers[peer.uuid] = peer
+
+    def d_sync_database(self, force: bool = False) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.Deferred()
+        self.syncs.append((set(self.peers), d))  # what this sync writes
+        return d
+
+
+class FlushTests(SynchronousTestCase):
+    def test_peer_met_during_a_sync_is_synced_after_it(self) -> None:
+        store = SlowStore()
+        book = PeerBook(task.Clock(), FakeDialer(), own_id=b"me", store=store)  # type: ignore[arg-type]
+        book.start()
+        book.connected(b"p1", "h", 1)
+        book.connected(b"p2", "h", 2)  # while the first sync runs
+        book.connected(b"p3", "h", 3)
+        self.assertEqual([s[0] for s in store.syncs], [{b"p1"}])  # one at a time
+        store.syncs[0][1].callback(None)
+        self.assertEqual([s[0] for s in store.syncs], [{b"p1"}, {b"p1", b"p2", b"p3"}])
+        store.syncs[1][1].callback(None)
+        self.assertEqual(len(store.syncs), 2)  # nothing changed since
 
 
 class PeerStoreTests(SynchronousTestCase):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
+import sqlite3
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -26,7 +28,7 @@ from p2pnet.mesh.limits import MeshLimits
 from p2pnet.mesh.memory import SkewedClock
 from p2pnet.mesh.socket import MeshSocket
 from p2pnet.store.peer import PeerState
-from p2pnet.store.peerstore import PeerStore
+from p2pnet.store.peerstore import SQLITE_PEERS_TABLE, PeerStore
 
 clock: Any = reactor
 
@@ -475,6 +477,16 @@ class ReconnectTests(MeshTestCase):
         self.assertEqual(a.peer_id, store.uuid)
         await self.link(a, b)
         await self.link(c, a)  # c dialled a: a learns c's address from its hello
+
+        def on_disk() -> set[bytes]:
+            try:
+                with contextlib.closing(sqlite3.connect(path)) as db:
+                    rows = db.execute(f"SELECT uuid FROM {SQLITE_PEERS_TABLE}").fetchall()
+            except sqlite3.OperationalError:  # busy: the store is writing
+                return set()
+            return {r[0] if isinstance(r[0], bytes) else r[0].encode() for r in rows}
+        # in the file as soon as met, not only at a clean stop (a crash keeps them)
+        await wait_until(lambda: {b.peer_id, c.peer_id} <= on_disk(), what="peers on disk")
         await a.stopService()
         await store.stopService()
         await wait_until(lambda: b.peers() == [] and c.peers() == [])

@@ -86,6 +86,7 @@ class PeerBook:
         self._entries: dict[bytes, _Entry] = {}
         self._running = False
         self._flush_pending = False
+        self._flush_again = False
         #: dials made by retries, and how many failed
         self.dials = 0
         self.dial_failures = 0
@@ -262,15 +263,22 @@ class PeerBook:
             entry.peer.conn_state = PeerState.UNREACHABLE
 
     def _flush(self) -> None:
-        """Write the peers to the store soon (one sync for a burst of changes)."""
+        """Write the peers to the store soon: one sync at a time, and one more after it
+        when peers changed while it ran (it may have read them before the change)."""
         store = self.store
-        if store is None or not store.running or self._flush_pending:
+        if store is None or not store.running:
+            return
+        if self._flush_pending:
+            self._flush_again = True
             return
         self._flush_pending = True
+        self._flush_again = False
 
         def done(result: object) -> None:
             self._flush_pending = False
             if isinstance(result, Failure):
                 log.failure("peer store sync failed", result)
+            if self._flush_again:
+                self._flush()
 
         store.d_sync_database(force=True).addBoth(done)
