@@ -19,8 +19,10 @@ from typing import Any
 
 from twisted.internet import defer, task
 
+from p2pnet.dht.network import DHTNetwork
 from p2pnet.mesh.memory import MemoryMeshNetwork
 from p2pnet.node import P2PNode
+from p2pnet.sim.memory import MemoryNetwork
 
 __all__ = ["MemoryMeshNetwork", "control_request", "memory_dht", "start_node"]
 
@@ -99,12 +101,9 @@ def control_request(node: P2PNode, method: str, path: str, body: bytes | None = 
 
 
 def memory_dht(n: int, clock: task.Clock | None = None, **kwargs: Any
-               ) -> tuple[task.Clock, list[Any]]:
+               ) -> tuple[task.Clock, list[DHTNetwork]]:
     """``n`` DHT networks on one in-memory datagram network, each joined through the
     first; returns ``(clock, networks)``.  Advance the clock to let them work."""
-    from p2pnet.dht.network import DHTNetwork
-    from p2pnet.sim.memory import MemoryNetwork
-
     clock = clock or task.Clock()
     net = MemoryNetwork(clock)
     nodes = []

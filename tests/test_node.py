@@ -228,3 +228,21 @@ class ContactsTests(unittest.TestCase):
         net.routing_table.node_update(net.node_for(keys[1], ("127.0.0.1", 6001)))
         node.save_contacts()
         self.assertEqual(node.contacts.peers[keys[1]].port, 6001)
+
+
+class MemoryDHTTests(unittest.SynchronousTestCase):
+    def test_nodes_join_and_share_values(self) -> None:
+        from p2pnet.testing import memory_dht
+
+        clock, nets = memory_dht(4)
+        self.assertEqual(len({n.address for n in nets}), 4)
+        for net in nets:
+            self.assertGreater(net.routing_table.num_contacts, 0)
+        d = nets[3].put("k", b"v")
+        for _ in range(100):
+            clock.advance(0.1)
+        self.assertGreater(self.successResultOf(d), 0)
+        got = nets[1].get("k")
+        for _ in range(100):
+            clock.advance(0.1)
+        self.assertEqual(self.successResultOf(got), b"v")
