@@ -43,14 +43,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 
-from p2pnet.chord.socket import ChordSocket
 from p2pnet.dht.errors import LookupTimeoutError, RPCTimeoutError, ValueNotFoundError
 from p2pnet.mesh.errors import HandshakeTimeoutError
 from p2pnet.models import MAX_VALUE_SIZE
-from p2pnet.sync.socket import SyncSocket
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: the p2pnet command imports this module, kept light
+    from p2pnet.chord.socket import ChordSocket
     from p2pnet.node import P2PNode
+    from p2pnet.sync.socket import SyncSocket
 
 log = Logger(namespace="p2pnet.control")
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from twisted.internet import defer, task
 
+from p2pnet.control import control_file
 from p2pnet.dht.network import DHTNetwork
 from p2pnet.mesh.memory import MemoryMeshNetwork
 from p2pnet.node import P2PNode
@@ -86,7 +87,7 @@ def control_request(node: P2PNode, method: str, path: str, body: bytes | None = 
     ``token=True`` sends the node's token (read from its control file, as a client
     would), ``None``/``False`` none, a string that string.
     """
-    with open(os.path.join(node.data_dir, "control.json"), encoding="utf-8") as f:
+    with open(control_file(node.data_dir), encoding="utf-8") as f:
         info = json.load(f)
     tok: str | None
     if token is True:

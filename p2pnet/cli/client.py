@@ -10,7 +10,7 @@ import urllib.request
 from typing import Any
 from urllib.parse import quote
 
-from p2pnet.control import CONTROL_FILE
+from p2pnet.control import CONTROL_FILE, control_file
 
 
 class CliError(Exception):
@@ -31,7 +31,7 @@ class ControlClient:
     def __init__(self, data_dir: str, timeout: float = 60.0) -> None:
         self.data_dir = data_dir
         self.timeout = timeout
-        path = os.path.join(data_dir, CONTROL_FILE)
+        path = control_file(data_dir)
         try:
             with open(path, encoding="utf-8") as f:
                 info = json.load(f)

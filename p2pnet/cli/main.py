@@ -73,8 +73,7 @@ class Progress:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> Progress:
-        isatty = getattr(self.stream, "isatty", None)
-        if isatty is not None and isatty():
+        if self.stream.isatty():
             self._thread = threading.Thread(target=self._run, daemon=True)
             self._thread.start()
         return self
