@@ -59,7 +59,7 @@ from p2pnet.dht.network import NETWORK_ID
 from p2pnet.dht.service import DHTService
 from p2pnet.mesh.socket import MeshSocket
 from p2pnet.observer import OneShotObserver
-from p2pnet.store.keyspace import KeySpace, MemoryKeySpace
+from p2pnet.store.keyspace import key_space
 from p2pnet.store.leveldb import DBManager
 from p2pnet.store.peer import Peer
 from p2pnet.store.peerstore import PeerStore
@@ -321,8 +321,7 @@ class P2PNode(service.MultiService):
             advertise_host=self.advertise_host,
         )
         self.mesh.setName("mesh")
-        store = MemoryKeySpace() if self.db is None else KeySpace(self.db, b"sync/")
-        self.sync = SyncSocket(self.mesh, clock=reactor, store=store)
+        self.sync = SyncSocket(self.mesh, clock=reactor, store=key_space(self.db, b"sync/"))
         self.sync.setName("sync")
         self.chord = ChordSocket(self.mesh, self.dht.network, reactor=reactor)
         self.chord.setName("chord")

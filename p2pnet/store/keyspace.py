@@ -12,8 +12,6 @@ its calls made in one reactor turn share one thread hop.
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.internet import defer
 from zope.interface import Interface, implementer
 
@@ -134,7 +132,7 @@ class MemoryKeySpace:
         return defer.succeed(sorted(self.data.items()))
 
 
-def key_space(db: DBManager | None, prefix: bytes) -> Any:
+def key_space(db: DBManager | None, prefix: bytes) -> KeySpace | MemoryKeySpace:
     """A :class:`KeySpace` of ``db``, or a :class:`MemoryKeySpace` when ``db`` is None."""
     check_prefix(prefix)
     return MemoryKeySpace() if db is None else KeySpace(db, prefix)
