@@ -161,7 +161,7 @@ class ChordSocket(service.Service):
         self.dht = dht
         self._reactor: Any = reactor if reactor is not None else dht.clock
         self.timeout = timeout
-        self.limits = limits or getattr(dht, "limits", None) or Limits()
+        self.limits: Limits = limits or dht.limits
         self.keyset = KeySet(self.limits.chord_max_keys, self.limits.chord_max_key_size,
                              self.limits.chord_tombstone_ttl,
                              self.limits.store_max_future_seconds)
