@@ -8,8 +8,10 @@ import threading
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import defer, task
+from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
+from p2pnet.mesh import peers
 from p2pnet.mesh.errors import HandshakeRefusedError, HandshakeTimeoutError
 from p2pnet.mesh.peers import Backoff, PeerBook
 from p2pnet.store.peer import Peer, PeerState
@@ -93,6 +95,18 @@ class PeerBookTests(SynchronousTestCase):
         self.dial.calls[0][2].errback(HandshakeRefusedError(1, "wrong network"))
         self.assertEqual(self.book.state(b"p"), PeerState.UNREACHABLE)
         self.assertFalse(self.book.retry_pending(b"p"))
+
+    def test_refusal_reason_logged_as_a_warning(self) -> None:
+        events: list[dict[str, object]] = []
+        self.patch(peers, "log", Logger(observer=events.append))
+        self.book.connected(b"p", "h", 1)
+        self.book.lost(b"p")
+        self.clock.advance(0.5)
+        self.dial.calls[0][2].errback(
+            HandshakeRefusedError(1, "network id b'x' is not this node's network id"))
+        (event,) = [e for e in events if e["log_level"] >= LogLevel.warn]  # type: ignore[operator]
+        self.assertIn("network id b'x' is not", formatEvent(event))
+        self.assertIn("unreachable", formatEvent(event))
 
     def test_connecting_back_cancels_retry(self) -> None:
         self.book.connected(b"p", "h", 1)

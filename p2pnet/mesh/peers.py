@@ -248,8 +248,13 @@ class PeerBook:
                 return  # it connected to us meanwhile
             entry.failures += 1
             refused = result.check(HandshakeRefusedError) is not None
-            log.debug("dial of {peer!r} failed ({n}): {why}", peer=peer_id,
-                      n=entry.failures, why=result.getErrorMessage())
+            if refused:
+                log.warn("peer {peer!r} at {host}:{port} refused us: {why}; marked "
+                         "unreachable", peer=peer_id, host=entry.peer.host,
+                         port=entry.peer.port, why=result.getErrorMessage())
+            else:
+                log.debug("dial of {peer!r} failed ({n}): {why}", peer=peer_id,
+                          n=entry.failures, why=result.getErrorMessage())
             if refused or entry.failures >= self.backoff.max_failures:
                 entry.peer.conn_state = PeerState.UNREACHABLE
                 return
