@@ -42,6 +42,8 @@ from twisted.internet.interfaces import IReactorThreads
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from p2pnet.observer import OneShotObserver
+
 T = TypeVar("T")
 P = ParamSpec("P")
 
@@ -59,18 +61,6 @@ _group_of = itemgetter(4)
 
 class ExecutorStopped(Exception):
     """A call was submitted to a store executor that is not running."""
-
-
-def _chained(d: defer.Deferred[None]) -> defer.Deferred[None]:
-    """A Deferred of its own for each caller, firing when ``d`` does."""
-    out: defer.Deferred[None] = defer.Deferred()
-
-    def relay(result: object) -> object:
-        out.callback(None)
-        return result
-
-    d.addBoth(relay)
-    return out
 
 
 class StoreExecutor:
@@ -103,9 +93,10 @@ class StoreExecutor:
         self._armed = False
         self._busy = False
         self._hop: list[_Call] = []  # the calls of the hop in flight
-        self._idle: list[defer.Deferred[None]] = []
+        # fired (and replaced) when the queue runs dry; set while the pool stops
+        self._idle: OneShotObserver[None] = OneShotObserver()
         self.running = _inline
-        self._stopping: defer.Deferred[None] | None = None
+        self._stopping: OneShotObserver[None] | None = None
         self.hops = 0
         self._calls_sent = 0
         #: Maps a call's exception to the one its caller gets (None: keep it); a store
@@ -135,23 +126,25 @@ class StoreExecutor:
     def stop(self) -> defer.Deferred[None]:
         """Run what is queued, then stop the pool; fires when every thread has ended."""
         if self._stopping is not None:
-            return _chained(self._stopping)
+            return self._stopping.when_fired()
         if self._inline or not self.running:
             return defer.succeed(None)
         self.running = False
         pool = self._pool
-        d = self._when_idle()
+        stopping = self._stopping = OneShotObserver()
 
         def _stop_pool(_: object) -> None:
             self._stopping = None
             if self._pool is pool:
                 self._pool = None
-            if pool is not None:
-                pool.stop()
+            try:
+                if pool is not None:
+                    pool.stop()
+            finally:
+                stopping.fire(None)
 
-        self._stopping = d
-        d.addCallback(_stop_pool)  # may run at once: it clears _stopping again
-        return _chained(d)
+        self._when_idle().addCallback(_stop_pool)  # may run at once
+        return stopping.when_fired()
 
     def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> defer.Deferred[T]:
         """Run ``fn(*args, **kwargs)`` in the store's thread; the Deferred gets its result."""
@@ -273,9 +266,8 @@ class StoreExecutor:
         if self._pending:
             self._schedule()
         else:
-            idle, self._idle = self._idle, []
-            for waiter in idle:
-                waiter.callback(None)
+            idle, self._idle = self._idle, OneShotObserver()
+            idle.fire(None)
 
     @staticmethod
     def _translated(
@@ -293,8 +285,7 @@ class StoreExecutor:
     def _when_idle(self) -> defer.Deferred[None]:
         if not self._busy and not self._pending:
             return defer.succeed(None)
-        d: defer.Deferred[None] = defer.Deferred()
-        self._idle.append(d)
+        d = self._idle.when_fired()
         if not self._busy:
             self._schedule()
         return d
