@@ -462,19 +462,23 @@ class DHTNetwork:
 
     # -- joining -------------------------------------------------------------------------
 
-    def join_network(self, address: Address) -> defer.Deferred[bool]:
-        """Join through a known node: ping it, look ourselves up, refresh far buckets.
+    def join_network(self, address: Address, *, refresh: bool = True
+                     ) -> defer.Deferred[bool]:
+        """Join through a known node: ping it, look ourselves up, refresh far buckets
+        (unless ``refresh`` is false: :class:`~p2pnet.dht.service.Joiner` spreads that
+        part out in time).
 
         Fires True when the node answered and the routing table is not empty.
         """
-        return defer.Deferred.fromCoroutine(self._join(address))
+        return defer.Deferred.fromCoroutine(self._join(address, refresh))
 
-    async def _join(self, address: Address) -> bool:
+    async def _join(self, address: Address, refresh: bool = True) -> bool:
         pong = await self.ping_address(address)
         if not pong:
             return False
         await self.find_node_shortlist(self._key)
-        await self.refresh_buckets(far_only=True)
+        if refresh:
+            await self.refresh_buckets(far_only=True)
         return self._routing_table.num_contacts > 0
 
     def refresh_buckets(self, far_only: bool = False, older_than: float | None = None

@@ -60,6 +60,10 @@ class JoinPolicy:
     young_refreshes: tuple[float, ...] = ()
     #: seconds of random delay before the first try (spreads a crowd started at once)
     start_jitter: float = 0.0
+    #: after the first join, the refresh of the buckets farther than the closest
+    #: neighbour (Kademlia's join) runs after a random delay up to this; the node counts
+    #: as joined once it answered and it looked itself up.  0: inside the join, at once.
+    far_refresh_spread: float = 10.0
 
 
 class Joiner:
@@ -167,7 +171,8 @@ class Joiner:
             log.info("join try {n} through {host}:{port}", n=self.tries,
                      host=address[0], port=address[1])
             try:
-                ok = await self.network.join_network(address)
+                ok = await self.network.join_network(
+                    address, refresh=self.policy.far_refresh_spread <= 0)
             except Exception as e:  # a bad address (unresolvable name, ...): next one
                 log.warn("join through {host}:{port} failed: {e}",
                          host=address[0], port=address[1], e=e)
@@ -189,6 +194,10 @@ class Joiner:
                     self.clock.callLater(delay * self.rng.uniform(0.75, 1.25),
                                          self._young_refresh)
                     for delay in self.policy.young_refreshes]
+            if self.policy.far_refresh_spread > 0:
+                self._young = [c for c in self._young if c.active()]
+                self._young.append(self.clock.callLater(
+                    self.rng.uniform(0, self.policy.far_refresh_spread), self._far_refresh))
             self._schedule(self.policy.check_interval)
         else:
             self.failed_rounds += 1
@@ -205,6 +214,11 @@ class Joiner:
         if self._running and self.network.routing_table.num_contacts:
             d = self.network.refresh_buckets()
             d.addErrback(lambda f: log.failure("young refresh failed", failure=f))
+
+    def _far_refresh(self) -> None:
+        if self._running and self.network.routing_table.num_contacts:
+            d = self.network.refresh_buckets(far_only=True)
+            d.addErrback(lambda f: log.failure("bucket refresh failed", failure=f))
 
     def _joined(self) -> None:
         if self.observer.fired:
