@@ -179,11 +179,11 @@ class ControlResource(resource.Resource):
         if isinstance(e, ValueNotFoundError | KeyError):
             return _json({"error": "not found"}, http.NOT_FOUND)
         if isinstance(e, TIMEOUT_ERRORS):
-            return _json({"error": f"timed out: {_line(e)}"}, http.GATEWAY_TIMEOUT)
+            return _json({"error": f"timed out: {one_line(e)}"}, http.GATEWAY_TIMEOUT)
         if isinstance(e, TypeError | ValueError):
-            return _json({"error": _line(e)}, http.BAD_REQUEST)
+            return _json({"error": one_line(e)}, http.BAD_REQUEST)
         log.failure("control request failed", failure)
-        return _json({"error": f"{type(e).__name__}: {_line(e)}"}, http.INTERNAL_SERVER_ERROR)
+        return _json({"error": f"{type(e).__name__}: {one_line(e)}"}, http.INTERNAL_SERVER_ERROR)
 
     def _finish(self, request: server.Request, reply: _Reply) -> bytes | int:
         request.setResponseCode(reply.status)
@@ -299,7 +299,7 @@ class ControlResource(resource.Resource):
         try:
             sync[key] = value
         except KeyError as e:  # the lease: someone else owns the key for now
-            raise ApiError(http.CONFLICT, _line(e)) from e
+            raise ApiError(http.CONFLICT, one_line(e)) from e
         return _json({"key": text_key(key), "bytes": len(value)})
 
     async def sync_delete(self, request: server.Request, key: bytes) -> _Reply:
@@ -309,7 +309,7 @@ class ControlResource(resource.Resource):
         try:
             del sync[key]
         except KeyError as e:
-            raise ApiError(http.CONFLICT, _line(e)) from e
+            raise ApiError(http.CONFLICT, one_line(e)) from e
         return _json({"key": text_key(key), "deleted": True})
 
     # -- chord -------------------------------------------------------------------------
@@ -332,12 +332,11 @@ class ControlResource(resource.Resource):
         return _json({"key": text_key(key), "deleted": True})
 
 
-def _line(e: BaseException) -> str:
-    if isinstance(e, KeyError) and e.args:
-        text = str(e.args[0])
-    else:
-        text = str(e)
-    return " ".join(text.split()) or type(e).__name__
+def one_line(error: BaseException) -> str:
+    """An error as one line: its message (a ``KeyError``'s key, unquoted), or its type's
+    name when it has none."""
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    return " ".join(text.split()) or type(error).__name__
 
 
 def _show(path: bytes) -> str:
@@ -480,4 +479,4 @@ class ControlService(service.Service):
 
 
 __all__ = ["CONTROL_FILE", "MAX_BODY", "ApiError", "ControlResource", "ControlService",
-           "control_file", "node_peers", "node_status", "write_private"]
+           "control_file", "node_peers", "node_status", "one_line", "write_private"]

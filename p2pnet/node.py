@@ -52,7 +52,7 @@ from twisted.python.failure import Failure
 
 from p2pnet import ids
 from p2pnet.chord.socket import ChordSocket
-from p2pnet.control import ControlService
+from p2pnet.control import ControlService, one_line
 from p2pnet.dht.kvptable import LevelDBKVPTable
 from p2pnet.dht.limits import Limits
 from p2pnet.dht.network import NETWORK_ID
@@ -545,12 +545,6 @@ def _not_reached(failure: Failure, host: str, port: int) -> None:
 
 def _fmt(address: tuple[str, int] | None) -> str:
     return "-" if address is None else f"{address[0]}:{address[1]}"
-
-
-def one_line(error: BaseException) -> str:
-    """An error as one line: its message, or its type's name when it has none."""
-    text = " ".join(str(error).split())
-    return text or type(error).__name__
 
 
 __all__ = [
