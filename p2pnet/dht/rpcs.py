@@ -35,6 +35,7 @@ from p2pnet.dht.limits import Limits, RefusalCounter, source_key
 from p2pnet.dht.protocol import Address, DHTProtocol, RequestRefused
 from p2pnet.dht.table import IKVPTable, KVPRecord
 from p2pnet.models import MAX_VALUE_SIZE, Node, NodeList
+from p2pnet.observer import OneShotObserver
 
 _PING = codec.PingRequest()
 _PONG = codec.PingResponse()
@@ -173,7 +174,7 @@ class _Pull:
     """A value being pulled for a store request, and the requests waiting on it."""
 
     source: tuple[str, int]
-    waiters: list[defer.Deferred[codec.StoreStatus]] = attrs.Factory(list)
+    done: OneShotObserver[codec.StoreStatus] = attrs.Factory(OneShotObserver)
 
 
 class Store(RPCCommand):
@@ -268,9 +269,8 @@ class Store(RPCCommand):
             d.addCallback(lambda value: self._keep(body, value, address, published))
             d.addCallback(lambda resp: resp.status)
             d.addBoth(self._pull_done, pull_id)
-        out: defer.Deferred[codec.StoreStatus] = defer.Deferred()
-        pull.waiters.append(out)  # a retried request joins the pull under way
-        return out.addCallback(codec.StoreResponse)
+        # a retried request joins the pull under way
+        return pull.done.when_fired().addCallback(codec.StoreResponse)
 
     def _pull_done(self, result: Any, pull_id: tuple[bytes, bytes, float]) -> None:
         pull = self._pulls.pop(pull_id)
@@ -286,11 +286,7 @@ class Store(RPCCommand):
                 self.net.refused["pull_failed"] += 1
                 result = Failure(RequestRefused(codec.ErrorCode.BAD_REQUEST,
                                                 f"could not fetch the value: {result.value}"))
-        for w in pull.waiters:
-            if isinstance(result, Failure):
-                w.errback(result)
-            else:
-                w.callback(result)
+        pull.done.fire(result)
 
     def _expiry(self, key: bytes, now: float, published: float) -> float:
         """A copy expires by the cache rule, and at most TIME_EXPIRE after its publish."""
