@@ -57,6 +57,8 @@ def report(args: argparse.Namespace, mode: str, services: list[Any], join_s: flo
     print(f"mode {mode}  N={n}  loss={args.loss:g}  seed={args.seed}")
     print(f"joined           {sum(joined_of(s) for s in services)} of {n}")
     print(f"join time        {join_s:.2f} s (until the last node joined)")
+    retried = sum(1 for s in services if getattr(getattr(s, "joiner", None), "rounds", 1) > 1)
+    print(f"joined after >1 round  {retried} nodes")
     contacts = statistics.median(s.network.routing_table.num_contacts for s in services)
     print(f"contacts median  {contacts:.0f}")
     print(f"put median/p99   {statistics.median(puts) * 1e3:.1f} / {pct(puts, 99) * 1e3:.1f} ms"
