@@ -97,3 +97,15 @@ def key_from_base64(text: str) -> bytes:
     except (binascii.Error, UnicodeEncodeError) as e:
         raise ValueError(f"not a base64 key: {text!r}") from e
     return check_key(raw)
+
+
+def to_bytes(data: object, what: str = "key") -> bytes:
+    """A user's key or value as bytes: ``str`` as UTF-8, bytes-likes copied to ``bytes``;
+    ``TypeError`` for anything else (the sync and chord sockets' rule)."""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, str):
+        return data.encode("utf-8")
+    if isinstance(data, bytearray | memoryview):
+        return bytes(data)
+    raise TypeError(f"{what} must be bytes or str, not {type(data).__name__}")

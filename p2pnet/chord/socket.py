@@ -68,6 +68,7 @@ from p2pnet.chord.keyset import Entry, KeySet, Outcome, chunk_entries, decode_en
 from p2pnet.dht.errors import LookupTimeoutError, ValueNotFoundError
 from p2pnet.dht.limits import Limits, RefusalCounter
 from p2pnet.dht.lookup import LookupStats
+from p2pnet.ids import to_bytes
 from p2pnet.mesh.interfaces import IMesh, MeshMessage
 from p2pnet.models import MAX_VALUE_SIZE
 from p2pnet.observer import EventEmitter
@@ -96,17 +97,6 @@ PRUNE_EVERY = 60.0
 _MISSING: Any = object()
 
 KeyLike = bytes | bytearray | memoryview | str
-
-
-def as_bytes(data: object, what: str = "key") -> bytes:
-    """``str`` as UTF-8, bytes-likes as ``bytes``; ``TypeError`` for anything else."""
-    if isinstance(data, bytes):
-        return data
-    if isinstance(data, str):
-        return data.encode("utf-8")
-    if isinstance(data, (bytearray, memoryview)):
-        return bytes(data)
-    raise TypeError(f"{what} must be bytes or str, not {type(data).__name__}")
 
 
 @attrs.define
@@ -257,7 +247,7 @@ class ChordSocket(service.Service):
     # -- the pieces every operation is made of -----------------------------------------------
 
     def _key(self, key: object) -> bytes:
-        k = as_bytes(key)
+        k = to_bytes(key)
         if len(k) > self.keyset.max_key_size:
             raise ValueError(f"key is {len(k)} bytes, over {self.keyset.max_key_size}")
         return k
@@ -370,7 +360,7 @@ class ChordSocket(service.Service):
     def d_set(self, key: KeyLike, value: KeyLike) -> defer.Deferred[None]:
         """Store ``value`` under ``key``; fires when the DHT holds it."""
         async def set_(stats: LookupStats) -> None:
-            await self._set(self._key(key), as_bytes(value, "value"), stats)
+            await self._set(self._key(key), to_bytes(value, "value"), stats)
         return self._run("set", set_)
 
     def d_delete(self, key: KeyLike) -> defer.Deferred[None]:
@@ -403,7 +393,7 @@ class ChordSocket(service.Service):
                 if default is None:
                     raise TypeError("setdefault of an absent key needs a bytes default"
                                     ) from None
-                v = as_bytes(default, "value")
+                v = to_bytes(default, "value")
                 await self._set(k, v, stats)
                 return v
         return self._run("setdefault", setdefault)
@@ -443,7 +433,7 @@ class ChordSocket(service.Service):
             for pair in pairs:
                 if len(pair) != 2:
                     raise ValueError("update needs (key, value) pairs")
-                latest[as_bytes(pair[0])] = pair[1]  # the writes run in parallel
+                latest[to_bytes(pair[0])] = pair[1]  # the writes run in parallel
         except (TypeError, ValueError) as e:
             return defer.fail(e)
         d = self._bulk([(self.d_set, (k, v)) for k, v in latest.items()])
@@ -555,7 +545,7 @@ class ChordSocket(service.Service):
 
     def __contains__(self, key: object) -> bool:
         try:
-            k = as_bytes(key)
+            k = to_bytes(key)
         except TypeError:
             return False
         return self._local(lambda: k in self.keyset)

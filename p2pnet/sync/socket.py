@@ -55,6 +55,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from p2pnet.dht.limits import RefusalCounter
+from p2pnet.ids import to_bytes
 from p2pnet.mesh.errors import MeshStoppedError
 from p2pnet.mesh.interfaces import IMesh, MeshMessage
 from p2pnet.observer import EventEmitter, OneShotObserver
@@ -87,17 +88,6 @@ _MISSING: Any = object()
 __all__ = ["Lease", "LeaseError", "SyncLimits", "SyncRefused", "SyncSocket"]
 
 Value = bytes | dict[bytes, bytes]
-
-
-def to_bytes(data: object, what: str = "key") -> bytes:
-    """``str`` -> UTF-8, ``bytearray`` / ``memoryview`` -> ``bytes``; else ``TypeError``."""
-    if isinstance(data, bytes):
-        return data
-    if isinstance(data, str):
-        return data.encode("utf-8")
-    if isinstance(data, bytearray | memoryview):
-        return bytes(data)
-    raise TypeError(f"{what} must be bytes or str, not {type(data).__name__}")
 
 
 def to_value(data: object) -> tuple[bytes, int]:
