@@ -50,6 +50,7 @@ import json
 import os
 import random
 import select
+import shutil
 import socket
 import statistics
 import subprocess
@@ -130,7 +131,7 @@ def victim_main() -> None:
         state["svc"], state["table"] = svc, table
         net = svc.network
         stdio.StandardIO(Control())
-        sys.stdout.write(f"READY {net.address[1]} {net.key.hex()}\n")
+        sys.stdout.write(f"READY {net.address[1]} {net.key.hex()} {tmp}\n")
         sys.stdout.flush()
 
     def stats() -> dict[str, Any]:
@@ -193,7 +194,10 @@ def victim_main() -> None:
                 reactor.stop()
 
     defer.ensureDeferred(setup()).addErrback(lambda f: (f.printTraceback(), reactor.stop()))
-    reactor.run()
+    try:
+        reactor.run()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     os._exit(0)  # the store thread may be busy with a queue of reads: do not wait for it
 
 
@@ -647,6 +651,8 @@ async def drive(args: argparse.Namespace) -> dict[str, Any]:
                 except Exception:
                     pass
                 await child.ended
+        if len(ready) > 3 and os.path.basename(ready[3]).startswith("bench_floods_"):
+            shutil.rmtree(ready[3], ignore_errors=True)  # the victim's, if it was killed
     return result
 
 
