@@ -150,6 +150,7 @@ def victim_main() -> None:
         pstats = getattr(net.protocol, "stats", None)
         if pstats is not None:
             out["requests_in"] = getattr(pstats, "requests_in", None)
+            out["send_failures"] = getattr(pstats, "send_failures", None)
         return out
 
     def join(port: int) -> None:
@@ -591,6 +592,8 @@ async def drive(args: argparse.Namespace) -> dict[str, Any]:
             await task.deferLater(reactor, 0.1, lambda: None)
         unfinished = await honest.settle(6.0)
         result.update(honest.summary(unfinished))
+        hs = honest.net.protocol.stats
+        result["honest_proto"] = f"{hs.requests_out} | {hs.retries} | {hs.timeouts}"
         if scen.startswith("pull"):
             result["honest_stores"] = f"{stores_ok}/{stores}"
         if attacker is not None:
@@ -920,6 +923,8 @@ ROWS: list[tuple[str, Any]] = [
     ("attacker answers received", lambda r: r.get("attacker", {}).get("answers")),
     ("victim requests to attacker", lambda r: r.get("attacker", {}).get("requests_in")),
     ("victim requests handled (decoded)", lambda r: r.get("victim", {}).get("requests_in")),
+    ("victim send failures", lambda r: r.get("victim", {}).get("send_failures")),
+    ("honest requests | retries | timeouts", lambda r: r.get("honest_proto")),
 ]
 EXTRA: dict[str, list[tuple[str, Any]]] = {
     "lookup": [("fake ids handed out", lambda r: r.get("attacker", {}).get("fake_ids_sent")),
