@@ -51,12 +51,14 @@ def joined_of(s: Any) -> bool:
 
 def report(args: argparse.Namespace, mode: str, services: list[Any], join_s: float,
            puts: list[float], gets: list[float], found: int, dg_put: int, dg_get: int,
-           cpu_s: float) -> None:
+           cpu_s: float, join_cpu: float | None = None) -> None:
     n = len(services)
     ops = max(args.ops, 1)
     print(f"mode {mode}  N={n}  loss={args.loss:g}  seed={args.seed}")
     print(f"joined           {sum(joined_of(s) for s in services)} of {n}")
     print(f"join time        {join_s:.2f} s (until the last node joined)")
+    if join_cpu is not None:
+        print(f"join cpu         {join_cpu:.1f} s (CPU seconds until the last node joined)")
     retried = sum(1 for s in services if getattr(getattr(s, "joiner", None), "rounds", 1) > 1)
     print(f"joined after >1 round  {retried} nodes")
     contacts = statistics.median(s.network.routing_table.num_contacts for s in services)
@@ -130,6 +132,7 @@ def run_udp(args: argparse.Namespace) -> None:
 
         def one_joined(_: object) -> None:
             last[0] = time.perf_counter()
+            out["join_cpu"] = cpu() - cpu0
 
         for s in services[1:]:
             s.when_joined().addCallback(one_joined)
@@ -156,7 +159,8 @@ def run_udp(args: argparse.Namespace) -> None:
     reactor.callWhenRunning(start)  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]
     if "w" in out:
-        report(args, "udp", services, out["join_s"], *out["w"], cpu() - cpu0)
+        report(args, "udp", services, out["join_s"], *out["w"], cpu() - cpu0,
+               out.get("join_cpu"))
 
 
 def policy(args: argparse.Namespace) -> Any:
@@ -198,6 +202,7 @@ def run_memory(args: argparse.Namespace) -> None:
     def one_joined(_: object) -> None:
         state["count"] += 1
         state["last"] = clock.seconds()
+        state["cpu"] = cpu() - cpu0
 
     for s in services:
         s.when_joined().addCallback(one_joined)
@@ -214,7 +219,8 @@ def run_memory(args: argparse.Namespace) -> None:
     for s in services:
         s.stopService()
     if result and isinstance(result[0], tuple):
-        report(args, "memory", services, state["last"], *result[0], cpu() - cpu0)
+        report(args, "memory", services, state["last"], *result[0], cpu() - cpu0,
+               state.get("cpu"))
     else:
         print("workload did not finish:", result)
 

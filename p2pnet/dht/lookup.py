@@ -61,9 +61,11 @@ class Until(enum.Enum):
     CLOSEST = "closest"  #: only when the k closest nodes that did not fail answered
     FIRST_HOLDER = "first_holder"  #: at the first node that holds the key
     HOLDERS = "holders"  #: once the closest nodes answered and one holds the key
+    QUORUM = "quorum"  #: once the closest few nodes answered (a bucket refresh)
 
 
-#: With ``Until.HOLDERS``: how many of the closest nodes must have answered.
+#: With ``Until.HOLDERS`` and ``Until.QUORUM``: how many of the closest nodes must have
+#: answered.
 HOLDERS_QUORUM = 3
 
 
@@ -160,6 +162,8 @@ class Lookup:
             return bool(sl.useful_nodes)
         if self.until is Until.HOLDERS:
             return sl.holders_settled(HOLDERS_QUORUM)
+        if self.until is Until.QUORUM:
+            return sl.closest_answered(HOLDERS_QUORUM)
         return False
 
     def _pump(self) -> None:

@@ -283,10 +283,11 @@ class DHTNetwork:
 
     # -- lookups (p2pnet.dht.lookup) -------------------------------------------------
 
-    def find_node_shortlist(self, key: bytes, *, stats: LookupStats | None = None
-                            ) -> defer.Deferred[Shortlist]:
-        """Iterative findnode: the shortlist once the k closest nodes have answered."""
-        return Lookup(self, ids.check_key(key), stats=stats).run()
+    def find_node_shortlist(self, key: bytes, *, until: Until = Until.CLOSEST,
+                            stats: LookupStats | None = None) -> defer.Deferred[Shortlist]:
+        """Iterative findnode: the shortlist once the k closest nodes have answered
+        (``until=Until.QUORUM``: once the closest few have)."""
+        return Lookup(self, ids.check_key(key), until=until, stats=stats).run()
 
     def find_value_shortlist(self, key: bytes, index: bytes | None = None, *,
                              until: Until = Until.CLOSEST,
@@ -481,14 +482,16 @@ class DHTNetwork:
             await self.refresh_buckets(far_only=True)
         return self._routing_table.num_contacts > 0
 
-    def refresh_buckets(self, far_only: bool = False, older_than: float | None = None
-                        ) -> defer.Deferred[int]:
+    def refresh_buckets(self, far_only: bool = False, older_than: float | None = None,
+                        quick: bool = False) -> defer.Deferred[int]:
         """Look up a random id in buckets up to our closest neighbour's.
 
         ``far_only`` refreshes only the buckets farther than the closest neighbour;
-        ``older_than`` only those not looked up for that many seconds.  Fires with the
-        number of lookups made.
+        ``older_than`` only those not looked up for that many seconds; ``quick`` lookups
+        end once the closest few nodes answered (enough to learn a bucket's region).
+        Fires with the number of lookups made.
         """
+        until = Until.QUORUM if quick else Until.CLOSEST
         closest = self._routing_table.closest_bucket_number()
         if closest is None:
             return defer.succeed(0)
@@ -497,9 +500,9 @@ class DHTNetwork:
         todo = [n for n in numbers
                 if older_than is None
                 or now - self._routing_table.buckets[n].last_lookup >= older_than]
-        lookups = [self.find_node_shortlist(ids.random_key_in_bucket(self._key, n,
-                                                                     self._randbytes))
-                   for n in todo]
+        lookups = [self.find_node_shortlist(
+            ids.random_key_in_bucket(self._key, n, self._randbytes), until=until)
+            for n in todo]
         d = defer.gatherResults(lookups, consumeErrors=True)
         return d.addCallback(lambda _: len(todo))
 

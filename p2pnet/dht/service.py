@@ -64,6 +64,8 @@ class JoinPolicy:
     #: neighbour (Kademlia's join) runs after a random delay up to this; the node counts
     #: as joined once it answered and it looked itself up.  0: inside the join, at once.
     far_refresh_spread: float = 10.0
+    #: those refresh lookups end once the closest few nodes answered, not the k closest
+    quick_refresh: bool = True
 
 
 class Joiner:
@@ -217,7 +219,7 @@ class Joiner:
 
     def _far_refresh(self) -> None:
         if self._running and self.network.routing_table.num_contacts:
-            d = self.network.refresh_buckets(far_only=True)
+            d = self.network.refresh_buckets(far_only=True, quick=self.policy.quick_refresh)
             d.addErrback(lambda f: log.failure("bucket refresh failed", failure=f))
 
     def _joined(self) -> None:

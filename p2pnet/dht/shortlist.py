@@ -185,6 +185,11 @@ class Shortlist:
             return True
         return not self._in_flight and not any(i in self._candidates for i in closest)
 
+    def closest_answered(self, count: int) -> bool:
+        """True when the ``count`` closest nodes not dropped have all answered."""
+        closest = self._closest_alive(count)
+        return bool(closest) and all(i in self._active for i in closest)
+
     def holders_settled(self, quorum: int) -> bool:
         """True when the ``quorum`` closest nodes not dropped have all answered and at
         least one of them holds a value for the key: a value lookup may stop there (the
