@@ -7,6 +7,7 @@ level the old code decided on), then the defence.  All on the in-memory network.
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from twisted.internet.protocol import DatagramProtocol
@@ -254,3 +255,36 @@ class PoisonedGetTests(SynchronousTestCase):
         f = self.failureResultOf(self.sim.run(self.nodes[20].get(key)), ValueNotFoundError)
         self.assertIn(key.hex(), str(f.value))
         self.assertIsNotNone(result_of(self.sim.run(self.liar.find_value_shortlist(key))))
+
+
+class WideningTests(SynchronousTestCase):
+    """A lookup from a region that never learned of the key's region (nodes that joined
+    together and met only each other) asks nodes of farther buckets once."""
+
+    def test_lookup_reaches_a_region_its_neighbours_do_not_know(self) -> None:
+        sim = Sim(seed=9)
+        rnd = random.Random(9)
+
+        def node_id(prefix: int) -> bytes:  # an id whose first two bits are ``prefix``
+            raw = bytearray(rnd.randbytes(20))
+            raw[0] = (prefix << 6) | (raw[0] & 0x3F)
+            return bytes(raw)
+
+        asker = sim.add(node_id(0b11))
+        region = [sim.add(node_id(0b11)) for _ in range(21)]  # more than k: far is out
+        far = sim.add(node_id(0b00))
+        others = [sim.add(node_id(0b10)) for _ in range(5)]
+        key = node_id(0b10)
+        for n in region + [far]:
+            asker.routing_table.node_update(n.node)
+        for n in region:
+            for m in region + [asker]:
+                if m is not n:
+                    n.routing_table.node_update(m.node)
+        for m in others:
+            far.routing_table.node_update(m.node)
+        sl = self.successResultOf(sim.run(asker.find_node_shortlist(key)))
+        found = {n.key for n in sl.closest(5)}
+        self.assertEqual(found, {n.key for n in others})
+        self.assertEqual(sl.depth_of(far.node), 1)
+        self.assertEqual(sl.depth_of(others[0].node), 2)
