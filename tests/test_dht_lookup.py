@@ -49,6 +49,24 @@ class StatsTests(SynchronousTestCase):
         self.assertEqual(got.contacts, reader.lookup_contacts - before)
         self.assertGreaterEqual(got.hops, 1)
 
+    def test_get_value_and_store_value_take_stats(self) -> None:
+        value = b"indexed" * 9
+        key, index = ids.key_for(b"indexed key"), ids.key_for(value)
+        owner = self.nodes[12]
+        self.successResultOf(self.sim.run(owner.kvp_table.put(
+            KVPRecord(key, index, len(value), 5.0, is_original=True), value)))
+        stored = LookupStats()
+        self.assertEqual(self.successResultOf(self.sim.run(
+            owner.store_value(key, index, stats=stored))), 20)
+        self.assertEqual(stored.lookups, 1)
+        self.assertGreater(stored.contacts, 0)
+        reader = next(n for n in self.nodes if n.kvp_table.get_record(key, index) is None)
+        got = LookupStats()
+        self.assertEqual(self.successResultOf(self.sim.run(
+            reader.get_value(key, index, stats=got))), value)
+        self.assertEqual(got.lookups, 1)  # stopped at the first holder
+        self.assertGreaterEqual(got.hops, 1)
+
     def test_hops_are_depths(self) -> None:
         # A node that knows only one other node: what it finds is named by that one
         # (depth 1) or by nodes it named (depth 2, ...).
