@@ -49,6 +49,24 @@ class TokenBucketTests(SynchronousTestCase):
 
 
 class BucketTableTests(SynchronousTestCase):
+    @given(st.floats(0.5, 1000), st.floats(1, 500),
+           st.lists(st.floats(0, 0.5), min_size=1, max_size=300))
+    def test_same_answers_as_a_token_bucket(self, rate: float, burst: float,
+                                            gaps: list[float]) -> None:
+        """A table stores a bucket as one float; it answers as a TokenBucket would
+        (to a billionth of a token)."""
+        t = BucketTable(rate, burst, max_keys=10)
+        b = TokenBucket(rate, burst, 0.0)
+        now = 0.0
+        for gap in gaps:
+            now += gap
+            self.assertEqual(t.take("k", now), b.take(now), f"at {now}")
+
+    def test_off_stores_nothing(self) -> None:
+        t = BucketTable(rate=0, burst=1, max_keys=10)
+        self.assertTrue(all(t.take(i, 0.0) for i in range(100)))
+        self.assertEqual(len(t), 0)
+
     def test_bounded(self) -> None:
         t = BucketTable(rate=1, burst=1, max_keys=100)
         for i in range(10_000):

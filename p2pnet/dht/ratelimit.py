@@ -61,7 +61,13 @@ class TokenBucket:
 
 
 class BucketTable:
-    """Buckets by key, at most ``max_keys`` of them.
+    """Token buckets by key, at most ``max_keys`` of them, each stored as one float.
+
+    A bucket of ``rate`` and ``burst`` is kept as the time it will be full again (the
+    generic cell rate algorithm: ``tokens = burst - (full_at - now) * rate``), so a
+    source costs a dict entry and a float instead of a :class:`TokenBucket`; the
+    answers are those of a :class:`TokenBucket` taking one token a request.  With
+    ``rate <= 0`` the limit is off and nothing is stored.
 
     A bucket that has refilled is as good as a new one, so refilled buckets are swept
     out whenever the table has doubled since the last sweep: the table holds about the
@@ -71,34 +77,52 @@ class BucketTable:
 
     SWEEP_FROM = 32
 
+    __slots__ = ("rate", "burst", "max_keys", "buckets", "_sweep_at", "_step", "_slack")
+
     def __init__(self, rate: float, burst: float, max_keys: int) -> None:
         self.rate = rate
-        self.burst = burst
+        self.burst = burst = max(burst, 1.0)
         self.max_keys = max(1, max_keys)
-        self.buckets: dict[Any, TokenBucket] = {}
+        #: key -> when its bucket is full again
+        self.buckets: dict[Any, float] = {}
         self._sweep_at = min(self.max_keys, self.SWEEP_FROM)
+        self._step = 1.0 / rate if rate > 0 else 0.0  # what one token is worth in time
+        # how far ahead of now full_at may run (and a hair for the float sums)
+        self._slack = (burst - 1.0 + 1e-9) * self._step
 
     def take(self, key: Any, now: float) -> bool:
-        bucket = self.buckets.get(key)
-        if bucket is None:
-            if len(self.buckets) >= self._sweep_at:
+        step = self._step
+        if not step:
+            return True
+        buckets = self.buckets
+        full_at = buckets.get(key)
+        if full_at is None:
+            if len(buckets) >= self._sweep_at:
                 self._sweep(now)
-            bucket = self.buckets[key] = TokenBucket(self.rate, self.burst, now)
-        return bucket.take(now)
+            buckets[key] = now + step
+            return True
+        if full_at < now:
+            full_at = now
+        elif full_at - now > self._slack:
+            return False
+        buckets[key] = full_at + step
+        return True
 
     def _sweep(self, now: float) -> None:
         if len(self.buckets) >= self.max_keys:
             self._shrink(now)
         else:
-            for k in [k for k, b in self.buckets.items() if b.full(now)]:
-                del self.buckets[k]
+            self._forget_full(now)
         self._sweep_at = min(self.max_keys, max(self.SWEEP_FROM, 2 * len(self.buckets)))
+
+    def _forget_full(self, now: float) -> None:
+        buckets = self.buckets
+        for k in [k for k, full_at in buckets.items() if full_at <= now]:
+            del buckets[k]
 
     def _shrink(self, now: float) -> None:
         """Forget refilled buckets; if that frees less than a quarter, the oldest half."""
-        full = [k for k, b in self.buckets.items() if b.full(now)]
-        for k in full:
-            del self.buckets[k]
+        self._forget_full(now)
         if len(self.buckets) > self.max_keys * 3 // 4:
             for k in list(self.buckets)[: len(self.buckets) // 2]:
                 del self.buckets[k]
@@ -124,9 +148,6 @@ class RateLimiter:
         self.prefixes = BucketTable(limits.rate_per_prefix, limits.rate_per_prefix_burst,
                                     limits.rate_max_sources)
         self.everyone = TokenBucket(limits.rate_global, limits.rate_global_burst, clock())
-        # host -> (loopback?, its prefix key or None when it has no prefix bucket); a
-        # small cache (recomputing costs a few microseconds)
-        self._hosts: dict[str, tuple[bool, str | None]] = {}
 
     def check(self, address: Address) -> str | None:
         """Charge one request from ``address``: None when allowed, else the refusal kind.
@@ -136,14 +157,12 @@ class RateLimiter:
         """
         now = self.clock()
         host = address[0]
-        known = self._hosts.get(host)
+        known = _HOSTS.get(host)
         if known is None:
-            if len(self._hosts) >= _HOSTS_CACHED:
-                self._hosts.clear()
-            known = self._hosts[host] = (is_loopback(host),
-                                         None if _local(host) else prefix_key(address))
+            known = _host_facts(address)
         loopback, prefix = known
-        source = address if loopback else (host, 0)  # limits.source_key, without the lookup
+        # limits.source_key without its parsing; off loopback the IP alone is the key
+        source = address if loopback else host
         if not self.sources.take(source, now):
             return RATE_LIMITED_SOURCE
         if prefix is not None and not self.prefixes.take(prefix, now):
@@ -153,7 +172,19 @@ class RateLimiter:
         return None
 
 
-_HOSTS_CACHED = 256
+#: host -> (loopback?, its prefix key or None when it has no prefix bucket), for every
+#: limiter of the process (the facts of an address are the same for every node; a
+#: per-node cache cost 10 KiB a node at 200 nodes a process)
+_HOSTS: dict[str, tuple[bool, str | None]] = {}
+_HOSTS_CACHED = 4096
+
+
+def _host_facts(address: Address) -> tuple[bool, str | None]:
+    host = address[0]
+    if len(_HOSTS) >= _HOSTS_CACHED:
+        _HOSTS.clear()
+    facts = _HOSTS[host] = (is_loopback(host), None if _local(host) else prefix_key(address))
+    return facts
 
 
 def _local(host: str) -> bool:
