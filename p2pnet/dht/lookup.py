@@ -116,6 +116,10 @@ class Lookup:
         self._pumping = False
         self._again = False
         self._widened = False
+        # A lookup that may stop once the closest few answered asks only among them
+        # (fewer requests to nodes that turn out not to matter), then among the k.
+        self._among: int | None = (
+            HOLDERS_QUORUM if until in (Until.HOLDERS, Until.QUORUM) else None)
         self._widening: set[bytes] = set()  # ids asked by _widen, not answered yet
 
     def run(self) -> defer.Deferred[Shortlist]:
@@ -188,7 +192,11 @@ class Lookup:
                 # never more requests than rounds left: the bound holds for requests too
                 room = min(self.net.alpha - sl.in_flight,
                            self.max_rounds - self.rounds - sl.in_flight)
-                self._ask(sl.get_nodes_for_contacting(room))
+                picked = sl.get_nodes_for_contacting(room, self._among)
+                if not picked and not sl.in_flight and self._among is not None:
+                    self._among = None  # the closest few are done: on to the k closest
+                    picked = sl.get_nodes_for_contacting(room)
+                self._ask(picked)
                 if not self._again:
                     return
         finally:

@@ -135,11 +135,13 @@ class Shortlist:
                     break
         return out
 
-    def get_nodes_for_contacting(self, count: int = NETWORK_PARALLELISM) -> list[Node]:
-        """Up to ``count`` uncontacted nodes among the k closest alive, closest first."""
+    def get_nodes_for_contacting(self, count: int = NETWORK_PARALLELISM,
+                                 among: int | None = None) -> list[Node]:
+        """Up to ``count`` uncontacted nodes among the k (or ``among``) closest alive,
+        closest first."""
         if count <= 0:
             return []
-        picked = [i for i in self._closest_alive() if i in self._candidates][:count]
+        picked = [i for i in self._closest_alive(among) if i in self._candidates][:count]
         for i in picked:
             self._candidates.discard(i)
             self._in_flight.add(i)
