@@ -545,6 +545,7 @@ class InvariantTests(SynchronousTestCase):
                 self.assertNotEqual(n.key, rt.key)
                 self.assertEqual(ids.bucket_number(rt.key, n.key), bucket.number)
                 self.assertNotIn(n.key, seen)
+                self.assertIs(rt.find(n.key), n)
                 seen.add(n.key)
                 by_address.setdefault(source_key(n.address), []).append(n)
                 p = prefix_key(n.address)
@@ -560,6 +561,10 @@ class InvariantTests(SynchronousTestCase):
                 self.assertEqual(len(holders), 1)
                 self.assertIs(rt.holder_of(holders[0].address), holders[0])
         self.assertEqual(rt.num_contacts, len(seen))
+        recent = rt._recent  # the shortcut of find and node_update: the newest of its bucket
+        if recent is not None:
+            self.assertEqual(rt.get_bucket(recent).nodes[-1], recent)
+            self.assertIs(rt._recent_bucket, rt.get_bucket(recent))
 
     @given(st.randoms(use_true_random=False), st.sampled_from([len(POOL), 60, 40, 20, 0]),
            st.lists(op_strategy, min_size=20, max_size=80), st.booleans())

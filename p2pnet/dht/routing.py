@@ -34,7 +34,7 @@ from typing import overload
 
 from p2pnet import ids
 from p2pnet.dht.errors import BucketFullError, DHTError
-from p2pnet.dht.limits import Address, prefix_key, source_key
+from p2pnet.dht.limits import Address, prefix_key
 from p2pnet.models import Node
 
 MAX_BUCKET_SIZE = 20
@@ -64,11 +64,34 @@ class PrefixFullError(DHTError):
         self.node = node
 
 
+#: host -> its /24 or /64 (None on loopback, where the prefix is the address itself),
+#: for every table of the process: parsing an address costs microseconds, and the
+#: admission checks ask for every node of a bucket
+_PREFIXES: dict[str, str | None] = {}
+_PREFIXES_CACHED = 8192
+
+
+def _prefix_of_host(host: str, port: int) -> str | None:
+    """The cached prefix part of :func:`~p2pnet.dht.limits.prefix_key`: None for a
+    loopback host (its key is ``host:port``, unique per address)."""
+    try:
+        return _PREFIXES[host]
+    except KeyError:
+        pass
+    if len(_PREFIXES) >= _PREFIXES_CACHED:
+        _PREFIXES.clear()
+    key = prefix_key((host, port))
+    prefix = _PREFIXES[host] = None if key == f"{host}:{port}" else key
+    return prefix
+
+
 def address_key(address: Address) -> Hashable:
     """The per-address key of :func:`~p2pnet.dht.limits.source_key`, stored compactly:
     the host string itself (shared with the :class:`Node`) off loopback."""
-    host, port = source_key(address)
-    return host if port == 0 else (host, port)
+    host, port = address
+    if _prefix_of_host(host, port) is None:  # loopback: (ip, port), as source_key
+        return (host, port)
+    return host
 
 
 class Bucket:
@@ -147,6 +170,7 @@ class Bucket:
         else:
             self._seen[i] = now
         self._last_update = now
+        self._table._set_recent(self)
 
     def _add(self, node: Node) -> None:
         now = self._table._now()
@@ -154,11 +178,15 @@ class Bucket:
         self._seen.append(now)
         self._last_update = now
         self._table._indexed(node, True)
+        self._table._set_recent(self)
 
     def _drop(self, i: int) -> Node:
         node = self._nodes.pop(i)
         self._seen.pop(i)
-        self._table._indexed(node, False)
+        table = self._table
+        table._indexed(node, False)
+        if table._recent is node:
+            table._recent = table._recent_bucket = None
         return node
 
     def _keep_aside(self, node: Node) -> None:
@@ -280,7 +308,8 @@ class RoutingTable:
     """
 
     __slots__ = ("_key", "_key_int", "_now", "_size", "buckets", "_by_address",
-                 "_max_per_prefix", "_replacements", "_replacement_max_age")
+                 "_max_per_prefix", "_replacements", "_replacement_max_age", "_recent",
+                 "_recent_bucket")
 
     def __init__(self, key: bytes, now: Callable[[], float] = lambda: 0.0,
                  bucket_size: int = MAX_BUCKET_SIZE, *, one_per_address: bool = False,
@@ -295,6 +324,10 @@ class RoutingTable:
         self._replacements = replacements
         self._replacement_max_age = replacement_max_age
         self.buckets = BucketArray(self)
+        # the contact seen last, always the most recent of its bucket: the one a busy
+        # exchange with one peer finds again and refreshes, without a search
+        self._recent: Node | None = None
+        self._recent_bucket: Bucket | None = None
 
     @property
     def key(self) -> bytes:
@@ -312,6 +345,10 @@ class RoutingTable:
         return self.buckets[self.get_bucket_number(node)]
 
     # -- admission -------------------------------------------------------------------
+
+    def _set_recent(self, bucket: Bucket) -> None:
+        self._recent = bucket._nodes[-1]
+        self._recent_bucket = bucket
 
     def _indexed(self, node: Node, present: bool) -> None:
         index = self._by_address
@@ -332,10 +369,26 @@ class RoutingTable:
 
     def _prefix_full(self, bucket: Bucket, node: Node) -> bool:
         limit = self._max_per_prefix
-        if limit is None or len(bucket._nodes) < limit:
+        nodes = bucket._nodes
+        if limit is None or len(nodes) < limit:
             return False
-        p = prefix_key(node.address)
-        return sum(1 for n in bucket._nodes if prefix_key(n.address) == p) >= limit
+        # prefixes come from the process-wide cache, so equal prefixes are one object
+        p = _prefix_of_host(node.host, node.port)
+        count = 0
+        if p is None:  # loopback: the prefix is the address itself
+            host, port = node.host, node.port
+            for n in nodes:
+                if n.port == port and n.host == host:
+                    count += 1
+        else:
+            prefixes = _PREFIXES
+            for n in nodes:
+                q = prefixes.get(n.host)
+                if q is None and n.host not in prefixes:
+                    q = _prefix_of_host(n.host, n.port)
+                if q is p or q == p:
+                    count += 1
+        return count >= limit
 
     def _admissible(self, bucket: Bucket, node: Node) -> bool:
         """Could ``node`` be added to ``bucket`` without any conflict?"""
@@ -353,6 +406,11 @@ class RoutingTable:
         :class:`BucketFullError` (full: the node is kept aside and the bucket locks; while
         locked, further newcomers are kept aside without an exception).
         """
+        if node is self._recent:  # the last contact seen: the most recent of its bucket
+            bucket = self._recent_bucket
+            assert bucket is not None
+            bucket._seen[-1] = bucket._last_update = self._now()
+            return
         distance = node.key_int ^ self._key_int
         if distance == 0:
             return
@@ -360,6 +418,7 @@ class RoutingTable:
         nodes = bucket._nodes
         if nodes and nodes[-1] is node:  # already the most recently seen
             bucket._seen[-1] = bucket._last_update = self._now()
+            self._set_recent(bucket)
             return
         i = bucket.index_of(node.key)
         if i >= 0:
@@ -426,11 +485,17 @@ class RoutingTable:
 
     def find(self, key: bytes) -> Node | None:
         """The contact with id ``key``, if known."""
-        if key == self._key:
+        recent = self._recent
+        if recent is not None and recent.key == key:
+            return recent
+        distance = int.from_bytes(key, "big") ^ self._key_int
+        if distance == 0:
             return None
-        for n in self.buckets[ids.bucket_number(self._key, key)]._nodes:
-            if n.key == key:
-                return n
+        bucket = self.buckets._made.get(ids.KEY_BITS - distance.bit_length())
+        if bucket is not None:
+            for n in bucket._nodes:
+                if n.key == key:
+                    return n
         return None
 
     def last_seen(self, key: bytes) -> float | None:

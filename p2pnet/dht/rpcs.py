@@ -106,13 +106,15 @@ class Ping(RPCCommand):
     rpc = codec.RPC.PING
 
     def call(self, address: Address) -> defer.Deferred[tuple[float, Node]]:
-        start = self.net.clock.seconds()
+        net = self.net
+        start = net.clock.seconds()
+        d: defer.Deferred[Any] = net.protocol.request(address, _PING)
+        return d.addCallback(self._done, start, address)  # no closure per call
 
-        def done(msg: codec.Message) -> tuple[float, Node]:
-            return (self.net.clock.seconds() - start, self.net.node_for(msg.sender, address))
-
-        d: defer.Deferred[codec.Message] = self.net.protocol.request(address, _PING)
-        return d.addCallback(done)
+    def _done(self, msg: codec.Message, start: float, address: Address
+              ) -> tuple[float, Node]:
+        net = self.net
+        return (net.clock.seconds() - start, net.node_for(msg.sender, address))
 
     def answer(self, body: Any, sender: bytes, address: Address) -> codec.PingResponse:
         return _PONG
