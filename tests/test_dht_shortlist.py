@@ -3,7 +3,7 @@
 Unit tests pin each rule (candidates, in flight, dropped, finished, the value tally); a
 hypothesis simulation drives a shortlist against a random "network" -- a dict of node to
 the nodes it knows -- with random answer order and random failures, as
-:meth:`p2pnet.dht.network.DHTNetwork._lookup` does.
+:class:`p2pnet.dht.lookup.Lookup` does.
 """
 
 from __future__ import annotations
@@ -332,7 +332,7 @@ def as_node(i: bytes) -> Node:
 class SimulationTests(SynchronousTestCase):
     def run_lookup(self, net: dict[str, object]
                    ) -> tuple[Shortlist, set[bytes], set[bytes], set[bytes]]:
-        """Drive a shortlist as DHTNetwork._lookup does; returns it, the ids it was given,
+        """Drive a shortlist as Lookup does; returns it, the ids it was given,
         the ids it contacted and the ids that failed."""
         k: int = net["k"]  # type: ignore[assignment]
         own: bytes = net["own"]  # type: ignore[assignment]
@@ -426,3 +426,76 @@ class SimulationTests(SynchronousTestCase):
                 sl.mark_node(n, True)
         self.assertEqual(asked_order, [100, 50, 10, 1, 2])
         self.assertEqual(distances(sl.closest()), [1, 2])
+
+
+class BoundsTests(SynchronousTestCase):
+    """What a stranger can make one shortlist hold (issue 11 #1)."""
+
+    def test_candidates_capped_closer_newcomers_push_out_the_farthest(self) -> None:
+        sl = Shortlist(TARGET, OWN, k=2, max_candidates=5)
+        self.assertEqual(sl.add_nodes(node(i, 4000 + i) for i in range(10, 20)), 5)
+        self.assertEqual(sl.held, 5)
+        self.assertEqual(sl.refused["lookup_candidates"], 5)
+        asked = sl.get_nodes_for_contacting(2)  # 10 and 11 are in flight: never pushed out
+        self.assertEqual(distances(asked), [10, 11])
+        self.assertEqual(sl.add_nodes([node(1, 5001), node(2, 5002), node(3, 5003),
+                                       node(4, 5004)]), 3)
+        self.assertEqual(sl.held, 5)
+        sl.mark_node(asked[0], True)
+        sl.mark_node(asked[1], True)
+        self.assertEqual(distances(sl.get_nodes_for_contacting(5)), [1, 2])
+
+    def test_one_node_per_source_address(self) -> None:
+        sl = Shortlist(TARGET, OWN, one_per_source=True)
+        same = [Node(nid(i), "10.0.0.9", 4000 + i) for i in range(1, 4)]
+        self.assertEqual(sl.add_nodes(same), 1)  # one IP, whatever the port
+        self.assertEqual(sl.refused["lookup_same_address"], 2)
+        loop = [Node(nid(i), "127.0.0.1", 4000 + i) for i in range(10, 13)]
+        self.assertEqual(sl.add_nodes(loop), 3)  # on loopback, IP and port
+        self.assertEqual(sl.add_nodes([Node(nid(20), "127.0.0.1", 4010)]), 0)
+
+    def test_depths_and_hops(self) -> None:
+        sl = Shortlist(TARGET, OWN, k=3)
+        sl.add_nodes([node(50)])
+        (first,) = sl.get_nodes_for_contacting(1)
+        sl.add_nodes([node(20), node(30)], depth=sl.depth_of(first) + 1)
+        sl.mark_node(first, True)
+        self.assertEqual(sl.hops, 1)
+        for n in sl.get_nodes_for_contacting(2):
+            sl.mark_node(n, True)
+        self.assertEqual(sl.hops, 2)
+        self.assertEqual(sl.depth_of(node(20)), 2)
+        self.assertEqual(sl.depth_of(node(99)), 0)
+
+    def test_take_hands_out_nodes_beyond_the_k_closest(self) -> None:
+        sl = Shortlist(TARGET, OWN, k=1)
+        sl.add_nodes([node(1)])
+        self.assertEqual(distances(sl.take([node(90), node(1)])), [90, 1])
+        self.assertEqual(sl.in_flight, 2)
+        self.assertEqual(sl.take([node(90)]), [])  # asked already
+
+    def test_holders_settled_and_closest_answered(self) -> None:
+        sl = Shortlist(TARGET, OWN)
+        sl.add_nodes(node(i) for i in range(1, 6))
+        a, b, c = sl.get_nodes_for_contacting(3)
+        sl.mark_node(a, True)
+        sl.mark_node(b, True, useful=True, values=[ValueInfo(IDX_A, 1, 1.0)])
+        self.assertFalse(sl.closest_answered(3))
+        self.assertFalse(sl.holders_settled(3))
+        sl.mark_node(c, True)
+        self.assertTrue(sl.closest_answered(3))
+        self.assertTrue(sl.holders_settled(3))
+        self.assertFalse(sl.is_finished())
+
+    def test_announcements_newest_first_then_most_agreed(self) -> None:
+        sl = Shortlist(TARGET, OWN)
+        sl.add_nodes(node(i) for i in range(1, 4))
+        old, new, other = (ValueInfo(IDX_A, 1, 1.0), ValueInfo(IDX_B, 1, 9.0),
+                           ValueInfo(IDX_A, 2, 1.0))
+        n1, n2, n3 = sl.get_nodes_for_contacting(3)
+        sl.mark_node(n1, True, useful=True, values=[old, new])
+        sl.mark_node(n2, True, useful=True, values=[old])
+        sl.mark_node(n3, True, useful=True, values=[other])
+        self.assertEqual(sl.announcements(), [new, old, other])
+        self.assertEqual(sl.announcements(IDX_A), [old, other])
+        self.assertEqual(sl.get_common_kvp_exchange_info(), new)
