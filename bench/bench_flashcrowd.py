@@ -51,7 +51,7 @@ def joined_of(s: Any) -> bool:
 
 def report(args: argparse.Namespace, mode: str, services: list[Any], join_s: float,
            puts: list[float], gets: list[float], found: int, dg_put: int, dg_get: int,
-           cpu_s: float, join_cpu: float | None = None) -> None:
+           cpu_s: float, join_cpu: float | None = None, idle: int | None = None) -> None:
     n = len(services)
     ops = max(args.ops, 1)
     print(f"mode {mode}  N={n}  loss={args.loss:g}  seed={args.seed}")
@@ -70,6 +70,8 @@ def report(args: argparse.Namespace, mode: str, services: list[Any], join_s: flo
     print(f"gets found       {found} of {args.ops} ({100 * found / ops:.1f}%)")
     print(f"datagrams/put    {dg_put / ops:.1f}")
     print(f"datagrams/get    {dg_get / ops:.1f}")
+    if idle is not None:
+        print(f"idle datagrams/s {idle} (all nodes, in the second before the first put)")
     print(f"cpu seconds      {cpu_s:.1f}")
 
 
@@ -142,6 +144,9 @@ def run_udp(args: argparse.Namespace) -> None:
             await task.deferLater(reactor, 0.05, lambda: None)
         out["join_s"] = last[0] - t0
         await task.deferLater(reactor, args.settle, lambda: None)
+        d0 = datagrams(services)
+        await task.deferLater(reactor, 1.0, lambda: None)
+        out["idle"] = datagrams(services) - d0
         out["w"] = await defer.Deferred.fromCoroutine(
             workload(args, services, time.perf_counter, rng))
 
@@ -160,7 +165,7 @@ def run_udp(args: argparse.Namespace) -> None:
     reactor.run()  # type: ignore[attr-defined]
     if "w" in out:
         report(args, "udp", services, out["join_s"], *out["w"], cpu() - cpu0,
-               out.get("join_cpu"))
+               out.get("join_cpu"), out.get("idle"))
 
 
 def policy(args: argparse.Namespace) -> Any:
@@ -212,6 +217,9 @@ def run_memory(args: argparse.Namespace) -> None:
 
     clock.run_until(all_joined, args.join_timeout)
     clock.advance(args.settle)
+    d0 = datagrams(services)
+    clock.advance(1.0)
+    idle = datagrams(services) - d0
     d = clock.run_deferred(defer.Deferred.fromCoroutine(
         workload(args, services, clock.seconds, rng)), 3600.0)
     result: list[Any] = []
@@ -220,7 +228,7 @@ def run_memory(args: argparse.Namespace) -> None:
         s.stopService()
     if result and isinstance(result[0], tuple):
         report(args, "memory", services, state["last"], *result[0], cpu() - cpu0,
-               state.get("cpu"))
+               state.get("cpu"), idle)
     else:
         print("workload did not finish:", result)
 
