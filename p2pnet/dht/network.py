@@ -40,6 +40,7 @@ from p2pnet.dht.protocol import (
     DHTProtocol,
     IRequestHandler,
     RequestRefused,
+    is_ip_literal,
 )
 from p2pnet.dht.routing import RoutingTable
 from p2pnet.dht.shortlist import NETWORK_PARALLELISM, K, Shortlist
@@ -230,7 +231,7 @@ class DHTNetwork:
     def ping_address(self, address: Address) -> defer.Deferred[tuple[float, Node] | bool]:
         """Ping an address: fires with ``(round trip seconds, Node)``, or False."""
         host, port = address
-        if isIPAddress(host) or isIPv6Address(host):
+        if is_ip_literal(host):  # cached: Twisted's checks cost a ping's 3%
             d: defer.Deferred[Any] = self.ping.call((host, int(port)))
         else:
             d = self._resolve(address).addCallback(self.ping.call)

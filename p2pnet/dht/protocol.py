@@ -173,6 +173,20 @@ def _body_size(body: Any) -> int:
     return codec.KEY + 1 + (0 if body.index is None else codec.KEY)
 
 
+#: host -> is it an IPv4 or IPv6 literal (Twisted's checks are regular expressions)
+_LITERALS: dict[str, bool] = {}
+
+
+def is_ip_literal(host: str) -> bool:
+    """Whether ``host`` is an IPv4 or IPv6 address literal (cached per process)."""
+    ok = _LITERALS.get(host)
+    if ok is None:
+        if len(_LITERALS) >= 4096:
+            _LITERALS.clear()
+        ok = _LITERALS[host] = bool(isIPAddress(host) or isIPv6Address(host))
+    return ok
+
+
 def _is_loopback_host(host: str) -> bool:
     return host.startswith("127.") or host == "::1"
 
