@@ -33,6 +33,7 @@ Every per-address and per-id map here is bounded in size and age (see
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Hashable
 from typing import Any, Protocol
 
@@ -119,7 +120,9 @@ class ContactBook:
             self.table.node_update(known)
             return
         try:
-            node = Node(node_id, address[0], address[1])
+            # the host interned: a contact keeps one copy of a host string, not one per
+            # datagram it arrived in (a local network: 1,000 copies of 127.0.0.1)
+            node = Node(node_id, sys.intern(address[0]), address[1])
         except (TypeError, ValueError):
             return
         self._offer(node)

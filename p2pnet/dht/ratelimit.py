@@ -161,8 +161,9 @@ class RateLimiter:
         if known is None:
             known = _host_facts(address)
         loopback, prefix = known
-        # limits.source_key without its parsing; off loopback the IP alone is the key
-        source = address if loopback else host
+        # limits.source_key without its parsing; off loopback the IP alone is the key, on
+        # 127.0.0.1 the port alone (no address tuple kept per source)
+        source = host if not loopback else address[1] if host == "127.0.0.1" else address
         if not self.sources.take(source, now):
             return RATE_LIMITED_SOURCE
         if prefix is not None and not self.prefixes.take(prefix, now):

@@ -87,10 +87,11 @@ def _prefix_of_host(host: str, port: int) -> str | None:
 
 def address_key(address: Address) -> Hashable:
     """The per-address key of :func:`~p2pnet.dht.limits.source_key`, stored compactly:
-    the host string itself (shared with the :class:`Node`) off loopback."""
+    the host string itself (shared with the :class:`Node`) off loopback, the port
+    number alone on 127.0.0.1 (no tuple per contact for a local test network)."""
     host, port = address
     if _prefix_of_host(host, port) is None:  # loopback: (ip, port), as source_key
-        return (host, port)
+        return port if host == "127.0.0.1" else (host, port)
     return host
 
 
