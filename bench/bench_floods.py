@@ -514,6 +514,7 @@ class Honest:
         self.started = 0
         self.pending: set[Any] = set()
         self.local_dropped = 0
+        self.why: dict[str, int] = {}
 
     def get_once(self) -> None:
         from twisted.internet import defer
@@ -528,8 +529,10 @@ class Honest:
             else:
                 self.failed += 1
 
-        def bad(_: Any) -> None:
+        def bad(f: Any) -> None:
             self.failed += 1
+            why = f"{type(f.value).__name__}: {f.value}"[:70]
+            self.why[why] = self.why.get(why, 0) + 1
 
         d.addCallbacks(ok, bad)
         self.pending.add(d)
@@ -545,6 +548,7 @@ class Honest:
     def summary(self, unfinished: int) -> dict[str, Any]:
         lat = [x * 1e3 for x in self.latencies]
         return {"gets": self.started, "gets_ok": len(lat), "local_dropped": self.local_dropped,
+                "get_errors": self.why,
                 "gets_failed": self.failed, "gets_unfinished": unfinished,
                 "get_p50_ms": statistics.median(lat) if lat else float("nan"),
                 "get_p99_ms": pct(lat, 0.99)}
@@ -1001,6 +1005,9 @@ def print_table(scen: str, before: dict[str, Any], after: dict[str, Any],
     ref = after.get("victim", {}).get("refused")
     if ref:
         print(f"  after: refusals {ref}")
+    for label, r in (("before", before), ("after", after)):
+        if r.get("get_errors"):
+            print(f"  {label}: honest get errors {r['get_errors']}")
     errs = after.get("attacker", {}).get("errors")
     if errs:
         print(f"  after: error answers to the attacker {errs}")
