@@ -152,6 +152,24 @@ class ClientSideTests(ProtocolTestMixin, SynchronousTestCase):
         self.assertEqual((stats.requests_out, stats.responses_in, stats.datagrams_out,
                           stats.datagrams_in, stats.dropped), (1, 1, 1, 1, 0))
 
+    def test_answered_deadlines_not_kept(self) -> None:
+        """Once nothing is outstanding, no deadline of an answered request is held; one
+        still outstanding keeps its own and times out as before."""
+        d1 = self.proto.request(PEER, codec.PingRequest())
+        d2 = self.proto.request(PEER, codec.PingRequest())
+        m1, _ = self.sent(0)
+        m2, _ = self.sent(1)
+        self.answer(m1, codec.PingResponse())
+        self.assertEqual(len(self.proto._deadlines), 2)  # d2's, and d1's (lazily skipped)
+        self.answer(m2, codec.PingResponse())
+        self.successResultOf(d1)
+        self.successResultOf(d2)
+        self.assertEqual(self.proto._deadlines, [])
+        d3 = self.proto.request(PEER, codec.PingRequest(), retries=0)
+        self.clock.advance(DEFAULT_TIMEOUT)
+        self.failureResultOf(d3, RPCTimeoutError)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_answers_matched_by_tid(self) -> None:
         d1 = self.proto.request(PEER, codec.FindNodeRequest(OTHER_ID))
         d2 = self.proto.request(PEER, codec.FindNodeRequest(PEER_ID))
