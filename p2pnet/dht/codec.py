@@ -583,6 +583,13 @@ _KIND_OF = tuple(Kind(i) for i in range(len(Kind)))
 _RPC_OF: tuple[RPC, ...] = (RPC.PING, *(RPC(i) for i in range(1, len(RPC) + 1)))  # [0] unused
 
 
+#: enum members as module constants for decode (a member lookup on the class costs
+#: 0.2 us on Python 3.11)
+_RPC_PING = RPC.PING
+_KIND_ERROR = Kind.ERROR
+_KIND_REQUEST = Kind.REQUEST
+
+
 def decode(data: bytes) -> Message:
     """Decode one datagram; :class:`DecodeError` for anything that is not a valid message."""
     if type(data) is not bytes and not isinstance(data, bytes):
@@ -630,11 +637,11 @@ def decode(data: bytes) -> Message:
             if data.count(0, pos, pos + padding) != padding:
                 raise DecodeError("padding is not zero")
             pos += padding
-    if rpc is RPC.PING and kind is not Kind.ERROR:  # the hot path: no body at all
+    if rpc is _RPC_PING and kind is not _KIND_ERROR:  # the hot path: no body at all
         if size != pos:
             raise DecodeError("wrong body length")
         return Message(network_id, kind, rpc, tid, sender,
-                       _PING_REQUEST if kind is Kind.REQUEST else _PING_RESPONSE,
+                       _PING_REQUEST if kind is _KIND_REQUEST else _PING_RESPONSE,
                        token, padding, grant)
     body: Body
     if kind == Kind.REQUEST:
