@@ -146,11 +146,15 @@ class JoiningTests(SynchronousTestCase):
         self.service()
         node = self.service([BOOT], start=False)
         heard: list[bool] = []
-        node.maintenance.joined = lambda: heard.append(True)  # type: ignore[attr-defined]
+        node.joiner.on_first_join.append(lambda: heard.append(True))
         node.startService()
         self.assertEqual(heard, [])
+        self.assertFalse(node.maintenance.has_joined)
+        self.assertFalse(node.maintenance.publisher.started)
         settle(self.clock, 5)
         self.assertEqual(heard, [True])
+        self.assertTrue(node.maintenance.has_joined)
+        self.assertTrue(node.maintenance.publisher.started)
         settle(self.clock, 200)  # later checks and rejoins do not call it again
         self.assertEqual(heard, [True])
 

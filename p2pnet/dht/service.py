@@ -12,7 +12,6 @@ the contacts it has.
 from __future__ import annotations
 
 import random
-import socket
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
@@ -24,11 +23,11 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from p2pnet.dht import codec
 from p2pnet.dht.limits import Limits
 from p2pnet.dht.network import NETWORK_ID, DHTNetwork
-from p2pnet.dht.protocol import DEFAULT_RETRIES, DEFAULT_TIMEOUT, Address
+from p2pnet.dht.protocol import DEFAULT_RETRIES, DEFAULT_TIMEOUT, Address, tune_udp_port
 from p2pnet.dht.publishing import Maintenance, MaintenanceIntervals
+from p2pnet.dht.shortlist import K
 from p2pnet.dht.table import IKVPTable
 from p2pnet.observer import OneShotObserver
 
@@ -253,6 +252,7 @@ class DHTService(service.MultiService):
         limits: Limits | None = None,
         join_policy: JoinPolicy | None = None,
         rng: random.Random | None = None,
+        k: int = K,
     ) -> None:
         super().__init__()
         if reactor is None:
@@ -264,11 +264,12 @@ class DHTService(service.MultiService):
         self.interface = interface
         self.bootstrap = list(bootstrap)
         self.network = DHTNetwork(reactor, kvp_table, node_id, network_id, timeout, retries,
-                                  limits=limits)
+                                  k=k, limits=limits)
         self.maintenance = Maintenance(self.network, intervals)
         self.maintenance.setServiceParent(self)
         self.joiner = Joiner(self.network, self.bootstrap, join_policy, rng)
-        self.joiner.on_first_join.append(self._first_join)
+        # republishing and replication start once the node has joined
+        self.joiner.on_first_join.append(self.maintenance.joined)
         self._listening: Any = None
 
     @property
@@ -279,32 +280,14 @@ class DHTService(service.MultiService):
     def startService(self) -> None:
         self._listening = self._reactor.listenUDP(self.port, self.network.protocol,
                                                   interface=self.interface)
-        self._size_receive_buffer()
+        # Whole datagrams, as large as the codec accepts, and a receive buffer sized for
+        # bursts (a crowd joining through us).
+        tune_udp_port(self._listening, self.network.limits.udp_receive_buffer)
         host, port = self.network.address
         log.info("DHT node {id} listening on {host}:{port}", id=self.network.key.hex(),
                  host=host, port=port)
         super().startService()
         self.joiner.start()
-
-    def _size_receive_buffer(self) -> None:
-        """Ask for a receive buffer sized for bursts (a crowd joining through us)."""
-        # Twisted's udp.Port reads 8,192 bytes per datagram and cuts the rest: read whole
-        # datagrams, as large as the codec accepts (issue 11 #16; wire slice)
-        self._listening.maxPacketSize = codec.MAX_DATAGRAM + 1
-        handle = getattr(self._listening, "getHandle", None)
-        if handle is None:
-            return
-        try:
-            handle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
-                                self.network.limits.udp_receive_buffer)
-        except OSError as e:
-            log.warn("cannot size the UDP receive buffer: {e}", e=e)
-
-    def _first_join(self) -> None:
-        # Maintenance republishes only once the node has joined (the storage slice's hook).
-        hook = getattr(self.maintenance, "joined", None)
-        if hook is not None:
-            hook()
 
     def when_joined(self) -> defer.Deferred[bool]:
         """Fires with True once the node has joined (at once when it has, or when it has
