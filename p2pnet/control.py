@@ -43,7 +43,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 
-from p2pnet.dht.errors import LookupTimeoutError, RPCTimeoutError, ValueNotFoundError
+from p2pnet.dht.errors import (
+    LookupTimeoutError,
+    RPCTimeoutError,
+    ValueNotFoundError,
+    ValueUnreachableError,
+)
 from p2pnet.mesh.errors import HandshakeTimeoutError
 from p2pnet.models import MAX_VALUE_SIZE
 
@@ -61,7 +66,7 @@ MAX_BODY = MAX_VALUE_SIZE + 4096
 MAX_KEY = 1024
 #: Errors answered with 504: the node or a peer ran out of time.
 TIMEOUT_ERRORS = (TimeoutError, defer.TimeoutError, error.TimeoutError, RPCTimeoutError,
-                  LookupTimeoutError, HandshakeTimeoutError)
+                  LookupTimeoutError, ValueUnreachableError, HandshakeTimeoutError)
 
 
 class ApiError(Exception):

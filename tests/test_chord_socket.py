@@ -484,6 +484,21 @@ class FailureTests(SynchronousTestCase):
         fails_with(self, net.do(reader.d_delete(b"k")), ChordTimeoutError)
         self.assertIn(b"k", reader)  # a failed delete removes nothing
 
+    def test_unreachable_holders_are_a_timeout_even_when_the_lookup_ends_early(self) -> None:
+        """With short lookups (k = 4) the DHT's lookup ends well before the socket's time;
+        holders that did not answer are still the typed timeout, never ``KeyError``."""
+        net = ChordNet(24, timeout=600.0, k=4)
+        net.ok(net.socks[0].d_set(b"k", b"v"))
+        holders = {i for i, n in enumerate(net.sim.nodes)
+                   if n.kvp_table.records_for_key(record.dht_key(b"k"))}
+        reader = net.socks[min(set(range(24)) - holders)]
+        for i in holders:
+            net.sim.net.blocked_hosts.add(net.sim.nodes[i].address[0])
+        start = net.clock.seconds()
+        err = fails_with(self, net.do(reader.d_get(b"k")), ChordTimeoutError)
+        self.assertNotIsInstance(err, KeyError)
+        self.assertLess(net.clock.seconds() - start, 60.0)  # the DHT said so, not our timer
+
     def test_a_write_no_other_node_took_fails(self) -> None:
         """A writer whose DHT reaches no other node (its mesh still does): the write is
         not reported done -- it would die with the writer -- and no notice goes out."""

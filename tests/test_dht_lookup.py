@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from p2pnet import ids
 from p2pnet.dht import codec
-from p2pnet.dht.errors import LookupTimeoutError, ValueNotFoundError
+from p2pnet.dht.errors import LookupTimeoutError, ValueNotFoundError, ValueUnreachableError
 from p2pnet.dht.limits import Limits
 from p2pnet.dht.lookup import Lookup, LookupStats
 from p2pnet.dht.network import DHTNetwork
@@ -306,3 +306,35 @@ class WideningTests(SynchronousTestCase):
         self.assertEqual(found, {n.key for n in others})
         self.assertEqual(sl.depth_of(far.node), 1)
         self.assertEqual(sl.depth_of(others[0].node), 2)
+
+
+class UnreachableTests(SynchronousTestCase):
+    """"Not found" (the closest nodes answered, none holds the key) and "unreachable"
+    (the nodes that should hold it did not answer) are different errors: only the first
+    is a ``KeyError``."""
+
+    def setUp(self) -> None:
+        self.sim = Sim(seed=5)
+        self.nodes = self.sim.add_many(30, k=4)
+        self.sim.join_all()
+
+    def test_all_holders_cut_off_is_unreachable_not_absent(self) -> None:
+        writer = self.nodes[3]
+        self.assertGreaterEqual(self.successResultOf(self.sim.run(
+            writer.put("held", b"v" * 64))), 3)
+        key = ids.key_for(b"held")
+        holders = {n.address[0] for n in self.nodes if n.kvp_table.records_for_key(key)}
+        reader = next(n for n in self.nodes if n.address[0] not in holders)
+        self.sim.net.blocked_hosts.update(holders)
+        failure = self.failureResultOf(self.sim.run(reader.get("held")),
+                                       ValueUnreachableError)
+        self.assertNotIsInstance(failure.value, KeyError)
+
+    def test_absent_key_with_a_node_down_is_not_found(self) -> None:
+        reader = self.nodes[9]
+        key = ids.key_for(b"never stored")
+        closest = self.sim.closest(key, 1, exclude=[reader])[0]
+        self.sim.net.blocked_hosts.add(closest.host)  # one of the closest is down
+        failure = self.failureResultOf(self.sim.run(reader.get("never stored")),
+                                       ValueNotFoundError)
+        self.assertIsInstance(failure.value, KeyError)

@@ -13,7 +13,13 @@ class ChordError(Exception):
 
 class ChordTimeoutError(ChordError, TimeoutError):
     """An operation ran out of time (its lookups did not finish before the socket's
-    ``timeout``).  Not a ``KeyError``: the key may well exist."""
+    ``timeout``, or the nodes holding the key did not answer).  Not a ``KeyError``: the
+    key may well exist.  ``holders_silent`` is True when the DHT reached the key's nodes'
+    neighbourhood and those nodes did not answer."""
+
+    def __init__(self, message: str, holders_silent: bool = False) -> None:
+        super().__init__(message)
+        self.holders_silent = holders_silent
 
 
 class RecordError(ChordError, ValueError):

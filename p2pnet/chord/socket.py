@@ -65,7 +65,7 @@ from p2pnet.chord.errors import (
     SocketClosedError,
 )
 from p2pnet.chord.keyset import Entry, KeySet, Outcome, chunk_entries, decode_entries
-from p2pnet.dht.errors import LookupTimeoutError, ValueNotFoundError
+from p2pnet.dht.errors import LookupTimeoutError, ValueNotFoundError, ValueUnreachableError
 from p2pnet.dht.limits import Limits, RefusalCounter
 from p2pnet.dht.lookup import LookupStats
 from p2pnet.ids import to_bytes
@@ -242,6 +242,8 @@ class ChordSocket(service.Service):
                 return Failure(SocketClosedError(f"{op}: the chord socket was stopped"))
         if result.check(LookupTimeoutError):
             return Failure(ChordTimeoutError(f"{op}: {result.value}"))
+        if result.check(ValueUnreachableError):
+            return Failure(ChordTimeoutError(f"{op}: {result.value}", holders_silent=True))
         return result
 
     # -- the pieces every operation is made of -----------------------------------------------
@@ -442,14 +444,24 @@ class ChordSocket(service.Service):
     def d_values(self) -> defer.Deferred[list[bytes]]:
         """The value of every key in the key set; ``KeyError`` for a key whose holders
         are gone (or that was deleted meanwhile)."""
-        return self._bulk([(self.d_get, (k,)) for k in self.keyset.keys()])
+        return self._bulk([(self._d_listed_value, (k,)) for k in self.keyset.keys()])
 
     def d_items(self) -> defer.Deferred[list[tuple[bytes, bytes]]]:
         """``(key, value)`` for every key in the key set; ``KeyError`` as
         :meth:`d_values`."""
         keys = self.keyset.keys()
-        d = self._bulk([(self.d_get, (k,)) for k in keys])
+        d = self._bulk([(self._d_listed_value, (k,)) for k in keys])
         return d.addCallback(lambda values: list(zip(keys, values, strict=True)))
+
+    def _d_listed_value(self, key: bytes) -> defer.Deferred[bytes]:
+        """The value of a listed key: as :meth:`d_get`, except that a key whose holders
+        are gone is ``KeyError`` (py2p's documented ``values()``/``items()`` rule)."""
+        def gone(failure: Failure) -> Failure:
+            err = failure.value
+            if isinstance(err, ChordTimeoutError) and err.holders_silent:
+                return Failure(KeyError(key))
+            return failure
+        return self.d_get(key).addErrback(gone)
 
     def d_copy(self) -> defer.Deferred[dict[bytes, bytes]]:
         """A plain ``dict`` of every item (``KeyError`` as :meth:`d_values`)."""

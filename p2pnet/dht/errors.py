@@ -41,6 +41,12 @@ class ValueNotFoundError(DHTError, KeyError):
         return Exception.__str__(self)
 
 
+class ValueUnreachableError(DHTError):
+    """The nodes that should hold the value did not answer (a holder announced it but
+    none delivered, or the closest nodes to the key all failed): the value may exist.
+    Not a ``KeyError``: callers must not read it as "absent"."""
+
+
 class VerificationError(DHTError):
     """A fetched value does not match its index (SHA-1) or its announced size."""
 

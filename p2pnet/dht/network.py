@@ -29,6 +29,7 @@ from p2pnet.dht.errors import (
     DHTError,
     LookupTimeoutError,
     ValueNotFoundError,
+    ValueUnreachableError,
     VerificationError,
 )
 from p2pnet.dht.limits import Limits, RefusalCounter
@@ -66,6 +67,11 @@ STALE_AFTER = 3
 #: it -- unless it was heard from this recently: then it is alive and the newcomer waits
 #: (the default of ``Limits.routing_evict_ping_after``; set it there).
 EVICT_PING_AFTER = 60.0
+
+
+#: A get whose this many closest nodes (alive or not) all failed says "unreachable",
+#: not "not found": those are where a put stores the value.
+UNREACHABLE_QUORUM = 3
 
 
 def _as_key(key: bytes | str) -> bytes:
@@ -341,7 +347,9 @@ class DHTNetwork:
         at the closest node of the lookup that lacked it.  When a holder cannot deliver
         (silent, or its bytes do not match), the other holders are tried, then the other
         announcements newest first, then this node's own copy.  Fails with
-        :class:`ValueNotFoundError` when no holder of any announcement delivers, and with
+        :class:`ValueNotFoundError` (a ``KeyError``) when the closest nodes answered and
+        none holds the key, with :class:`~p2pnet.dht.errors.ValueUnreachableError` when a
+        holder announced it but none delivered, or the closest nodes all failed, and with
         :class:`~p2pnet.dht.errors.LookupTimeoutError` when the lookup ran past its time
         without finding a holder (and this node has no copy).
         """
@@ -371,6 +379,9 @@ class DHTNetwork:
         if value is None and local is not None:
             value = await self.kvp_table.read(local.key, local.index)
         if value is None:
+            if shortlist.announcements(index) or shortlist.closest_failed(UNREACHABLE_QUORUM):
+                raise ValueUnreachableError(
+                    f"the nodes holding key {key.hex()} did not answer")
             raise ValueNotFoundError(f"no reachable node holds key {key.hex()}")
         return value
 

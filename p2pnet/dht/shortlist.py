@@ -192,6 +192,12 @@ class Shortlist:
         closest = self._closest_alive(count)
         return bool(closest) and all(i in self._active for i in closest)
 
+    def closest_failed(self, count: int) -> bool:
+        """True when the ``count`` closest nodes known, alive or not, were all asked and
+        all failed: what the key's likely holders would have said is unknown."""
+        closest = self._sorted()[:count]
+        return bool(closest) and all(i in self._dropped for i in closest)
+
     def holders_settled(self, quorum: int) -> bool:
         """True when the ``quorum`` closest nodes not dropped have all answered and at
         least one of them holds a value for the key: a value lookup may stop there (the
