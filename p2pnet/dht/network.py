@@ -28,6 +28,7 @@ from p2pnet.dht.contacts import ContactBook
 from p2pnet.dht.errors import (
     DHTError,
     LookupTimeoutError,
+    RPCTimeoutError,
     ValueNotFoundError,
     ValueUnreachableError,
     VerificationError,
@@ -348,8 +349,8 @@ class DHTNetwork:
         (silent, or its bytes do not match), the other holders are tried, then the other
         announcements newest first, then this node's own copy.  Fails with
         :class:`ValueNotFoundError` (a ``KeyError``) when the closest nodes answered and
-        none holds the key, with :class:`~p2pnet.dht.errors.ValueUnreachableError` when a
-        holder announced it but none delivered, or the closest nodes all failed, and with
+        none could deliver, with :class:`~p2pnet.dht.errors.ValueUnreachableError` when a
+        holder announced it and then went silent, or the closest nodes all failed, and with
         :class:`~p2pnet.dht.errors.LookupTimeoutError` when the lookup ran past its time
         without finding a holder (and this node has no copy).
         """
@@ -366,12 +367,13 @@ class DHTNetwork:
         # the lookup may stop at the first holder.  Without one, once the closest nodes
         # answered and one of them holds the key.  A full lookup only if that fails.
         until = Until.FIRST_HOLDER if index is not None else Until.HOLDERS
+        silent: set[Node] = set()  # holders whose fetch timed out
         try:
             shortlist = await self.find_value_shortlist(key, index, until=until, stats=stats)
-            value = await self._fetch_from(shortlist, key, index, local)
+            value = await self._fetch_from(shortlist, key, index, local, silent)
             if value is None and not shortlist.is_finished():
                 shortlist = await self.find_value_shortlist(key, index, stats=stats)
-                value = await self._fetch_from(shortlist, key, index, local)
+                value = await self._fetch_from(shortlist, key, index, local, silent)
         except LookupTimeoutError:
             if local is None:
                 raise
@@ -379,20 +381,21 @@ class DHTNetwork:
         if value is None and local is not None:
             value = await self.kvp_table.read(local.key, local.index)
         if value is None:
-            if shortlist.announcements(index) or shortlist.closest_failed(UNREACHABLE_QUORUM):
+            if silent or shortlist.closest_failed(UNREACHABLE_QUORUM):
                 raise ValueUnreachableError(
                     f"the nodes holding key {key.hex()} did not answer")
             raise ValueNotFoundError(f"no reachable node holds key {key.hex()}")
         return value
 
     async def _fetch_from(self, shortlist: Shortlist, key: bytes, index: bytes | None,
-                          local: KVPRecord | None) -> bytes | None:
+                          local: KVPRecord | None, silent: set[Node]) -> bytes | None:
         """The newest value that can be had: announcements newest first (this node's own
         copy in its place by timestamp), each from its holders closest first.  A value
         fetched is verified (size and SHA-1) and cached at the closest node that lacked
         it.  None when nothing could be had.
 
-        A holder that failed once is not asked again, and at most
+        A holder that failed once is not asked again (one that timed out is added to
+        ``silent``), and at most
         ``limits.lookup_max_rounds`` fetches are tried (counted as ``get_fetches``).
         """
         failed: set[Node] = set()
@@ -413,6 +416,8 @@ class DHTNetwork:
                 except (DHTError, ValueError) as e:
                     log.debug("fetch from {node} failed: {e}", node=node, e=e)
                     failed.add(node)
+                    if isinstance(e, RPCTimeoutError):
+                        silent.add(node)
                     continue
                 if len(value) != info.size or ids.key_for(value) != info.index:
                     log.warn("{node} sent a value that does not match its announcement",
