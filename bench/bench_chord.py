@@ -31,37 +31,16 @@ import json
 import math
 import os
 import random
-import resource
-import statistics
 import subprocess
 import sys
 import time
 from typing import Any
 
+from benchlib import RESULT, cpu_seconds, mean, med, pct, result_of
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOST = "127.0.0.1"
 VALUE = 64
-RESULT = "RESULT "
-
-
-def cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def pct(xs: list[float], q: float) -> float:
-    if not xs:
-        return float("nan")
-    s = sorted(xs)
-    return s[max(0, math.ceil(q / 100 * len(s)) - 1)]
-
-
-def med(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
-
-
-def mean(xs: list[float]) -> float:
-    return statistics.fmean(xs) if xs else float("nan")
 
 
 # -- p2pnet child ----------------------------------------------------------------------------
@@ -254,10 +233,9 @@ def run_child(python: str, args: list[str], timeout: float) -> dict[str, Any] | 
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     except subprocess.TimeoutExpired:
         return f"killed after {timeout:g}s"
-    for line in p.stdout.splitlines():
-        if line.startswith(RESULT):
-            result: dict[str, Any] = json.loads(line[len(RESULT):])
-            return result
+    result = result_of(p.stdout)
+    if result is not None:
+        return result
     tail = (p.stderr or p.stdout).strip().splitlines()[-1:] or ["no output"]
     return f"failed (exit {p.returncode}): {tail[0][:160]}"
 

@@ -29,12 +29,12 @@ import json
 import math
 import os
 import random
-import resource
-import statistics
 import subprocess
 import sys
 import time
 from typing import Any
+
+from benchlib import RESULT, cpu_seconds, fmt_cell, med, pct, peak_rss_mib, result_of, rss_mib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOST = "127.0.0.1"
@@ -43,41 +43,6 @@ SMALL = 100  # bytes per small value
 PING_INFLIGHT = 100
 PING_SECONDS = 1.0
 CHILD_TIMEOUT = 600  # seconds, per child process (a bound, never reached normally)
-RESULT = "RESULT "
-
-
-# -- measuring helpers (no Twisted, no asyncio) ----------------------------------------
-
-
-def rss_mib() -> float:
-    """Current resident set size of this process."""
-    try:
-        with open("/proc/self/statm") as f:
-            pages = int(f.read().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
-        return float("nan")
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def pct(xs: list[float], q: float) -> float:
-    """Nearest-rank percentile (NaN for no samples)."""
-    if not xs:
-        return float("nan")
-    s = sorted(xs)
-    return s[max(0, math.ceil(q / 100 * len(s)) - 1)]
-
-
-def med(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
 
 
 class Figures:
@@ -429,9 +394,9 @@ def run_child(python: str, impl: str, n: int, args: argparse.Namespace) -> dict[
                            timeout=CHILD_TIMEOUT)
     except subprocess.TimeoutExpired:
         return {"impl": impl, "n": n, "error": f"timed out after {CHILD_TIMEOUT} s"}
-    for line in r.stdout.splitlines():
-        if line.startswith(RESULT):
-            return json.loads(line[len(RESULT):])
+    result = result_of(r.stdout)
+    if result is not None:
+        return result
     tail = (r.stderr or r.stdout).strip().splitlines()[-5:]
     return {"impl": impl, "n": n, "error": f"exit {r.returncode}: " + " | ".join(tail)}
 
@@ -465,12 +430,6 @@ ROWS = [
 ]
 
 
-def _fmt(fmt: str, v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "n/a"
-    return fmt.format(v)
-
-
 def print_table(n: int, mine: dict[str, Any], ref: dict[str, Any] | None) -> None:
     print(f"\nN = {n} nodes on {HOST} (log2 N = {math.log2(n):.2f})")
     for d in (mine, ref):
@@ -488,12 +447,12 @@ def print_table(n: int, mine: dict[str, Any], ref: dict[str, Any] | None) -> Non
         head += f"{'kademlia':>12}{'p2pnet/kad':>12}  better"
     print(head)
     for key, label, fmt, better in ROWS:
-        line = f"  {label:<36}{_fmt(fmt, mine.get(key)):>12}"
+        line = f"  {label:<36}{fmt_cell(fmt, mine.get(key)):>12}"
         if ref is not None:
             a, b = mine.get(key), ref.get(key)
             ratio = (a / b if isinstance(a, (int, float)) and isinstance(b, (int, float))
                      and b and not math.isnan(a) and not math.isnan(b) else None)
-            line += f"{_fmt(fmt, b):>12}{_fmt('{:.2f}', ratio):>12}  {better}"
+            line += f"{fmt_cell(fmt, b):>12}{fmt_cell('{:.2f}', ratio):>12}  {better}"
         print(line)
     print(f"  (contacts per lookup: nodes sent a findnode/findval in one iterative "
           f"lookup, alpha = 3 per step; p2pnet ends a lookup when the k = 20 closest have "

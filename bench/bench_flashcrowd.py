@@ -19,10 +19,8 @@ Prints figures only; asserts nothing.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import random
-import resource
 import statistics
 import sys
 import time
@@ -30,19 +28,9 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchlib import cpu_seconds, pct  # noqa: E402
+
 VALUE_SIZE = 64
-
-
-def pct(xs: list[float], q: float) -> float:
-    if not xs:
-        return float("nan")
-    s = sorted(xs)
-    return s[max(0, math.ceil(q / 100 * len(s)) - 1)]
-
-
-def cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def joined_of(s: Any) -> bool:
@@ -116,7 +104,7 @@ def run_udp(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
     services: list[DHTService] = []
     out: dict[str, Any] = {}
-    cpu0 = cpu()
+    cpu0 = cpu_seconds()
 
     async def main() -> None:
         boot = DHTService(port=0, interface="127.0.0.1", reactor=reactor,
@@ -134,7 +122,7 @@ def run_udp(args: argparse.Namespace) -> None:
 
         def one_joined(_: object) -> None:
             last[0] = time.perf_counter()
-            out["join_cpu"] = cpu() - cpu0
+            out["join_cpu"] = cpu_seconds() - cpu0
 
         for s in services[1:]:
             s.when_joined().addCallback(one_joined)
@@ -164,7 +152,7 @@ def run_udp(args: argparse.Namespace) -> None:
     reactor.callWhenRunning(start)  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]
     if "w" in out:
-        report(args, "udp", services, out["join_s"], *out["w"], cpu() - cpu0,
+        report(args, "udp", services, out["join_s"], *out["w"], cpu_seconds() - cpu0,
                out.get("join_cpu"), out.get("idle"))
 
 
@@ -188,7 +176,7 @@ def run_memory(args: argparse.Namespace) -> None:
     clock = HeapClock()
     net = MemoryNetwork(clock, latency=0.001, loss=args.loss, seed=args.seed)
     reactor = MemoryReactor(clock, net)
-    cpu0 = cpu()
+    cpu0 = cpu_seconds()
     ids = random.Random(args.seed * 7919)
     boot = DHTService(port=4000, interface="127.0.0.1", reactor=reactor,
                       node_id=ids.randbytes(20), rng=random.Random(args.seed),
@@ -207,7 +195,7 @@ def run_memory(args: argparse.Namespace) -> None:
     def one_joined(_: object) -> None:
         state["count"] += 1
         state["last"] = clock.seconds()
-        state["cpu"] = cpu() - cpu0
+        state["cpu"] = cpu_seconds() - cpu0
 
     for s in services:
         s.when_joined().addCallback(one_joined)
@@ -227,7 +215,7 @@ def run_memory(args: argparse.Namespace) -> None:
     for s in services:
         s.stopService()
     if result and isinstance(result[0], tuple):
-        report(args, "memory", services, state["last"], *result[0], cpu() - cpu0,
+        report(args, "memory", services, state["last"], *result[0], cpu_seconds() - cpu0,
                state.get("cpu"), idle)
     else:
         print("workload did not finish:", result)

@@ -25,48 +25,17 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)  # measure the checkout's p2pnet, not a stale installed copy
 
-from twisted.internet import defer, reactor, task  # noqa: E402
+from benchlib import chain, random_mesh, turn, wait_until  # noqa: E402
+from twisted.internet import defer, task  # noqa: E402
 
 from p2pnet.mesh.interfaces import MeshMessage  # noqa: E402
 from p2pnet.mesh.socket import MeshSocket  # noqa: E402
-
-clock: Any = reactor
-
-
-async def turn(seconds: float = 0.0) -> None:
-    await task.deferLater(clock, seconds, lambda: None)
-
-
-async def wait_until(cond: Callable[[], bool], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        await turn(0.0005)
-    return True
-
-
-def chain(n: int) -> list[tuple[int, int]]:
-    return [(i, i + 1) for i in range(n - 1)]
-
-
-def random_mesh(n: int, rng: random.Random, degree: int = 4) -> list[tuple[int, int]]:
-    edges = {(i, (i + 1) % n) for i in range(n)} if n > 2 else set(chain(n))
-    edges = {(min(a, b), max(a, b)) for a, b in edges}
-    tries = 0
-    while len(edges) < n * degree // 2 and tries < 100 * n:
-        tries += 1
-        a, b = rng.randrange(n), rng.randrange(n)
-        if a != b:
-            edges.add((min(a, b), max(a, b)))
-    return sorted(edges)
 
 
 class Net:

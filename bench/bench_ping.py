@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -38,6 +37,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)  # measure the checkout's p2pnet, not a stale installed copy
 
+from benchlib import med  # noqa: E402
 from twisted.internet import defer, protocol, reactor, stdio, task  # noqa: E402
 from twisted.internet.protocol import DatagramProtocol  # noqa: E402
 
@@ -232,21 +232,17 @@ async def stop_child(child: _Child) -> None:
 # -- the run --------------------------------------------------------------------------
 
 
-def _med(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
-
-
 def report(title: str, results: dict[str, list[tuple[float, float]]], failures: int,
            cpu_note: str) -> None:
-    bare = _med([r for r, _ in results["bare echo"]])
-    bare_cpu = _med([c for _, c in results["bare echo"]])
+    bare = med([r for r, _ in results["bare echo"]])
+    bare_cpu = med([c for _, c in results["bare echo"]])
     print(f"\n{title}")
     print(f"  {'variant':<26}{'median/s':>10}{'min/s':>10}{'max/s':>10}{'ratio':>7}"
           f"{'CPU us/RPC':>12}{'CPU ratio':>11}")
     for name, xs in results.items():
         rates = [r for r, _ in xs]
-        m = _med(rates)
-        cpu = _med([c for _, c in xs])
+        m = med(rates)
+        cpu = med([c for _, c in xs])
         print(f"  {name:<26}{m:>10,.0f}{min(rates):>10,.0f}{max(rates):>10,.0f}"
               f"{m / bare:>7.2f}{cpu * 1e6:>12.1f}{bare_cpu / cpu:>11.2f}")
     print(f"  ratio = median rate / bare echo's; CPU ratio = bare echo's CPU per RPC / this "

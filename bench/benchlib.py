@@ -1,0 +1,116 @@
+"""Measuring helpers shared by the bench scripts (stdlib only at import time).
+
+The bench scripts run as ``python bench/bench_X.py`` (or ``./dev bench X``), so this
+directory is first on ``sys.path`` and they import this module as ``benchlib``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+RESULT = "RESULT "  # a child prints its figures as one line: RESULT {json}
+
+
+# -- this process ----------------------------------------------------------------------
+
+
+def rss_mib() -> float:
+    """Current resident set size of this process (NaN where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return float("nan")
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+# -- statistics ------------------------------------------------------------------------
+
+
+def pct(xs: list[float], q: float) -> float:
+    """Nearest-rank percentile (NaN for no samples)."""
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    return s[max(0, math.ceil(q / 100 * len(s)) - 1)]
+
+
+def med(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def mean(xs: list[float]) -> float:
+    return statistics.fmean(xs) if xs else float("nan")
+
+
+# -- child processes and tables ------------------------------------------------------------
+
+
+def result_of(stdout: str) -> dict[str, Any] | None:
+    """The figures a child printed on its ``RESULT`` line, or None."""
+    for line in stdout.splitlines():
+        if line.startswith(RESULT):
+            result: dict[str, Any] = json.loads(line[len(RESULT):])
+            return result
+    return None
+
+
+def fmt_cell(fmt: str, v: Any) -> str:
+    """``fmt.format(v)``, or ``n/a`` for a missing or NaN figure."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return fmt.format(v)
+
+
+# -- mesh shapes and waiting on the reactor ------------------------------------------------
+
+
+def chain(n: int) -> list[tuple[int, int]]:
+    return [(i, i + 1) for i in range(n - 1)]
+
+
+def random_mesh(n: int, rng: random.Random, degree: int = 4) -> list[tuple[int, int]]:
+    """A ring plus random links until the mean degree is about ``degree``."""
+    edges = {(i, (i + 1) % n) for i in range(n)} if n > 2 else set(chain(n))
+    edges = {(min(a, b), max(a, b)) for a, b in edges}
+    tries = 0
+    while len(edges) < n * degree // 2 and tries < 100 * n:
+        tries += 1
+        a, b = rng.randrange(n), rng.randrange(n)
+        if a != b:
+            edges.add((min(a, b), max(a, b)))
+    return sorted(edges)
+
+
+async def turn(seconds: float = 0.0) -> None:
+    """Let the global reactor run for ``seconds``."""
+    from twisted.internet import reactor, task
+
+    await task.deferLater(reactor, seconds, lambda: None)
+
+
+async def wait_until(cond: Callable[[], bool], timeout: float = 30.0) -> bool:
+    """Poll ``cond`` on the reactor until it holds (True) or ``timeout`` passes (False)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        await turn(0.0005)
+    return True
