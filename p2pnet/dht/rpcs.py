@@ -243,16 +243,9 @@ class Store(RPCCommand):
         published = max(0.0, now - body.age)
         if published + net.TIME_EXPIRE <= now:
             return self._refuse("store_expired")
-        table = net.kvp_table
-        held = table.get_record(body.key, body.index)
-        if held is not None and held.is_original:
-            # published here: this node holds the value (the index is its hash)
-            return codec.StoreResponse(codec.StoreStatus.HELD)
-        if held is not None and held.timestamp == body.timestamp and held.size == body.size:
-            return self._refresh(held, now, published)
-        kind = table.refusal(body.key, body.index, body.size, body.timestamp, address, limits)
-        if kind is not None:
-            return self._refuse(kind)
+        answered = self._held_or_refused(body, address, now, published)
+        if answered is not None:
+            return answered
         if body.data is not None:
             return self._keep(body, body.data, address, published)
         pull_id = (body.key, body.index, body.timestamp)
@@ -290,6 +283,23 @@ class Store(RPCCommand):
                                                 f"could not fetch the value: {result.value}"))
         pull.done.fire(result)
 
+    def _held_or_refused(self, body: codec.StoreRequest, source: Address, now: float,
+                         published: float) -> Any:
+        """The answer when the value need not or may not be kept now, else None: HELD for
+        this node's own copy (published here: the index is its hash), a refresh of the same
+        copy, or a refusal by the table's acceptance rule."""
+        table = self.net.kvp_table
+        held = table.get_record(body.key, body.index)
+        if held is not None and held.is_original:
+            return codec.StoreResponse(codec.StoreStatus.HELD)
+        if held is not None and held.timestamp == body.timestamp and held.size == body.size:
+            return self._refresh(held, now, published)
+        kind = table.refusal(body.key, body.index, body.size, body.timestamp, source,
+                             self.net.limits)
+        if kind is not None:
+            return self._refuse(kind)
+        return None
+
     def _expiry(self, key: bytes, now: float, published: float) -> float:
         """A copy expires by the cache rule, and at most TIME_EXPIRE after its publish."""
         return min(self.net.expiry_for(key, now), published + self.net.TIME_EXPIRE)
@@ -319,22 +329,15 @@ class Store(RPCCommand):
             raise RequestRefused(codec.ErrorCode.BAD_REQUEST,
                                  "value does not match its size and index")
         now = net.clock.seconds()
-        table = net.kvp_table
-        held = table.get_record(body.key, body.index)
-        if held is not None and held.is_original:
-            # published here meanwhile: this node's own copy stays as it is
-            return codec.StoreResponse(codec.StoreStatus.HELD)
-        if held is not None and held.timestamp == body.timestamp and held.size == body.size:
-            return self._refresh(held, now, published)
-        kind = table.refusal(body.key, body.index, body.size, body.timestamp, source,
-                             net.limits)
-        if kind is not None:
-            return self._refuse(kind)
+        # published here meanwhile, or a table that has filled: the same rule again
+        answered = self._held_or_refused(body, source, now, published)
+        if answered is not None:
+            return answered
         record = KVPRecord(body.key, body.index, body.size, body.timestamp,
                            is_original=False, last_update=now,
                            expires_at=self._expiry(body.key, now, published),
                            published=published, source=source)
-        d = table.put(record, value)
+        d = net.kvp_table.put(record, value)
         net.stats_stored += 1
         return d.addCallback(lambda _: codec.StoreResponse(codec.StoreStatus.STORED))
 
