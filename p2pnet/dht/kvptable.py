@@ -89,20 +89,17 @@ def decode_record(key: bytes, index: bytes, data: bytes) -> KVPRecord:
         raise ValueError(f"bad record encoding: {e}") from e
     if version != _VERSION or flags & ~15 or (not flags & 8 and (host or port)):
         raise ValueError("bad record encoding")
-    try:
-        return KVPRecord(
-            key=key,
-            index=index,
-            size=size,
-            timestamp=timestamp,
-            is_original=bool(flags & 1),
-            last_update=last_update,
-            expires_at=expires if flags & 2 else None,
-            published=published if flags & 4 else None,
-            source=(host, port) if flags & 8 else None,
-        )
-    except TypeError as e:
-        raise ValueError(str(e)) from e
+    return _record(
+        key=key,
+        index=index,
+        size=size,
+        timestamp=timestamp,
+        is_original=bool(flags & 1),
+        last_update=last_update,
+        expires_at=expires if flags & 2 else None,
+        published=published if flags & 4 else None,
+        source=(host, port) if flags & 8 else None,
+    )
 
 
 def _decode_v1(key: bytes, index: bytes, data: bytes) -> KVPRecord:
@@ -113,16 +110,21 @@ def _decode_v1(key: bytes, index: bytes, data: bytes) -> KVPRecord:
         raise ValueError(f"bad record encoding: {e}") from e
     if version != _V1 or original not in (0, 1) or has_expiry not in (0, 1):
         raise ValueError("bad record encoding")
+    return _record(
+        key=key,
+        index=index,
+        size=size,
+        timestamp=timestamp,
+        is_original=bool(original),
+        last_update=last_update,
+        expires_at=expires if has_expiry else None,
+    )
+
+
+def _record(**fields: Any) -> KVPRecord:
+    """A decoded record; a ``TypeError`` of its validators is a ``ValueError`` like the rest."""
     try:
-        return KVPRecord(
-            key=key,
-            index=index,
-            size=size,
-            timestamp=timestamp,
-            is_original=bool(original),
-            last_update=last_update,
-            expires_at=expires if has_expiry else None,
-        )
+        return KVPRecord(**fields)
     except TypeError as e:
         raise ValueError(str(e)) from e
 
@@ -310,12 +312,7 @@ class LevelDBKVPTable(Service, RecordIndex):
                         for n in range(_chunks(len(value)), _chunks(previous.size))]
         return self._write(record, previous, puts, deletes)
 
-    def update_record(self, record: KVPRecord) -> defer.Deferred[None]:
-        old = self._records.get(record.kvpid)
-        if old is None:
-            return defer.fail(KeyError(record.kvpid))
-        if old.size != record.size:
-            return defer.fail(ValueError("update_record cannot change the size"))
+    def _update_held(self, record: KVPRecord, old: KVPRecord) -> defer.Deferred[None]:
         puts = [(self._rprefix + record.key + record.index, encode_record(record))]
         return self._write(record, old, puts)
 

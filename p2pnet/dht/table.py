@@ -159,7 +159,8 @@ def _over(usage: Usage | None, freed: Usage, size: int, max_records: int, max_by
 
 class RecordIndex:
     """The in-memory metadata every value table keeps: records by (key, index) and by key,
-    the byte total and the quota counters; the synchronous half of :class:`IKVPTable`."""
+    the byte total and the quota counters; the synchronous half of :class:`IKVPTable`
+    (and the checks of ``update_record``, whose write a subclass makes in ``_update_held``)."""
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.max_bytes = max_bytes
@@ -198,6 +199,19 @@ class RecordIndex:
     def _replace_metadata(self, record: KVPRecord) -> None:
         """Swap a held record's metadata (same size) keeping the counters right."""
         self._remember(record)
+
+    def update_record(self, record: KVPRecord) -> defer.Deferred[None]:
+        """:meth:`IKVPTable.update_record`: the checks every table makes, then
+        :meth:`_update_held` writes the new metadata of the held record ``old``."""
+        old = self._records.get(record.kvpid)
+        if old is None:
+            return defer.fail(KeyError(record.kvpid))
+        if old.size != record.size:
+            return defer.fail(ValueError("update_record cannot change the size"))
+        return self._update_held(record, old)
+
+    def _update_held(self, record: KVPRecord, old: KVPRecord) -> defer.Deferred[None]:
+        raise NotImplementedError
 
     def _forget(self, key: bytes, index: bytes) -> KVPRecord | None:
         old = self._records.pop((key, index), None)
@@ -279,12 +293,7 @@ class MemoryKVPTable(RecordIndex):
         self._values[record.kvpid] = bytes(value)
         return defer.succeed(None)
 
-    def update_record(self, record: KVPRecord) -> defer.Deferred[None]:
-        old = self._records.get(record.kvpid)
-        if old is None:
-            return defer.fail(KeyError(record.kvpid))
-        if old.size != record.size:
-            return defer.fail(ValueError("update_record cannot change the size"))
+    def _update_held(self, record: KVPRecord, old: KVPRecord) -> defer.Deferred[None]:
         self._replace_metadata(record)
         return defer.succeed(None)
 
