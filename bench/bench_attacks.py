@@ -33,6 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from benchlib import child_env  # noqa: E402
 from twisted.internet import defer, protocol, reactor, stdio, task  # noqa: E402
 
 from p2pnet import ids  # noqa: E402
@@ -212,8 +213,7 @@ class Flooder:
 
 async def flood_round(mode: str, seconds: float) -> dict[str, Any]:
     child = _Child()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [ROOT, env.get("PYTHONPATH")] if p)
+    env = child_env(ROOT)
     reactor.spawnProcess(child, sys.executable,
                          [sys.executable, os.path.abspath(__file__), "--serve", mode], env=env)
     line = await child.lines.get()

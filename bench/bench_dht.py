@@ -34,7 +34,18 @@ import sys
 import time
 from typing import Any
 
-from benchlib import RESULT, cpu_seconds, fmt_cell, med, pct, peak_rss_mib, result_of, rss_mib
+from benchlib import (
+    RESULT,
+    child_env,
+    cpu_seconds,
+    fmt_cell,
+    med,
+    pct,
+    peak_rss_mib,
+    react,
+    result_of,
+    rss_mib,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOST = "127.0.0.1"
@@ -383,8 +394,7 @@ def reference_python(args: argparse.Namespace) -> str | None:
 
 
 def run_child(python: str, impl: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [ROOT, env.get("PYTHONPATH")] if p)
+    env = child_env(ROOT)
     cmd = [python, os.path.abspath(__file__), "--child", impl, "--n", str(n),
            "--puts", str(args.puts), "--gets", str(args.gets), "--big", str(args.big),
            "--big-gets", str(args.big_gets), "--join-batch", str(args.join_batch),
@@ -464,10 +474,7 @@ def print_table(n: int, mine: dict[str, Any], ref: dict[str, Any] | None) -> Non
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     if args.child == "p2pnet":
-        sys.path.insert(0, ROOT)
-        from twisted.internet import defer, task
-
-        task.react(lambda _r: defer.ensureDeferred(run_p2pnet(args)))
+        react(ROOT, lambda: run_p2pnet(args))
         return
     if args.child == "kademlia":
         import asyncio

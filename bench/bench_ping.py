@@ -37,7 +37,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)  # measure the checkout's p2pnet, not a stale installed copy
 
-from benchlib import med  # noqa: E402
+from benchlib import child_env, med  # noqa: E402
 from twisted.internet import defer, protocol, reactor, stdio, task  # noqa: E402
 from twisted.internet.protocol import DatagramProtocol  # noqa: E402
 
@@ -211,8 +211,7 @@ class _Child(protocol.ProcessProtocol):
 
 async def start_child(kind: str) -> tuple[_Child, int]:
     child = _Child()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [ROOT, env.get("PYTHONPATH")] if p)
+    env = child_env(ROOT)
     reactor.spawnProcess(child, sys.executable,
                          [sys.executable, os.path.abspath(__file__), "--serve", kind],
                          env=env)

@@ -12,8 +12,9 @@ import os
 import random
 import resource
 import statistics
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 RESULT = "RESULT "  # a child prints its figures as one line: RESULT {json}
@@ -114,3 +115,22 @@ async def wait_until(cond: Callable[[], bool], timeout: float = 30.0) -> bool:
             return False
         await turn(0.0005)
     return True
+
+
+# -- the parent and child processes ---------------------------------------------------------
+
+
+def child_env(root: str) -> dict[str, str]:
+    """This environment, with the checkout ``root`` first on a child's ``PYTHONPATH``."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [root, env.get("PYTHONPATH")] if p)
+    return env
+
+
+def react(root: str, main: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+    """Run the coroutine ``main()`` on the Twisted reactor to its end (this exits), with
+    the checkout ``root`` first on ``sys.path``."""
+    sys.path.insert(0, root)
+    from twisted.internet import defer, task
+
+    task.react(lambda _r: defer.ensureDeferred(main()))

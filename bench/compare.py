@@ -33,7 +33,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from benchlib import RESULT, cpu_seconds, pct, peak_rss_mib, result_of, rss_mib
+from benchlib import RESULT, child_env, cpu_seconds, pct, peak_rss_mib, react, result_of, rss_mib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOST = "127.0.0.1"
@@ -340,16 +340,10 @@ def child_python(system: str, args: argparse.Namespace) -> str | None:
     for py in (sys.executable, args.bench_python):
         if py and os.access(py, os.X_OK):
             r = subprocess.run([py, "-c", f"import {module}"], capture_output=True,
-                               timeout=60, env=_child_env())
+                               timeout=60, env=child_env(ROOT))
             if r.returncode == 0:
                 return py
     return None
-
-
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [ROOT, env.get("PYTHONPATH")] if p)
-    return env
 
 
 def run_child(python: str, system: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -358,7 +352,7 @@ def run_child(python: str, system: str, n: int, args: argparse.Namespace) -> dic
            "--join-timeout", str(args.join_timeout), "--settle", str(args.settle)]
     limit = args.join_timeout + 60 + args.ops * 70
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, env=_child_env(),
+        r = subprocess.run(cmd, capture_output=True, text=True, env=child_env(ROOT),
                            timeout=limit)
     except subprocess.TimeoutExpired:
         return {"system": system, "n": n, "error": f"timed out after {limit} s"}
@@ -460,10 +454,7 @@ def chart(path: str, all_results: dict[int, dict[str, dict[str, Any]]]) -> None:
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     if args.child == "p2pnet":
-        sys.path.insert(0, ROOT)
-        from twisted.internet import defer, task
-
-        task.react(lambda _r: defer.ensureDeferred(run_p2pnet(args)))
+        react(ROOT, lambda: run_p2pnet(args))
         return
     if args.child == "kademlia":
         import asyncio
