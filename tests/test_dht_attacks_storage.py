@@ -37,7 +37,8 @@ OPEN = Limits(store_record_overhead=0, store_max_records=10**9,
               store_source_max_records=10**9, store_source_max_bytes=10**12,
               store_prefix_max_records=10**9, store_prefix_max_bytes=10**12,
               store_max_future_seconds=math.inf, pull_max=16, pull_max_per_source=16,
-              pull_max_seconds=math.inf, read_max_pending=10**9)
+              pull_max_seconds=math.inf, read_max_pending=10**9, pull_min_rate=0,
+              pull_max_per_prefix=10**9, read_max_pending_per_source=10**9)
 
 #: Limits of an attacking node that takes no stores: it then holds nothing that it could
 #: hand over to a newcomer, so what a victim holds is what the test sent it.
@@ -196,6 +197,103 @@ class PullBombTests(Mixin, SynchronousTestCase):
         self.assertIn("5000 were announced", str(failure_of(d)))
         self.assertEqual(victim.refused["pull_failed"], 1)
         self.assertEqual((len(victim.kvp_table), victim.store.pulls), (0, 0))
+
+
+class SlowPullTests(Mixin, SynchronousTestCase):
+    """#2 again: whole chunks, each answered just inside the request timeout, from several
+    addresses: every pull ends inside ``pull_max_seconds``, yet all the slots are held."""
+
+    def slow_offers(self, attackers: list[DHTNetwork], victim: DHTNetwork, round_: int
+                    ) -> list[defer.Deferred[Any]]:
+        """Two offers of 1 MiB from each attacker (new values each round)."""
+        return [self.offer(a, victim, blob(MAX_VALUE_SIZE, 1000 * round_ + 10 * i + j))
+                for i, a in enumerate(attackers) for j in range(2)]
+
+    def test_slow_pulls_from_many_addresses_do_not_hold_the_slots(self) -> None:
+        attackers = self.sim.add_many(8, limits=NO_STORE)
+        for a in attackers:
+            serve_slowly(a, 1.8)
+        open_victim = self.sim.add(limits=attrs.evolve(Limits(), pull_min_rate=0))
+        victim = self.sim.add()
+        honest = self.sim.add()
+        offers = [d for v in (open_victim, victim) for d in self.slow_offers(attackers, v, 0)]
+        self.sim.settle(1)
+        for v in (open_victim, victim):
+            self.assertEqual(v.store.pulls, 16)
+            self.assertEqual(result_of(self.sim.run(self.offer(honest, v, blob(5000, 99)))),
+                             codec.StoreStatus.REFUSED)
+            self.assertEqual(v.refused["pull_busy"], 1)
+        deadline, by_rate = victim.store.pull_deadline(MAX_VALUE_SIZE)
+        self.assertTrue(by_rate)
+        self.sim.settle(deadline)
+        # The attack: without a minimum rate every pull is still under way (each takes
+        # 9 round trips of 1.8 s, inside pull_max_seconds), and once they land the
+        # attacker offers again: honest stores are refused all along.
+        self.assertEqual(open_victim.store.pulls, 16)
+        self.assertEqual(result_of(self.sim.run(self.offer(honest, open_victim,
+                                                           blob(5000, 98)))),
+                         codec.StoreStatus.REFUSED)
+        # The defence: each pull is dropped at its deadline, counted, and its source is
+        # refused new pulls for a while, so re-offering does not take the slots back.
+        self.assertEqual(victim.store.pulls, 0)
+        self.assertEqual(victim.refused["pull_too_slow"], 16)
+        self.assertEqual(victim.store.slow_sources, 8)
+        again = self.slow_offers(attackers, victim, 1)
+        self.sim.settle(0.1)
+        self.assertEqual([result_of(d) for d in again], [codec.StoreStatus.REFUSED] * 16)
+        self.assertEqual(victim.refused["pull_source_slow"], 16)
+        self.assertEqual(victim.store.pulls, 0)
+        for i in range(15):  # honest stores, large (pulled) and small, are all taken
+            size = 5000 if i % 2 else 200 * 1024
+            d = self.sim.run(self.offer(honest, victim, blob(size, 200 + i)))
+            self.assertEqual(result_of(d), codec.StoreStatus.STORED)
+        self.assertEqual(len(victim.kvp_table), 15)
+        self.sim.settle(30)  # (let the open victim's slow pulls finish)
+        for d in offers:
+            d.addErrback(lambda f: None)
+
+    def test_honest_pull_of_the_largest_value_is_in_time(self) -> None:
+        honest, victim = self.sim.add_many(2)
+        serve_slowly(honest, 0.2)  # a slow link: 9 round trips of 0.2 s
+        d = self.sim.run(self.offer(honest, victim, blob(MAX_VALUE_SIZE)))
+        self.assertEqual(result_of(d), codec.StoreStatus.STORED)
+        self.assertEqual(victim.refused.as_dict(), {})
+
+    def test_slow_source_table_is_bounded_and_ages(self) -> None:
+        limits = attrs.evolve(Limits(), pull_slow_max_sources=2, pull_grace_seconds=1.0,
+                              pull_slow_penalty_seconds=50.0)
+        attackers = self.sim.add_many(3, limits=NO_STORE)
+        victim = self.sim.add(limits=limits)
+        for a in attackers:
+            serve_slowly(a, 1.8)
+        offers = [self.offer(a, victim, blob(5000, i)) for i, a in enumerate(attackers)]
+        self.sim.settle(2)  # deadline: 1 s + 5000 B at 128 KiB/s
+        for d in offers:
+            self.assertIn("deadline", str(failure_of(d)))
+        self.assertEqual(victim.refused["pull_too_slow"], 3)
+        self.assertEqual(victim.store.slow_sources, 2)  # the oldest was forgotten
+        self.sim.settle(60)  # the penalty is served
+        for a in attackers:
+            del a.get_value_rpc.answer  # answers at once now
+        d = self.sim.run(self.offer(attackers[1], victim, blob(5000, 7)))
+        self.assertEqual(result_of(d), codec.StoreStatus.STORED)
+
+    def test_one_prefix_holds_few_slots(self) -> None:
+        attackers = [self.sim.add(host=f"10.200.1.{i}") for i in range(1, 4)]
+        victim, honest = self.sim.add(), self.sim.add()
+        for a in attackers:
+            stall(a)
+        offers = [self.offer(a, victim, blob(5000, 10 * i + j))
+                  for i, a in enumerate(attackers) for j in range(2)]
+        self.sim.settle(0.1)
+        limit = Limits().pull_max_per_prefix
+        self.assertEqual(victim.store.pulls, limit)
+        self.assertEqual(victim.refused["pull_prefix_busy"], 6 - limit)
+        self.assertEqual(result_of(self.sim.run(self.offer(honest, victim, blob(5000, 99)))),
+                         codec.StoreStatus.STORED)
+        self.sim.settle(10)
+        for d in offers:
+            d.addErrback(lambda f: None)
 
 
 class LatePullTests(Mixin, SynchronousTestCase):

@@ -104,6 +104,8 @@ class ErrorCode(enum.IntEnum):
     #: the answer is too large for an unproven address: retry with the token this
     #: error carries
     UNPROVEN = 4
+    #: too busy to answer now: the request may be sent again a little later
+    BUSY = 5
 
 
 # -- bodies ------------------------------------------------------------------------

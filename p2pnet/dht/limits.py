@@ -140,8 +140,31 @@ class Limits:
     #: seconds one pull may take before it is dropped and its slot freed (a 1 MiB value is
     #: 8 windows of 8 chunks: well under a second on a LAN, seconds across the internet)
     pull_max_seconds: float = 60.0
-    #: getval reads queued on the value table's store thread at once; more are refused
+    #: bytes a second a pull must keep up on average: a pull of ``size`` bytes is dropped
+    #: after ``pull_grace_seconds + size / pull_min_rate`` seconds (at most
+    #: ``pull_max_seconds``), so a peer cannot hold a slot by answering slowly; 128 KiB/s
+    #: (1 Mbit/s) gives a 1 MiB value 13 s, where a LAN takes well under one (0: off)
+    pull_min_rate: float = 128 * 1024
+    #: seconds every pull has on top of its size at ``pull_min_rate`` (the first round
+    #: trips, a retried request)
+    pull_grace_seconds: float = 5.0
+    #: values pulled at once from one /24 (IPv4) or /64 (IPv6) (the address itself on
+    #: loopback)
+    pull_max_per_prefix: int = 4
+    #: seconds a source whose pull ran past its deadline is refused new pulls
+    pull_slow_penalty_seconds: float = 300.0
+    #: sources remembered as slow at most (oldest forgotten first)
+    pull_slow_max_sources: int = 1024
+    #: getval reads on the value table's store thread at once; more wait their turn
     read_max_pending: int = 64
+    #: getval reads one source address (IP; IP and port on loopback) may have running or
+    #: waiting at once (a pull keeps one window, 8, in flight); more are refused "busy"
+    read_max_pending_per_source: int = 16
+    #: getval reads waiting for the store thread at once, served one source after the
+    #: other (round robin); when full, the source with the most waiting loses its newest
+    read_max_waiting: int = 1024
+    #: seconds a fetch waits before it asks a holder that answered "busy" once more
+    fetch_busy_retry_seconds: float = 0.5
 
     # -- chord socket (p2pnet.chord.keyset, p2pnet.chord.socket) -----------------------
     #: key-set entries (live keys and tombstones) notices can make a node hold: ~150 B of

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -28,6 +28,7 @@ from p2pnet.dht.contacts import ContactBook
 from p2pnet.dht.errors import (
     DHTError,
     LookupTimeoutError,
+    RemoteError,
     RPCTimeoutError,
     ValueNotFoundError,
     ValueUnreachableError,
@@ -395,10 +396,12 @@ class DHTNetwork:
         it.  None when nothing could be had.
 
         A holder that failed once is not asked again (one that timed out is added to
-        ``silent``), and at most
+        ``silent``), except one that answered "busy" (``ErrorCode.BUSY``): it is asked
+        once more after ``limits.fetch_busy_retry_seconds``.  At most
         ``limits.lookup_max_rounds`` fetches are tried (counted as ``get_fetches``).
         """
         failed: set[Node] = set()
+        busy: set[Node] = set()  # holders that answered busy once already
         budget = self.limits.lookup_max_rounds
         for info in shortlist.announcements(index):
             if local is not None and local.timestamp >= info.timestamp:
@@ -411,8 +414,18 @@ class DHTNetwork:
                     return None
                 budget -= 1
                 try:
-                    value = await self.get_value_from_node(node, key, info.index,
-                                                           size=info.size)
+                    try:
+                        value = await self.get_value_from_node(node, key, info.index,
+                                                               size=info.size)
+                    except RemoteError as e:
+                        if e.code != codec.ErrorCode.BUSY or node in busy:
+                            raise
+                        busy.add(node)
+                        await task.deferLater(self.clock,
+                                              self.limits.fetch_busy_retry_seconds,
+                                              lambda: None)
+                        value = await self.get_value_from_node(node, key, info.index,
+                                                               size=info.size)
                 except (DHTError, ValueError) as e:
                     log.debug("fetch from {node} failed: {e}", node=node, e=e)
                     failed.add(node)

@@ -20,7 +20,7 @@ replication keeps and only a (re)publish resets.  Every refusal is counted by ki
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import Counter, OrderedDict, deque
 from typing import Any, Protocol
 
 import attrs
@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 from p2pnet import ids
 from p2pnet.dht import codec
 from p2pnet.dht.errors import VerificationError
-from p2pnet.dht.limits import Limits, RefusalCounter, source_key
+from p2pnet.dht.limits import Limits, RefusalCounter, prefix_key, source_key
 from p2pnet.dht.protocol import Address, DHTProtocol, RequestRefused
 from p2pnet.dht.table import IKVPTable, KVPRecord
 from p2pnet.models import MAX_VALUE_SIZE, Node, NodeList
@@ -176,6 +176,9 @@ class _Pull:
     """A value being pulled for a store request, and the requests waiting on it."""
 
     source: tuple[str, int]
+    prefix: str
+    #: the deadline came from ``pull_min_rate`` (not ``pull_max_seconds``)
+    by_rate: bool = False
     done: OneShotObserver[codec.StoreStatus] = attrs.Factory(OneShotObserver)
 
 
@@ -194,6 +197,10 @@ class Store(RPCCommand):
         super().__init__(net)
         self._pulls: dict[tuple[bytes, bytes, float], _Pull] = {}
         self._pulls_by_source: Counter[tuple[str, int]] = Counter()
+        self._pulls_by_prefix: Counter[str] = Counter()
+        #: sources whose last pull ran past its deadline -> when they may pull again
+        #: (bounded by ``limits.pull_slow_max_sources``, oldest first out)
+        self._slow: OrderedDict[tuple[str, int], float] = OrderedDict()
 
     @property
     def pulls(self) -> int:
@@ -251,30 +258,74 @@ class Store(RPCCommand):
         pull_id = (body.key, body.index, body.timestamp)
         pull = self._pulls.get(pull_id)
         if pull is None:
-            source = source_key(address)
+            source, prefix = source_key(address), prefix_key(address)
+            if self._is_slow(source, now):
+                return self._refuse("pull_source_slow")
             if len(self._pulls) >= limits.pull_max:
                 return self._refuse("pull_busy")  # the storer tries again next round
             if self._pulls_by_source[source] >= limits.pull_max_per_source:
                 return self._refuse("pull_source_busy")
-            pull = self._pulls[pull_id] = _Pull(source)
+            if self._pulls_by_prefix[prefix] >= limits.pull_max_per_prefix:
+                return self._refuse("pull_prefix_busy")
+            deadline, by_rate = self.pull_deadline(body.size)
+            pull = self._pulls[pull_id] = _Pull(source, prefix, by_rate)
             self._pulls_by_source[source] += 1
+            self._pulls_by_prefix[prefix] += 1
             d: defer.Deferred[Any] = net.get_value_rpc.fetch(
                 address, body.key, body.index, body.size)
-            d.addTimeout(limits.pull_max_seconds, net.clock)
+            d.addTimeout(deadline, net.clock)
             d.addCallback(lambda value: self._keep(body, value, address, published))
             d.addCallback(lambda resp: resp.status)
             d.addBoth(self._pull_done, pull_id)
         # a retried request joins the pull under way
         return pull.done.when_fired().addCallback(codec.StoreResponse)
 
+    def pull_deadline(self, size: int) -> tuple[float, bool]:
+        """Seconds a pull of ``size`` bytes may take, and whether the minimum rate (rather
+        than ``pull_max_seconds``) set it."""
+        limits = self.net.limits
+        if limits.pull_min_rate <= 0:
+            return limits.pull_max_seconds, False
+        by_rate = limits.pull_grace_seconds + size / limits.pull_min_rate
+        if by_rate < limits.pull_max_seconds:
+            return by_rate, True
+        return limits.pull_max_seconds, False
+
+    def _is_slow(self, source: tuple[str, int], now: float) -> bool:
+        until = self._slow.get(source)
+        if until is None:
+            return False
+        if until > now:
+            return True
+        del self._slow[source]
+        return False
+
+    def _mark_slow(self, source: tuple[str, int]) -> None:
+        limits = self.net.limits
+        if limits.pull_slow_penalty_seconds <= 0 or limits.pull_slow_max_sources <= 0:
+            return
+        self._slow.pop(source, None)
+        self._slow[source] = self.net.clock.seconds() + limits.pull_slow_penalty_seconds
+        while len(self._slow) > limits.pull_slow_max_sources:
+            self._slow.popitem(last=False)
+
+    @property
+    def slow_sources(self) -> int:
+        """Sources remembered as slow (some may have served their time)."""
+        return len(self._slow)
+
     def _pull_done(self, result: Any, pull_id: tuple[bytes, bytes, float]) -> None:
         pull = self._pulls.pop(pull_id)
         self._pulls_by_source[pull.source] -= 1
         if self._pulls_by_source[pull.source] <= 0:
             del self._pulls_by_source[pull.source]
+        self._pulls_by_prefix[pull.prefix] -= 1
+        if self._pulls_by_prefix[pull.prefix] <= 0:
+            del self._pulls_by_prefix[pull.prefix]
         if isinstance(result, Failure):
             if result.check(defer.TimeoutError):
-                self.net.refused["pull_timeout"] += 1
+                self.net.refused["pull_too_slow" if pull.by_rate else "pull_timeout"] += 1
+                self._mark_slow(pull.source)
                 result = Failure(RequestRefused(codec.ErrorCode.BAD_REQUEST,
                                                 "the pull ran past its deadline"))
             elif not result.check(RequestRefused):
@@ -342,6 +393,17 @@ class Store(RPCCommand):
         return d.addCallback(lambda _: codec.StoreResponse(codec.StoreStatus.STORED))
 
 
+@attrs.define(eq=False)
+class _Read:
+    """A getval read of a held value, running or waiting for the value table."""
+
+    body: codec.GetValueRequest
+    length: int
+    total: int
+    source: tuple[str, int]
+    done: defer.Deferred[Any] = attrs.Factory(defer.Deferred)
+
+
 class GetValue(RPCCommand):
     """``getval(key, index, offset, length)``: bytes of a held value from an offset."""
 
@@ -349,8 +411,14 @@ class GetValue(RPCCommand):
 
     def __init__(self, net: NodeView) -> None:
         super().__init__(net)
-        #: reads of held values queued on the value table now
+        #: reads of held values running on the value table now
         self.reading = 0
+        #: reads waiting for the value table, per source; sources are served in turn
+        self._waiting: OrderedDict[tuple[str, int], deque[_Read]] = OrderedDict()
+        #: reads waiting for the value table, in all
+        self.waiting = 0
+        #: reads running or waiting, per source
+        self._by_source: Counter[tuple[str, int]] = Counter()
 
     def call(self, address: Address, key: bytes, index: bytes, offset: int, length: int
              ) -> defer.Deferred[codec.GetValueResponse]:
@@ -411,18 +479,63 @@ class GetValue(RPCCommand):
             raise RequestRefused(codec.ErrorCode.NOT_FOUND, "value not held")
         if body.offset > record.size:
             raise RequestRefused(codec.ErrorCode.BAD_REQUEST, "offset past the end")
-        if self.reading >= net.limits.read_max_pending:
-            net.refused["read_busy"] += 1
-            raise RequestRefused(codec.ErrorCode.INTERNAL, "busy: too many reads queued")
+        limits = net.limits
+        source = source_key(address)
+        if self._by_source[source] >= limits.read_max_pending_per_source:
+            net.refused["read_source_busy"] += 1
+            raise RequestRefused(codec.ErrorCode.BUSY, "busy: too many of your reads queued")
+        read = _Read(body, length, record.size, source)
+        if self.reading < limits.read_max_pending:
+            self._start(read)
+        else:
+            if self.waiting >= limits.read_max_waiting and not self._drop_one():
+                net.refused["read_busy"] += 1
+                raise RequestRefused(codec.ErrorCode.BUSY, "busy: too many reads queued")
+            self._waiting.setdefault(source, deque()).append(read)
+            self.waiting += 1
+        self._by_source[source] += 1
+        return read.done
+
+    def _start(self, read: _Read) -> None:
         self.reading += 1
-        d = net.kvp_table.read(body.key, body.index, body.offset, length)
+        body = read.body
+        d = self.net.kvp_table.read(body.key, body.index, body.offset, read.length)
+        d.addCallback(lambda data: codec.GetValueResponse(read.total, body.offset, data))
+        d.addBoth(self._read_done, read)
 
-        def done(result: Any) -> Any:
-            self.reading -= 1
-            return result
+    def _read_done(self, result: Any, read: _Read) -> None:
+        self.reading -= 1
+        self._forget(read.source)
+        while self._waiting and self.reading < self.net.limits.read_max_pending:
+            source, queue = next(iter(self._waiting.items()))
+            nxt = queue.popleft()
+            self.waiting -= 1
+            del self._waiting[source]
+            if queue:
+                self._waiting[source] = queue  # to the back of the line
+            self._start(nxt)
+        read.done.callback(result)
 
-        d.addBoth(done)
-        return d.addCallback(lambda data: codec.GetValueResponse(record.size, body.offset, data))
+    def _forget(self, source: tuple[str, int]) -> None:
+        self._by_source[source] -= 1
+        if self._by_source[source] <= 0:
+            del self._by_source[source]
+
+    def _drop_one(self) -> bool:
+        """Make room in a full waiting line: the source with the most reads waiting loses
+        its newest one (answered "busy").  False when every source waits for one read
+        only, so that dropping one would not be fairer."""
+        if not self._waiting:
+            return False
+        source, queue = max(self._waiting.items(), key=lambda item: len(item[1]))
+        if len(queue) <= 1:
+            return False
+        read = queue.pop()
+        self.waiting -= 1
+        self._forget(source)
+        self.net.refused["read_busy"] += 1
+        read.done.errback(RequestRefused(codec.ErrorCode.BUSY, "busy: too many reads queued"))
+        return True
 
 
 __all__ = ["MAX_CHUNK", "MAX_VALUE_SIZE", "FindNode", "FindValue", "FindValueFromNodeResult",
