@@ -317,6 +317,60 @@ class RequestFloodTests(SynchronousTestCase):
                              if k.startswith("rate_limited")), 0)
 
 
+class CostlyFloodTests(SynchronousTestCase):
+    """#14: many addresses in many prefixes, each under its own limit, flood stores; the
+    global bucket, charged by each request's cost, bites, and cheap requests still pass."""
+
+    def test_store_flood_from_many_prefixes(self) -> None:
+        limits = Limits()
+        sim = Sim()
+        target = sim.add(host="192.0.2.1", limits=limits)
+        # an honest client that retries quickly (three tries within the flood)
+        honest = sim.add(host="198.51.100.7", timeout=0.1, retries=2)
+        sources = [(f"93.{i}.7.1", 5000) for i in range(100)]  # 100 public /24s
+        per_source = 80  # stores a second each, under rate_per_source (100)
+        self.assertLess(per_source, limits.rate_per_source)
+        seconds = 2.0
+        held = os.urandom(20)
+        result_of(sim.run(target.kvp_table.put(KVPRecord(held, ids.key_for(b"v"), 1, 0.0), b"v")))
+        rng = 0
+        pings: list[Any] = []
+        gets: list[Any] = []
+        step = 1.0 / per_source
+        for tick in range(int(seconds * per_source)):
+            # each source's store in its own tenth of the tick, as a real flood spreads
+            for part in range(10):
+                for src in sources[part::10]:
+                    rng += 1
+                    body = codec.StoreRequest(rng.to_bytes(20, "big"), ids.key_for(b""), 0,
+                                              sim.clock.seconds(), b"")
+                    sim.net.send(src, target.address,
+                                 codec.encode(NETID, rng.to_bytes(8, "big"), b"\xee" * 20,
+                                              body))
+                if part == 5 and tick >= per_source // 2 and tick % 2 == 0:
+                    # the second half of the flood, past the global burst
+                    pings.append(honest.ping_address(target.address))
+                    gets.append(honest.find_value_from_node(target.node, held))
+                sim.clock.advance(step / 10)
+        stores = len(sources) * int(seconds * per_source)
+        sim.settle(2)
+        self.assertEqual(target.refused[RATE_LIMITED_SOURCE], 0)
+        self.assertEqual(target.refused[RATE_LIMITED_PREFIX], 0)
+        # the flood (8,000 stores/s) is below the old request-counting global limit
+        # (10,000/s) but far above the work the node can do: the global bucket bites
+        self.assertGreater(target.refused[RATE_LIMITED_GLOBAL], stores // 10)
+        handled = target.protocol.stats.requests_in
+        weight = limits.rate_weight_store
+        self.assertLessEqual(handled * weight,
+                             limits.rate_global_burst + limits.rate_global * (seconds + 2.1)
+                             + weight * (len(pings) + len(gets)))
+        ok_pings = sum(1 for d in pings if result_of(d) is not False)
+        ok_gets = sum(1 for d in gets if result_of(d) is not None)
+        self.assertEqual(len(pings), 60)
+        self.assertGreaterEqual(ok_pings, 0.9 * len(pings))
+        self.assertGreaterEqual(ok_gets, 0.75 * len(gets))
+
+
 class _Sink(DatagramProtocol):
     def __init__(self) -> None:
         self.got: defer.Deferred[bytes] = defer.Deferred()

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from twisted.internet import task
 from twisted.trial.unittest import SynchronousTestCase
 
+from p2pnet.dht import codec
 from p2pnet.dht.limits import Limits
 from p2pnet.dht.proof import AddressProof
 from p2pnet.dht.ratelimit import (
@@ -17,6 +18,7 @@ from p2pnet.dht.ratelimit import (
     BucketTable,
     RateLimiter,
     TokenBucket,
+    rpc_weights,
 )
 
 
@@ -111,6 +113,45 @@ class RateLimiterTests(SynchronousTestCase):
         self.assertEqual(res.count(RATE_LIMITED_GLOBAL), 29)
         self.clock.advance(1.0)
         self.assertIsNone(self.rl.check(("93.184.1.1", 1)))
+
+    def test_global_bucket_charged_by_weight(self) -> None:
+        """#14: the global bucket is charged each RPC's weight, the per-source and
+        per-prefix buckets one a request; an unknown RPC byte costs the most."""
+        limits = Limits(rate_per_source=10, rate_per_source_burst=10, rate_per_prefix=0,
+                        rate_global=80, rate_global_burst=80, rate_weight_ping=1,
+                        rate_weight_findnode=2, rate_weight_findval=2, rate_weight_getval=4,
+                        rate_weight_store=8)
+        rl = RateLimiter(limits, self.clock.seconds)
+        stores = [rl.check((f"93.{i}.1.1", 1), codec.RPC.STORE) for i in range(12)]
+        self.assertEqual(stores, [None] * 10 + [RATE_LIMITED_GLOBAL] * 2)  # 80 / 8
+        self.clock.advance(0.1)  # 8 tokens: eight pings, or four findnodes, or one store
+        pings = [rl.check((f"94.{i}.1.1", 1), codec.RPC.PING) for i in range(9)]
+        self.assertEqual(pings, [None] * 8 + [RATE_LIMITED_GLOBAL])
+        self.clock.advance(0.1)
+        finds = [rl.check((f"95.{i}.1.1", 1), codec.RPC.FIND_NODE) for i in range(5)]
+        self.assertEqual(finds, [None] * 4 + [RATE_LIMITED_GLOBAL])
+        self.clock.advance(0.1)
+        self.assertIsNone(rl.check(("96.0.1.1", 1), codec.RPC.GET_VALUE))
+        self.assertIsNone(rl.check(("96.0.1.1", 1), codec.RPC.GET_VALUE))
+        self.assertEqual(rl.check(("96.0.1.1", 1), codec.RPC.PING), RATE_LIMITED_GLOBAL)
+        self.clock.advance(0.1)
+        self.assertEqual(rl.check(("97.0.1.1", 1), 0xEE), None)  # 8 tokens: the most
+        self.assertEqual(rl.check(("97.0.1.2", 1), codec.RPC.PING), RATE_LIMITED_GLOBAL)
+        # one source's bucket counts requests: ten stores fit its 10, whatever they weigh
+        self.clock.advance(100.0)
+        res = [rl.check(("98.0.1.1", 1), codec.RPC.STORE) for _ in range(11)]
+        self.assertEqual(res, [None] * 10 + [RATE_LIMITED_SOURCE])
+
+    def test_weights_from_limits(self) -> None:
+        w = rpc_weights(Limits())
+        self.assertEqual(w[codec.RPC.PING], Limits().rate_weight_ping)
+        self.assertEqual(w[codec.RPC.STORE], Limits().rate_weight_store)
+        self.assertEqual(len(w), 256)
+        self.assertEqual(max(w), w[0])
+        self.assertEqual(w[0], w[255])
+        # the defaults: a store is charged more than a lookup step, and that more than a ping
+        self.assertGreater(w[codec.RPC.STORE], w[codec.RPC.FIND_NODE])
+        self.assertGreater(w[codec.RPC.FIND_NODE], w[codec.RPC.PING])
 
     def test_loopback_keys_on_port(self) -> None:
         for port in range(1, 11):

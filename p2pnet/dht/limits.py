@@ -187,12 +187,32 @@ class Limits:
     rate_per_prefix: float = 400.0
     #: requests one prefix may send in a burst
     rate_per_prefix_burst: float = 800.0
-    #: requests a second from everyone together: about what one Python node answers
-    #: while keeping time for its own lookups (OpenDHT: 1,600)
-    rate_global: float = 10_000.0
-    #: requests everyone together may send in a burst (a 1,000-node flash crowd joining
-    #: through one bootstrap node sends it about 12 requests each)
-    rate_global_burst: float = 20_000.0
+    #: work a second from everyone together, in ping units (each request is charged its
+    #: ``rate_weight_*``): 2,500 stores (weight 8) or 5,000 findnodes or 20,000 pings.
+    #: One Python node decodes and stores about 3,000 stores a second with its whole
+    #: core (bench_floods store0-ports), so this keeps a fifth for its own lookups
+    #: (OpenDHT: 1,600 requests)
+    rate_global: float = 20_000.0
+    #: work everyone together may send in a burst, in ping units (a 1,000-node flash
+    #: crowd joining through one bootstrap node sends it about 12 requests each, mostly
+    #: findnodes: ~45,000 units, spread over the seconds the joins take)
+    rate_global_burst: float = 40_000.0
+    # What each request kind costs the node, in pings (the global bucket is charged
+    # this; the per-source and per-prefix buckets one a request).  Measured by handling
+    # each on the in-memory network, plus ~10 us of socket work each: ping ~15 us,
+    # getval ~30 us (and the largest answers), findnode/findval ~60 us (the closest
+    # contacts, sorted and encoded), store ~120 us (verify, table insert, answer).
+    #: global-bucket charge of a ping (the unit)
+    rate_weight_ping: float = 1.0
+    #: global-bucket charge of a findnode
+    rate_weight_findnode: float = 4.0
+    #: global-bucket charge of a findval
+    rate_weight_findval: float = 4.0
+    #: global-bucket charge of a getval (a chunk: the largest answer the node sends)
+    rate_weight_getval: float = 4.0
+    #: global-bucket charge of a store (a request whose RPC byte is unknown or missing
+    #: is charged the largest weight)
+    rate_weight_store: float = 8.0
     #: source addresses (and prefixes) whose buckets are tracked at once
     rate_max_sources: int = 10_000
     #: an answer to an unproven address is at most this many times its request's bytes

@@ -440,10 +440,13 @@ class DHTProtocol(DatagramProtocol):
         stats.datagrams_in += 1
         address: Address = addr if type(addr) is tuple and len(addr) == 2 else (addr[0], addr[1])
         # Requests (and what claims to be one) are charged before they are decoded, so a
-        # flood is refused for the price of a peek at the kind byte.
+        # flood is refused for the price of a peek at the kind byte; the global bucket
+        # is charged by the RPC byte that follows it (a store costs more than a ping; a
+        # missing byte is charged as the costliest RPC).
         size = len(datagram)
         if size > 2 and size > 2 + datagram[1] and datagram[2 + datagram[1]] == 0:
-            refusal = self.limiter.check(address)
+            at = 3 + datagram[1]
+            refusal = self.limiter.check(address, datagram[at] if size > at else 0)
             if refusal is not None:
                 stats.rate_limited += 1
                 self.refused[refusal] += 1

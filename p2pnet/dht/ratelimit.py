@@ -11,6 +11,14 @@ on loopback, so every node of a local test network has its own bucket) and per-p
 limits on :func:`~p2pnet.dht.limits.prefix_key` (the IPv4 /24, the IPv6 /64).  A flood
 from one address empties that address's bucket only; a flood from many addresses of one
 prefix, that prefix's; the global bucket bounds the work all strangers together can cause.
+
+The global bucket counts work, not requests: each request is charged the weight of its
+RPC (``Limits.rate_weight_*``, in pings: a store costs the node about eight pings' CPU),
+so many sources each under their own limit cannot flood a node with costly requests
+while the global bucket, sized for pings, never fires.  Cheap requests also get through
+a flood of costly ones: between two stores the bucket holds a few tokens, enough for a
+ping.  The per-source and per-prefix buckets still count requests (their limits are
+sized for a pull's getvals and a handover's stores).
 Loopback and private addresses (a network the operator runs, such as an in-memory test
 network on 10.0.0.0/8) have no per-prefix bucket.
 
@@ -25,6 +33,20 @@ from collections.abc import Callable
 from typing import Any
 
 from p2pnet.dht.limits import Address, Limits, is_loopback, prefix_key
+
+#: RPC numbers of the wire header (:class:`p2pnet.dht.codec.RPC`; this module stays
+#: free of the codec)
+PING, FIND_NODE, FIND_VALUE, STORE, GET_VALUE = 1, 2, 3, 4, 5
+
+
+def rpc_weights(limits: Limits) -> tuple[float, ...]:
+    """The global-bucket charge of each RPC byte 0-255: its ``rate_weight_*``, and the
+    largest of them for a byte that names no RPC."""
+    named = {PING: limits.rate_weight_ping, FIND_NODE: limits.rate_weight_findnode,
+             FIND_VALUE: limits.rate_weight_findval, STORE: limits.rate_weight_store,
+             GET_VALUE: limits.rate_weight_getval}
+    most = max(named.values())
+    return tuple(float(named.get(rpc, most)) for rpc in range(256))
 
 
 class TokenBucket:
@@ -148,9 +170,14 @@ class RateLimiter:
         self.prefixes = BucketTable(limits.rate_per_prefix, limits.rate_per_prefix_burst,
                                     limits.rate_max_sources)
         self.everyone = TokenBucket(limits.rate_global, limits.rate_global_burst, clock())
+        #: global-bucket charge by RPC byte (see :func:`rpc_weights`)
+        self.weights = rpc_weights(limits)
 
-    def check(self, address: Address) -> str | None:
-        """Charge one request from ``address``: None when allowed, else the refusal kind.
+    def check(self, address: Address, rpc: int = PING) -> str | None:
+        """Charge one request of RPC byte ``rpc`` from ``address``: None when allowed,
+        else the refusal kind.  The per-source and per-prefix buckets are charged one,
+        the global bucket the RPC's weight (a byte outside 0-255 or naming no RPC: the
+        largest weight).
 
         The source's bucket is charged first, so a flooding address is refused before
         it can drain the buckets it shares with others.
@@ -168,7 +195,7 @@ class RateLimiter:
             return RATE_LIMITED_SOURCE
         if prefix is not None and not self.prefixes.take(prefix, now):
             return RATE_LIMITED_PREFIX
-        if not self.everyone.take(now):
+        if not self.everyone.take(now, self.weights[rpc & 0xFF]):
             return RATE_LIMITED_GLOBAL
         return None
 
@@ -198,4 +225,4 @@ def _local(host: str) -> bool:
     return ip.is_loopback or ip.is_private
 
 __all__ = ["RATE_LIMITED_GLOBAL", "RATE_LIMITED_PREFIX", "RATE_LIMITED_SOURCE",
-           "BucketTable", "RateLimiter", "TokenBucket"]
+           "BucketTable", "RateLimiter", "TokenBucket", "rpc_weights"]
