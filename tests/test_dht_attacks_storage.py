@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from p2pnet import ids
 from p2pnet.dht import codec
-from p2pnet.dht.errors import RemoteError, VerificationError
+from p2pnet.dht.errors import DHTError, RemoteError, VerificationError
 from p2pnet.dht.kvptable import VALUE_CHUNK, LevelDBKVPTable
 from p2pnet.dht.limits import Limits
 from p2pnet.dht.network import DHTNetwork
@@ -605,9 +605,14 @@ class ReadFloodTests(Mixin, SynchronousTestCase):
         self.hold_big(victim)
         answers = self.flood(victim, attacker2, 150)
         self.sim.settle(1)
-        limit = victim.limits.read_max_pending
-        self.assertEqual(victim.get_value_rpc.reading, limit)  # the defence
-        self.assertEqual(victim.refused["read_busy"], 150 - limit)
+        # the defence: one source holds at most read_max_pending_per_source reads
+        limit = victim.limits.read_max_pending_per_source
+        self.assertLessEqual(limit, victim.limits.read_max_pending)
+        self.assertEqual(victim.get_value_rpc.reading, limit)
+        self.assertEqual(victim.refused["read_source_busy"], 150 - limit)
+        busy = [failure_of(d) for d in answers if d.called and not isinstance(
+            result_of(d), codec.GetValueResponse)]
+        self.assertEqual({e.code for e in busy}, {codec.ErrorCode.BUSY})  # type: ignore
         for _ in range(3):  # (an answer to an unproven address may take a second try)
             victim.kvp_table.release()
             open_victim.kvp_table.release()
@@ -640,6 +645,129 @@ class ReadFloodTests(Mixin, SynchronousTestCase):
         self.assertEqual(len([d for d in answers if result_of(d).data]), 64)
         # 64 reads of 16 KiB: 64 chunks read, not 64 MiB.
         self.assertLessEqual(sum(loaded), 64 * 2 * VALUE_CHUNK)
+
+
+class _StoreThread(MemoryKVPTable):
+    """A value table whose reads run one after the other, ``cost`` seconds each."""
+
+    def __init__(self, clock: task.Clock, cost: float) -> None:
+        super().__init__()
+        self.clock, self.cost, self.free_at = clock, cost, 0.0
+
+    def read(self, key: bytes, index: bytes, offset: int = 0, length: int | None = None
+             ) -> defer.Deferred[bytes]:
+        data = result_of(super().read(key, index, offset, length))
+        now = self.clock.seconds()
+        self.free_at = max(self.free_at, now) + self.cost
+        return task.deferLater(self.clock, self.free_at - now, lambda: data)
+
+
+class ReadStarvationTests(Mixin, SynchronousTestCase):
+    """#15 again: many addresses keep the read queue full, so honest reads are refused."""
+
+    def flood_from(self, attackers: list[DHTNetwork], victim: DHTNetwork, key: bytes,
+                   index: bytes, until: float, each: int = 2) -> list[int]:
+        """Each attacker keeps ``each`` getvals outstanding until ``until``; returns a
+        one-item list counting the requests sent."""
+        sent = [0]
+        clock = self.sim.clock
+
+        def send(a: DHTNetwork, i: int) -> None:
+            if clock.seconds() >= until:
+                return
+            sent[0] += 1
+            d = a.get_value_rpc.call(victim.address, key, index, (i % 4) * 16384, 16384)
+            d.addBoth(lambda _: clock.callLater(0.1, send, a, i + 1))
+
+        for a in attackers:
+            for i in range(each):
+                send(a, i)
+        return sent
+
+    def test_many_sources_flooding_reads_cannot_refuse_a_fetch(self) -> None:
+        attackers = self.sim.add_many(60, limits=NO_STORE)
+        clock = self.sim.clock
+        value = blob(40_000)  # three chunks: a first one, then a window of two
+        key, index = ids.key_for(b"held"), ids.key_for(value)
+        old = attrs.evolve(Limits(), read_max_pending_per_source=10**9, read_max_waiting=0)
+        open_victim = self.sim.add(kvp_table=_StoreThread(clock, 0.005), limits=old)
+        victim = self.sim.add(kvp_table=_StoreThread(clock, 0.005))
+        honest = self.sim.add()
+        for v in (open_victim, victim):
+            self.sim.run(v.kvp_table.put(KVPRecord(key, index, len(value), 1.0), value))
+        end = clock.seconds() + 8
+        sent = [self.flood_from(attackers, v, key, index, end) for v in (open_victim, victim)]
+        self.sim.settle(2)  # the flood is under way, the queues full
+        # The attack: the queue of 64 is always full, so the honest fetch is refused.
+        d = honest.get_value_from_node(open_victim.node, key, index, size=len(value))
+        self.sim.settle(2)
+        err = failure_of(d)
+        self.assertIsInstance(err, RemoteError)
+        self.assertEqual(err.code, codec.ErrorCode.BUSY)  # type: ignore[attr-defined]
+        self.assertGreater(open_victim.refused["read_busy"], 0)
+        # The defence: reads wait their turn, one source after the other, so the honest
+        # fetch is served within a round of the flooding sources.
+        rpc = victim.get_value_rpc
+        for _ in range(2):
+            self.assertEqual(rpc.reading, victim.limits.read_max_pending)  # still flooded
+            self.assertGreater(rpc.waiting, 0)
+            d = honest.get_value_from_node(victim.node, key, index, size=len(value))
+            self.sim.settle(1.5)
+            self.assertEqual(result_of(d), value)
+        self.assertLessEqual(rpc.waiting, victim.limits.read_max_waiting)
+        self.sim.settle(8)
+        self.assertEqual((rpc.reading, rpc.waiting), (0, 0))
+        self.assertGreater(min(sent[0][0], sent[1][0]), 1000)
+
+    def test_full_waiting_line_drops_from_the_longest(self) -> None:
+        limits = attrs.evolve(Limits(), read_max_pending=1, read_max_waiting=4)
+        attacker, honest = self.sim.add_many(2, limits=NO_STORE)
+        victim = self.sim.add(kvp_table=_SlowReads(), limits=limits)
+        ReadFloodTests.hold_big(self, victim)  # type: ignore[arg-type]
+        flood = ReadFloodTests.flood(self, victim, attacker, 5)  # type: ignore[arg-type]
+        self.sim.settle(0.1)
+        rpc = victim.get_value_rpc
+        self.assertEqual((rpc.reading, rpc.waiting), (1, 4))
+        mine = ReadFloodTests.flood(self, victim, honest, 1)  # type: ignore[arg-type]
+        self.sim.settle(0.1)
+        self.assertEqual((rpc.reading, rpc.waiting), (1, 4))
+        self.assertEqual(victim.refused["read_busy"], 1)
+        self.assertEqual(failure_of(flood[-1]).code, codec.ErrorCode.BUSY)  # type: ignore
+        for _ in range(20):
+            victim.kvp_table.release()
+            self.sim.settle(0.01)
+        self.assertIsInstance(result_of(mine[0]), codec.GetValueResponse)
+        self.assertEqual([type(result_of(d)) for d in flood[:4]],
+                         [codec.GetValueResponse] * 4)
+
+    def test_fetch_asks_a_busy_holder_once_more(self) -> None:
+        holder = self.sim.add()
+        reader = self.sim.add(limits=NO_STORE)  # holds no copy: it must fetch
+        self.assertEqual(self.sim.join_all(), [True])
+        key = ids.key_for(b"busy")
+        value = blob(5000)
+        result_of(self.sim.run(holder.put(key, value)))  # (the reader refuses a copy)
+        self.assertEqual((len(holder.kvp_table), len(reader.kvp_table)), (1, 0))
+        real = holder.get_value_rpc.answer
+        refusals: list[int] = []
+
+        def answer(body: Any, sender: bytes, address: Any) -> Any:
+            if len(refusals) < self.busy_answers:
+                refusals.append(1)
+                raise RequestRefused(codec.ErrorCode.BUSY, "busy")
+            return real(body, sender, address)
+
+        holder.get_value_rpc.answer = answer  # type: ignore[method-assign]
+        self.busy_answers = 1
+        self.assertEqual(result_of(self.sim.run(reader.get(key))), value)
+        self.assertEqual(len(refusals), 1)
+        # always busy: each fetch asks the holder twice, then gives up on it
+        refusals.clear()
+        self.busy_answers = 10**9
+        d = self.sim.run(reader.get(key))
+        self.assertIsInstance(failure_of(d), DHTError)
+        self.assertGreater(len(refusals), 0)
+        self.assertEqual(len(refusals) % 2, 0)
 
 
 class AlsoTests(Mixin, SynchronousTestCase):
