@@ -199,6 +199,7 @@ class StoreTests(TwoNodeMixin, SynchronousTestCase):
         from p2pnet.dht.rpcs import MAX_PULLS
 
         self.b.limits.pull_max_per_source = MAX_PULLS  # one source here
+        self.b.limits.pull_max_per_prefix = MAX_PULLS
         values = [blob(INLINE_MAX + 1, seed) for seed in range(MAX_PULLS + 3)]
         calls = [self.a.store.call(self.b.node, self.key, ids.key_for(v), v, 1000.0)
                  for v in values]
