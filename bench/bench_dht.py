@@ -43,8 +43,8 @@ from benchlib import (
     pct,
     peak_rss_mib,
     react,
-    result_of,
     rss_mib,
+    run_for_result,
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -399,16 +399,8 @@ def run_child(python: str, impl: str, n: int, args: argparse.Namespace) -> dict[
            "--puts", str(args.puts), "--gets", str(args.gets), "--big", str(args.big),
            "--big-gets", str(args.big_gets), "--join-batch", str(args.join_batch),
            "--seed", str(args.seed)]
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, env=env,
-                           timeout=CHILD_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        return {"impl": impl, "n": n, "error": f"timed out after {CHILD_TIMEOUT} s"}
-    result = result_of(r.stdout)
-    if result is not None:
-        return result
-    tail = (r.stderr or r.stdout).strip().splitlines()[-5:]
-    return {"impl": impl, "n": n, "error": f"exit {r.returncode}: " + " | ".join(tail)}
+    out = run_for_result(cmd, CHILD_TIMEOUT, env=env, tail=5)
+    return out if isinstance(out, dict) else {"impl": impl, "n": n, "error": out}
 
 
 ROWS = [

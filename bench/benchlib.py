@@ -12,6 +12,7 @@ import os
 import random
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -134,3 +135,18 @@ def react(root: str, main: Callable[[], Coroutine[Any, Any, Any]]) -> None:
     from twisted.internet import defer, task
 
     task.react(lambda _r: defer.ensureDeferred(main()))
+
+
+def run_for_result(cmd: list[str], timeout: float, env: dict[str, str] | None = None,
+                   tail: int = 5) -> dict[str, Any] | str:
+    """Run a child to its end: the figures of its ``RESULT`` line, or why there are none
+    (the timeout, or its exit status and the last ``tail`` lines it wrote)."""
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"timed out after {timeout} s"
+    result = result_of(r.stdout)
+    if result is not None:
+        return result
+    lines = (r.stderr or r.stdout).strip().splitlines()[-tail:]
+    return f"exit {r.returncode}: " + " | ".join(lines)

@@ -33,7 +33,16 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from benchlib import RESULT, child_env, cpu_seconds, pct, peak_rss_mib, react, result_of, rss_mib
+from benchlib import (
+    RESULT,
+    child_env,
+    cpu_seconds,
+    pct,
+    peak_rss_mib,
+    react,
+    rss_mib,
+    run_for_result,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOST = "127.0.0.1"
@@ -351,16 +360,8 @@ def run_child(python: str, system: str, n: int, args: argparse.Namespace) -> dic
            "--ops", str(args.ops), "--seed", str(args.seed),
            "--join-timeout", str(args.join_timeout), "--settle", str(args.settle)]
     limit = args.join_timeout + 60 + args.ops * 70
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, env=child_env(ROOT),
-                           timeout=limit)
-    except subprocess.TimeoutExpired:
-        return {"system": system, "n": n, "error": f"timed out after {limit} s"}
-    result = result_of(r.stdout)
-    if result is not None:
-        return result
-    tail = (r.stderr or r.stdout).strip().splitlines()[-4:]
-    return {"system": system, "n": n, "error": f"exit {r.returncode}: " + " | ".join(tail)}
+    out = run_for_result(cmd, limit, env=child_env(ROOT), tail=4)
+    return out if isinstance(out, dict) else {"system": system, "n": n, "error": out}
 
 
 ROWS = [
