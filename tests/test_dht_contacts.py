@@ -121,6 +121,28 @@ class AdmissionTests(BookMixin, SynchronousTestCase):
         self.answer_pings({("192.0.2.1", 4000): k})
         self.assertIsNotNone(self.table.find(k))
 
+    def test_node_we_asked_is_not_pinged_back(self) -> None:
+        # its answer to our request proves its address: a ping-back would be a second
+        # proof (a node pings its requester back before it answers)
+        asked = ("192.0.2.1", 4000)
+        self.host.protocol.awaiting = lambda address: address == asked  # type: ignore
+        self.book.contact_seen(key_in(3, 1), asked)
+        self.assertEqual(self.host.pings, [])
+        self.book.contact_seen(key_in(3, 2), ("192.0.2.2", 4000))  # not asked: pinged
+        self.assertEqual([a for a, _ in self.host.pings], [("192.0.2.2", 4000)])
+
+    def test_answerer_kept_out_is_not_pinged_back(self) -> None:
+        for i in range(self.host.k):  # a full bucket, all heard from lately
+            self.book.contact_answered(key_in(0, 100 + i), (f"10.{i}.0.1", 4000))
+        kept_out = Node(key_in(0, 999), "10.99.0.1", 4000)
+        self.book.contact_answered(kept_out.key, kept_out.address)
+        self.assertIsNone(self.table.find(kept_out.key))
+        self.book.contact_seen(kept_out.key, kept_out.address)
+        self.assertEqual(self.host.pings, [])  # its answer proved the address
+        self.clock.advance(self.limits.routing_verify_interval)
+        self.book.contact_seen(kept_out.key, kept_out.address)
+        self.assertEqual([a for a, _ in self.host.pings], [kept_out.address])
+
     def test_silent_requester_never_enters(self) -> None:
         self.book.contact_seen(key_in(3, 1), ("192.0.2.1", 4000))
         self.answer_pings()

@@ -277,6 +277,17 @@ class DHTProtocol(DatagramProtocol):
     def outstanding(self) -> int:
         return len(self._pending)
 
+    #: :meth:`awaiting` looks through at most this many outstanding requests
+    AWAITING_SCAN = 256
+
+    def awaiting(self, address: Address) -> bool:
+        """Whether a request of ours to ``address`` is outstanding (False, the safe
+        answer, when more than :attr:`AWAITING_SCAN` are)."""
+        pending = self._pending
+        if len(pending) > self.AWAITING_SCAN:
+            return False
+        return any(p.address == address for p in pending.values())
+
     # -- client side ---------------------------------------------------------------
 
     def request(self, address: Address, body: codec.Body, timeout: float | None = None,
