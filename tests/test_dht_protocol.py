@@ -334,6 +334,23 @@ class ClientSideTests(ProtocolTestMixin, SynchronousTestCase):
         self.assertEqual((f.value.code, f.value.message), (codec.ErrorCode.NOT_FOUND, "nope"))
         self.assertEqual(self.handler.seen, [(PEER_ID, PEER)])  # it answered: a contact
 
+    def test_awaiting_an_address(self) -> None:
+        self.assertFalse(self.proto.awaiting(PEER))
+        d = self.proto.request(PEER, codec.PingRequest())
+        self.assertTrue(self.proto.awaiting(PEER))
+        self.assertFalse(self.proto.awaiting((PEER[0], PEER[1] + 1)))
+        msg, _ = self.sent()
+        self.answer(msg, codec.PingResponse())
+        self.successResultOf(d)
+        self.assertFalse(self.proto.awaiting(PEER))
+        # past the scan bound the answer is the safe one: not awaiting
+        self.proto.AWAITING_SCAN = 2
+        ds = [self.proto.request(PEER, codec.PingRequest()) for _ in range(3)]
+        self.assertFalse(self.proto.awaiting(PEER))
+        self.transport.stopListening()
+        for d in ds:
+            self.failureResultOf(d, ProtocolStoppedError)
+
     def test_stop_errbacks_outstanding(self) -> None:
         ds = [self.proto.request(PEER, codec.PingRequest()) for _ in range(3)]
         self.transport.stopListening()
