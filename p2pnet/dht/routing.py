@@ -26,7 +26,6 @@ Pure: no Twisted import; time comes from the ``now`` callable.
 
 from __future__ import annotations
 
-import heapq
 import math
 from array import array
 from collections.abc import Callable, Hashable, Iterator
@@ -514,9 +513,31 @@ class RoutingTable:
         return sum(len(b) for b in self.buckets)
 
     def get_close_nodes(self, key: bytes, count: int = MAX_BUCKET_SIZE) -> list[Node]:
-        """The ``count`` known nodes closest to ``key`` by XOR distance, closest first."""
+        """The ``count`` known nodes closest to ``key`` by XOR distance, closest first.
+
+        Only the buckets that can hold them are read.  With ``b`` the key's bucket
+        number, the distances fall in groups that do not overlap: bucket ``b`` (below
+        2^(159-b)), then every bucket above ``b`` (below 2^(160-b)), then bucket
+        ``b - 1``, ``b - 2``, ... each a power of two farther; so the groups are taken in
+        that order, each sorted, until ``count`` nodes are had.
+        """
+        if count <= 0:
+            return []
         k = int.from_bytes(key, "big")
-        return heapq.nsmallest(count, self.nodes(), key=lambda n: n.key_int ^ k)
+        made = self.buckets._made
+        b = ids.KEY_BITS - (self._key_int ^ k).bit_length()
+        near = made.get(b)
+        out: list[Node] = sorted(near._nodes, key=lambda n: n.key_int ^ k) if near else []
+        if len(out) >= count:
+            return out[:count]
+        above = [n for j, bucket in made.items() if j > b for n in bucket._nodes]
+        above.sort(key=lambda n: n.key_int ^ k)
+        out += above
+        for j in sorted((j for j in made if j < b), reverse=True):
+            if len(out) >= count:
+                break
+            out += sorted(made[j]._nodes, key=lambda n: n.key_int ^ k)
+        return out[:count]
 
     def count_close(self, key: bytes) -> int:
         """How many known nodes are closer to ``key`` than the local node is."""
