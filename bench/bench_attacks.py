@@ -33,7 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from benchlib import child_env  # noqa: E402
+from benchlib import child_env, lines_process  # noqa: E402
 from twisted.internet import defer, protocol, reactor, stdio, task  # noqa: E402
 
 from p2pnet import ids  # noqa: E402
@@ -161,25 +161,6 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-class _Child(protocol.ProcessProtocol):
-    def __init__(self) -> None:
-        self.buf = b""
-        self.lines: defer.DeferredQueue[str] = defer.DeferredQueue()
-        self.ended: defer.Deferred[None] = defer.Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.buf += data
-        while b"\n" in self.buf:
-            line, self.buf = self.buf.split(b"\n", 1)
-            self.lines.put(line.decode())
-
-    def errReceived(self, data: bytes) -> None:
-        sys.stderr.write(data.decode("utf-8", "replace"))
-
-    def processEnded(self, reason: Any) -> None:
-        self.ended.callback(None)
-
-
 class Flooder:
     """Sends pings from one socket as fast as the reactor lets it, in small batches."""
 
@@ -212,7 +193,7 @@ class Flooder:
 
 
 async def flood_round(mode: str, seconds: float) -> dict[str, Any]:
-    child = _Child()
+    child = lines_process()
     env = child_env(ROOT)
     reactor.spawnProcess(child, sys.executable,
                          [sys.executable, os.path.abspath(__file__), "--serve", mode], env=env)

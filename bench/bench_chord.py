@@ -31,12 +31,11 @@ import json
 import math
 import os
 import random
-import subprocess
 import sys
 import time
 from typing import Any
 
-from benchlib import RESULT, cpu_seconds, mean, med, pct, result_of
+from benchlib import RESULT, cpu_seconds, mean, med, pct, run_for_result
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOST = "127.0.0.1"
@@ -228,16 +227,8 @@ def py2p_child(n: int, ops: int, timeout: float, seed: int) -> dict[str, Any]:
 
 
 def run_child(python: str, args: list[str], timeout: float) -> dict[str, Any] | str:
-    cmd = [python, os.path.abspath(__file__), *args]
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-    except subprocess.TimeoutExpired:
-        return f"killed after {timeout:g}s"
-    result = result_of(p.stdout)
-    if result is not None:
-        return result
-    tail = (p.stderr or p.stdout).strip().splitlines()[-1:] or ["no output"]
-    return f"failed (exit {p.returncode}): {tail[0][:160]}"
+    return run_for_result([python, os.path.abspath(__file__), *args], timeout, tail=1,
+                          cwd=ROOT)
 
 
 def main() -> None:

@@ -60,6 +60,8 @@ import tempfile
 import time
 from typing import Any
 
+from benchlib import lines_process
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 NETID = b"p2pnet"
@@ -454,32 +456,6 @@ def _node(nid: bytes, port: int) -> Any:
 # ======================================================================================
 
 
-def _lines_process() -> Any:
-    from twisted.internet import defer, protocol
-
-    class Child(protocol.ProcessProtocol):
-        def __init__(self) -> None:
-            self.buf = b""
-            self.lines: defer.DeferredQueue[str] = defer.DeferredQueue()
-            self.ended: defer.Deferred[None] = defer.Deferred()
-            self.pid = 0
-
-        def connectionMade(self) -> None:
-            self.pid = self.transport.pid
-
-        def outReceived(self, data: bytes) -> None:
-            self.buf += data
-            while b"\n" in self.buf:
-                line, self.buf = self.buf.split(b"\n", 1)
-                self.lines.put(line.decode())
-
-        def errReceived(self, data: bytes) -> None:
-            sys.stderr.write(data.decode("utf-8", "replace"))
-
-        def processEnded(self, reason: Any) -> None:
-            self.ended.callback(None)
-
-    return Child()
 
 
 async def _with_timeout(d: Any, seconds: float) -> Any:
@@ -561,7 +537,7 @@ async def drive(args: argparse.Namespace) -> dict[str, Any]:
     secs = max(args.seconds, 16.0) if scen.startswith("pullslow") else args.seconds
     env = dict(os.environ)
     me = os.path.abspath(__file__)
-    victim = _lines_process()
+    victim = lines_process()
     reactor.spawnProcess(victim, sys.executable, [sys.executable, me, "--victim"], env=env)
     ready = (await _with_timeout(victim.lines.get(), 30)).split()
     vport, vid = int(ready[1]), bytes.fromhex(ready[2])
@@ -581,7 +557,7 @@ async def drive(args: argparse.Namespace) -> dict[str, Any]:
         result["rss_start_mib"] = rss_kib(victim.pid) / 1024
         sampler.start(0.1)
         if scen != "idle":
-            attacker = _lines_process()
+            attacker = lines_process()
             reactor.spawnProcess(attacker, sys.executable,
                                  [sys.executable, me, "--attacker", scen, "--target",
                                   str(vport), "--seconds", str(secs), "--rate",

@@ -138,11 +138,12 @@ def react(root: str, main: Callable[[], Coroutine[Any, Any, Any]]) -> None:
 
 
 def run_for_result(cmd: list[str], timeout: float, env: dict[str, str] | None = None,
-                   tail: int = 5) -> dict[str, Any] | str:
+                   tail: int = 5, cwd: str | None = None) -> dict[str, Any] | str:
     """Run a child to its end: the figures of its ``RESULT`` line, or why there are none
     (the timeout, or its exit status and the last ``tail`` lines it wrote)."""
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout,
+                           cwd=cwd)
     except subprocess.TimeoutExpired:
         return f"timed out after {timeout} s"
     result = result_of(r.stdout)
@@ -150,3 +151,34 @@ def run_for_result(cmd: list[str], timeout: float, env: dict[str, str] | None = 
         return result
     lines = (r.stderr or r.stdout).strip().splitlines()[-tail:]
     return f"exit {r.returncode}: " + " | ".join(lines)
+
+
+def lines_process() -> Any:
+    """A Twisted ``ProcessProtocol`` that queues the child's stdout lines (``.lines``, a
+    ``DeferredQueue``), passes its stderr on, and fires ``.ended`` when it exits; ``.pid``
+    once started.  (Twisted is imported here, not at module import.)"""
+    from twisted.internet import defer, protocol
+
+    class LinesProcess(protocol.ProcessProtocol):
+        def __init__(self) -> None:
+            self.buf = b""
+            self.lines: defer.DeferredQueue[str] = defer.DeferredQueue()
+            self.ended: defer.Deferred[None] = defer.Deferred()
+            self.pid = 0
+
+        def connectionMade(self) -> None:
+            self.pid = self.transport.pid
+
+        def outReceived(self, data: bytes) -> None:
+            self.buf += data
+            while b"\n" in self.buf:
+                line, self.buf = self.buf.split(b"\n", 1)
+                self.lines.put(line.decode())
+
+        def errReceived(self, data: bytes) -> None:
+            sys.stderr.write(data.decode("utf-8", "replace"))
+
+        def processEnded(self, reason: Any) -> None:
+            self.ended.callback(None)
+
+    return LinesProcess()
