@@ -59,6 +59,8 @@ if TYPE_CHECKING:  # annotations only: the p2pnet command imports this module, k
 
 log = Logger(namespace="p2pnet.control")
 
+#: Where a node keeps its state, and where the ``p2pnet`` command looks for it.
+DEFAULT_DATA_DIR = os.path.join("~", ".p2pnet")
 CONTROL_FILE = "control.json"
 #: The largest request body: one DHT value (1 MiB) and some room.
 MAX_BODY = MAX_VALUE_SIZE + 4096
@@ -483,5 +485,6 @@ class ControlService(service.Service):
         return defer.maybeDeferred(listening.stopListening)
 
 
-__all__ = ["CONTROL_FILE", "MAX_BODY", "ApiError", "ControlResource", "ControlService",
-           "control_file", "node_peers", "node_status", "one_line", "write_private"]
+__all__ = ["CONTROL_FILE", "DEFAULT_DATA_DIR", "MAX_BODY", "ApiError", "ControlResource",
+           "ControlService", "control_file", "node_peers", "node_status", "one_line",
+           "write_private"]

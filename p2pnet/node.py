@@ -52,7 +52,7 @@ from twisted.python.failure import Failure
 
 from p2pnet import ids
 from p2pnet.chord.socket import ChordSocket
-from p2pnet.control import ControlService, one_line
+from p2pnet.control import DEFAULT_DATA_DIR, ControlService, one_line
 from p2pnet.dht.kvptable import LevelDBKVPTable
 from p2pnet.dht.limits import Limits
 from p2pnet.dht.network import NETWORK_ID
@@ -70,7 +70,6 @@ log = Logger(namespace="p2pnet.node")
 
 DEFAULT_PORT = 4455
 DEFAULT_INTERFACE = "0.0.0.0"
-DEFAULT_DATA_DIR = os.path.join("~", ".p2pnet")
 LOCK_FILE = "p2pnode.lock"
 NODE_ID_FILE = "node_id"
 LEVELDB_DIR = "leveldb"

@@ -19,8 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 from p2pnet.cli.client import CliError, ControlClient, NotFound, key_path
-
-DEFAULT_DATA_DIR = os.path.join("~", ".p2pnet")
+from p2pnet.control import DEFAULT_DATA_DIR
 
 
 class _Parser(argparse.ArgumentParser):
