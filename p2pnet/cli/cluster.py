@@ -87,6 +87,7 @@ def run_cluster(n: int, *, base_port: int = 14455, parent: str | None = None,
             _wait_ready(procs, dirs)
         out.write(f"{n} nodes ready and joined\n")
         _print_help(dirs, base_port, parent, out)
+        # plain blocking CLI loop: no reactor runs in this process (the nodes are children)
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
         dead = [i for i, p in enumerate(procs) if p.poll() is not None]
