@@ -137,9 +137,7 @@ class PeerBook:
         """Cancel every scheduled retry (dials under way finish on their own)."""
         self._running = False
         for entry in self._entries.values():
-            if entry.timer is not None and entry.timer.active():
-                entry.timer.cancel()
-            entry.timer = None
+            self._cancel(entry)
 
     # -- events from the socket ---------------------------------------------------------
 
