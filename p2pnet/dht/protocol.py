@@ -52,7 +52,7 @@ from p2pnet.dht.errors import (
     RemoteError,
     RPCTimeoutError,
 )
-from p2pnet.dht.limits import Limits, RefusalCounter
+from p2pnet.dht.limits import Limits, RefusalCounter, is_loopback
 from p2pnet.dht.proof import AddressProof
 from p2pnet.dht.ratelimit import RateLimiter
 
@@ -189,10 +189,6 @@ def is_ip_literal(host: str) -> bool:
             _LITERALS.clear()
         ok = _LITERALS[host] = bool(isIPAddress(host) or isIPv6Address(host))
     return ok
-
-
-def _is_loopback_host(host: str) -> bool:
-    return host.startswith("127.") or host == "::1"
 
 
 class DHTProtocol(DatagramProtocol):
@@ -337,7 +333,7 @@ class DHTProtocol(DatagramProtocol):
         return codec.encode(self.network_id, tid, self.node_id, body, token=token, grant=grant)
 
     def _keep_token(self, address: Address, token: bytes) -> None:
-        if _is_loopback_host(address[0]):
+        if is_loopback(address[0]):
             # Proof is per IP, and every node on loopback shares 127.0.0.1: once any local
             # node answered a server, all are proven there.  Holding a token per local
             # server would cost ~200 bytes each and buy nothing (1,000 nodes a process).
@@ -526,10 +522,10 @@ class DHTProtocol(DatagramProtocol):
         """Drop our own id, the other family's addresses, and loopback addresses named
         by a non-loopback sender; count them with what the codec dropped."""
         own, ipv6 = self.node_id, self._ipv6
-        local = _is_loopback_host(address[0])
+        local = is_loopback(address[0])
         kept = [n for n in body.nodes
                 if n.key != own and (":" in n.host) == ipv6
-                and (local or not _is_loopback_host(n.host))]
+                and (local or not is_loopback(n.host))]
         dropped = body.dropped + len(body.nodes) - len(kept)
         if dropped:
             self.stats.bogus_contacts += dropped
