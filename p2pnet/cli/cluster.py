@@ -54,7 +54,7 @@ def _status(data_dir: str) -> dict[str, Any] | None:
 
 
 def run_cluster(n: int, *, base_port: int = 14455, parent: str | None = None,
-                out: IO[str] = sys.stderr, data_dir_hint: str | None = None) -> int:
+                out: IO[str] = sys.stderr) -> int:
     """Start the nodes, wait for Ctrl-C, stop them; the exit status."""
     if not 1 <= n <= MAX_NODES:
         raise CliError(f"a cluster has 1..{MAX_NODES} nodes", 2)

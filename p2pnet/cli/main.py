@@ -151,8 +151,7 @@ def run(args: argparse.Namespace, stdin: IO[bytes], stdout: IO[bytes], stderr: I
     if args.command == "cluster":
         from p2pnet.cli.cluster import run_cluster
 
-        return run_cluster(args.n, base_port=args.base_port, parent=args.dir,
-                           out=stderr, data_dir_hint=args.data_dir)
+        return run_cluster(args.n, base_port=args.base_port, parent=args.dir, out=stderr)
     if args.command in ("sync", "chord") and args.op is None:
         raise CliError(f"{args.command} needs an operation: set, get, del, "
                        f"{'list' if args.command == 'sync' else 'keys'}", 2)
