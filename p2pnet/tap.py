@@ -305,11 +305,7 @@ def makeService(options: Options) -> service.IService:  # noqa: N802 - twistd pl
             lock=options.lock,
             advertise_host=options.get("advertise-host"),
         )
-    except (NodeStartError, StoreError) as e:
-        if parent is None:
-            raise usage.UsageError(str(e)) from e
-        _fail(str(e))
-    except ValueError as e:  # a damaged node_id file
+    except (NodeStartError, StoreError, ValueError) as e:  # ValueError: a damaged node_id
         if parent is None:
             raise usage.UsageError(str(e)) from e
         _fail(str(e))
