@@ -586,10 +586,12 @@ class ChordSocket(service.Service):
             self.counters["notice_not_sent"] += 1
             log.warn("chord notice for {key!r} not sent: {e}", key=entry.key, e=e)
 
-    def _send_set(self, peer: bytes, entries: list[Entry] | None = None) -> None:
-        entries = self.keyset.entries() if entries is None else entries
+    def _send_set(self, peer: bytes, chunks: Iterable[bytes] | None = None) -> None:
+        """Send ``chunks`` (encoded entries; default: our whole key set) to ``peer``."""
+        if chunks is None:
+            chunks = chunk_entries(self.keyset.entries())
         try:
-            for chunk in chunk_entries(entries):
+            for chunk in chunks:
                 self.mesh.send(peer, SET, chunk, channel=CHANNEL)
         except KeyError:
             pass  # gone meanwhile: it gets the set when it connects again
@@ -643,8 +645,11 @@ class ChordSocket(service.Service):
         self.counters["learned"] += len(learned)
         if msg.parts[0] == SET and learned:
             # A set taught us something the rest of our side may not know: pass on what
-            # changed (only that, so it stops where it is no longer news).
+            # changed (only that, so it stops where it is no longer news), encoded once.
+            chunks: list[bytes] | None = None
             for peer in self.mesh.peers():
                 if peer != msg.via and peer != msg.origin:
+                    if chunks is None:
+                        chunks = list(chunk_entries(learned))
                     self.counters["passed_on"] += len(learned)
-                    self._send_set(peer, learned)
+                    self._send_set(peer, chunks)
