@@ -120,8 +120,6 @@ class Flood:
                  max_hops: int = MAX_HOPS) -> None:
         if not 1 <= max_hops <= MAX_HOPS:
             raise ValueError(f"max_hops must be 1..{MAX_HOPS}")
-        self.clock = clock
-        self.ttl = ttl
         self.max_hops = max_hops
         self.seen = SeenCache(clock, ttl, max_entries)
 
