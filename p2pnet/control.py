@@ -84,13 +84,17 @@ def control_file(data_dir: str) -> str:
 
 
 def write_private(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically, readable by the owner only (0600)."""
+    """Write ``data`` to ``path`` atomically, readable by the owner only (0600).
+
+    No fsync: this runs on the reactor thread, and the file only matters while the
+    node runs (a crash leaves it stale anyway); the rename alone keeps readers from
+    seeing half a file.
+    """
     tmp = f"{path}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.fchmod(fd, 0o600)
         os.write(fd, data)
-        os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
