@@ -29,6 +29,7 @@ datagram by default) and its receive buffer.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 import os
@@ -177,18 +178,10 @@ def _body_size(body: Any) -> int:
     return codec.KEY + 1 + (0 if body.index is None else codec.KEY)
 
 
-#: host -> is it an IPv4 or IPv6 literal (Twisted's checks are regular expressions)
-_LITERALS: dict[str, bool] = {}
-
-
+@functools.lru_cache(maxsize=4096)  # Twisted's checks are regular expressions
 def is_ip_literal(host: str) -> bool:
     """Whether ``host`` is an IPv4 or IPv6 address literal (cached per process)."""
-    ok = _LITERALS.get(host)
-    if ok is None:
-        if len(_LITERALS) >= 4096:
-            _LITERALS.clear()
-        ok = _LITERALS[host] = bool(isIPAddress(host) or isIPv6Address(host))
-    return ok
+    return bool(isIPAddress(host) or isIPv6Address(host))
 
 
 class DHTProtocol(DatagramProtocol):
