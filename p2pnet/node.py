@@ -114,7 +114,6 @@ class DataDirLock:
 
     def __init__(self, directory: str, fd: int) -> None:
         self.directory = directory
-        self.path = os.path.join(directory, LOCK_FILE)
         self._fd: int | None = fd
 
     @classmethod
