@@ -35,18 +35,37 @@ def source_key(address: Address) -> tuple[str, int]:
     return (host, port) if is_loopback(host) else (host, 0)
 
 
-def prefix_key(address: Address) -> str:
-    """The IPv4 /24 or IPv6 /64 of an address (the address itself on loopback, so a
-    local test network is not one prefix)."""
-    host, port = address
+@functools.lru_cache(maxsize=8192)
+def host_prefix(host: str) -> str | None:
+    """The IPv4 /24 or IPv6 /64 of a host; None on loopback, where the key is the
+    address itself (see :func:`prefix_key`)."""
     if is_loopback(host):
-        return f"{host}:{port}"
+        return None
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
         return host
     bits = 24 if ip.version == 4 else 64
     return str(ipaddress.ip_network(f"{host}/{bits}", strict=False))
+
+
+@functools.lru_cache(maxsize=8192)
+def is_local_network(host: str) -> bool:
+    """Loopback or a private (RFC 1918, unique-local, link-local) address: a network the
+    operator runs, where many nodes in one /24 are normal."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_private
+
+
+def prefix_key(address: Address) -> str:
+    """The IPv4 /24 or IPv6 /64 of an address (the address itself on loopback, so a
+    local test network is not one prefix)."""
+    host, port = address
+    prefix = host_prefix(host)
+    return f"{host}:{port}" if prefix is None else prefix
 
 
 @attrs.define

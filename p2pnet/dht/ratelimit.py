@@ -28,11 +28,10 @@ that have refilled (indistinguishable from new ones) are forgotten first, then t
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 from typing import Any
 
-from p2pnet.dht.limits import Address, Limits, is_loopback, prefix_key
+from p2pnet.dht.limits import Address, Limits, host_prefix, is_local_network, is_loopback
 
 #: RPC numbers of the wire header (:class:`p2pnet.dht.codec.RPC`; this module stays
 #: free of the codec)
@@ -184,12 +183,11 @@ class RateLimiter:
         """
         now = self.clock()
         host = address[0]
-        known = _HOSTS.get(host)
-        if known is None:
-            known = _host_facts(address)
-        loopback, prefix = known
-        # limits.source_key without its parsing; off loopback the IP alone is the key, on
-        # 127.0.0.1 the port alone (no address tuple kept per source)
+        # limits.source_key with cached facts; off loopback the IP alone is the key, on
+        # 127.0.0.1 the port alone (no address tuple kept per source).  Loopback and
+        # private networks (the operator's own) have no prefix bucket.
+        loopback = is_loopback(host)
+        prefix = None if is_local_network(host) else host_prefix(host)
         source = host if not loopback else address[1] if host == "127.0.0.1" else address
         if not self.sources.take(source, now):
             return RATE_LIMITED_SOURCE
@@ -203,26 +201,5 @@ class RateLimiter:
 #: host -> (loopback?, its prefix key or None when it has no prefix bucket), for every
 #: limiter of the process (the facts of an address are the same for every node; a
 #: per-node cache cost 10 KiB a node at 200 nodes a process)
-_HOSTS: dict[str, tuple[bool, str | None]] = {}
-_HOSTS_CACHED = 4096
-
-
-def _host_facts(address: Address) -> tuple[bool, str | None]:
-    host = address[0]
-    if len(_HOSTS) >= _HOSTS_CACHED:
-        _HOSTS.clear()
-    facts = _HOSTS[host] = (is_loopback(host), None if _local(host) else prefix_key(address))
-    return facts
-
-
-def _local(host: str) -> bool:
-    """Loopback or a private (RFC 1918, unique-local, link-local) address: a network the
-    operator runs, where many nodes in one /24 are normal; no per-prefix bucket."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return ip.is_loopback or ip.is_private
-
 __all__ = ["RATE_LIMITED_GLOBAL", "RATE_LIMITED_PREFIX", "RATE_LIMITED_SOURCE",
            "BucketTable", "RateLimiter", "TokenBucket", "rpc_weights"]

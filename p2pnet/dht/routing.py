@@ -33,7 +33,7 @@ from typing import overload
 
 from p2pnet import ids
 from p2pnet.dht.errors import BucketFullError, DHTError
-from p2pnet.dht.limits import Address, prefix_key
+from p2pnet.dht.limits import Address, host_prefix
 from p2pnet.models import Node
 
 MAX_BUCKET_SIZE = 20
@@ -66,30 +66,12 @@ class PrefixFullError(DHTError):
 #: host -> its /24 or /64 (None on loopback, where the prefix is the address itself),
 #: for every table of the process: parsing an address costs microseconds, and the
 #: admission checks ask for every node of a bucket
-_PREFIXES: dict[str, str | None] = {}
-_PREFIXES_CACHED = 8192
-
-
-def _prefix_of_host(host: str, port: int) -> str | None:
-    """The cached prefix part of :func:`~p2pnet.dht.limits.prefix_key`: None for a
-    loopback host (its key is ``host:port``, unique per address)."""
-    try:
-        return _PREFIXES[host]
-    except KeyError:
-        pass
-    if len(_PREFIXES) >= _PREFIXES_CACHED:
-        _PREFIXES.clear()
-    key = prefix_key((host, port))
-    prefix = _PREFIXES[host] = None if key == f"{host}:{port}" else key
-    return prefix
-
-
 def address_key(address: Address) -> Hashable:
     """The per-address key of :func:`~p2pnet.dht.limits.source_key`, stored compactly:
     the host string itself (shared with the :class:`Node`) off loopback, the port
     number alone on 127.0.0.1 (no tuple per contact for a local test network)."""
     host, port = address
-    if _prefix_of_host(host, port) is None:  # loopback: (ip, port), as source_key
+    if host_prefix(host) is None:  # loopback: (ip, port), as source_key
         return port if host == "127.0.0.1" else (host, port)
     return host
 
@@ -373,7 +355,7 @@ class RoutingTable:
         if limit is None or len(nodes) < limit:
             return False
         # prefixes come from the process-wide cache, so equal prefixes are one object
-        p = _prefix_of_host(node.host, node.port)
+        p = host_prefix(node.host)
         count = 0
         if p is None:  # loopback: the prefix is the address itself
             host, port = node.host, node.port
@@ -381,11 +363,8 @@ class RoutingTable:
                 if n.port == port and n.host == host:
                     count += 1
         else:
-            prefixes = _PREFIXES
             for n in nodes:
-                q = prefixes.get(n.host)
-                if q is None and n.host not in prefixes:
-                    q = _prefix_of_host(n.host, n.port)
+                q = host_prefix(n.host)
                 if q is p or q == p:
                     count += 1
         return count >= limit
