@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -30,12 +31,17 @@ STOP_TIMEOUT = 15.0
 
 
 def free_port_pair() -> int:
-    """A port P with UDP P and TCP P + 1 free on 127.0.0.1 (the node's DHT and mesh)."""
-    for _ in range(50):
+    """A port P with UDP P and TCP P + 1 free on 127.0.0.1 (the node's DHT and mesh).
+
+    Drawn below Linux's ephemeral range (32768+), so a port-0 bind elsewhere (another
+    trial worker) cannot be handed the same port between this check and the node's start.
+    """
+    for _ in range(200):
+        port = random.randrange(20_000, 32_000)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = u.getsockname()[1]
-            if port >= 65535:
+            try:
+                u.bind(("127.0.0.1", port))
+            except OSError:
                 continue
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
                 try:
