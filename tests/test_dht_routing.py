@@ -496,6 +496,15 @@ class HypothesisQueryTests(SynchronousTestCase):
         expected = sum(1 for k in model if ids.distance(k, target) < own_d)
         self.assertEqual(rt.count_close(target), expected)
         self.assertEqual(rt.num_contacts, len(model))
+        # stopping early counts at least that many (or all there are)
+        for stop in (1, 2, 5):
+            got = rt.count_close(target, stop_at=stop)
+            self.assertGreaterEqual(got, min(stop, expected))
+            self.assertLessEqual(got, expected)
+        # leaving one contact out of the count
+        for n in list(model.values())[:3]:
+            closer = ids.distance(n.key, target) < own_d
+            self.assertEqual(rt.count_close(target, excluding=n), expected - closer)
 
     @given(own_and_nodes())
     def test_find_and_contains(self, own_nodes: tuple[bytes, list[Node]]) -> None:

@@ -308,7 +308,6 @@ class ContactBook:
         we are the closest of our contacts to them (bmuller's ``welcomeIfNewNode``)."""
         limits = self.limits
         k = self.host.k
-        own = int.from_bytes(self.host.key, "big")
         now = self.clock.seconds()
         queued = 0
         for scanned, record in enumerate(self.host.kvp_table.records()):
@@ -316,16 +315,13 @@ class ContactBook:
                 break
             if record.is_expired(now):
                 continue
+            if self.table.count_close(record.key, stop_at=1, excluding=node):
+                continue  # a closer contact of ours will hand it over
             key = int.from_bytes(record.key, "big")
-            mine = own ^ key
-            theirs = node.key_int ^ key
             neighbours = [n for n in self.table.get_close_nodes(record.key, k + 1)
                           if n is not node][:k]
-            if neighbours:
-                if mine > neighbours[0].key_int ^ key:
-                    continue  # a closer contact of ours will hand it over
-                if len(neighbours) >= k and theirs > neighbours[-1].key_int ^ key:
-                    continue  # the newcomer is not among the k closest
+            if len(neighbours) >= k and node.key_int ^ key > neighbours[-1].key_int ^ key:
+                continue  # the newcomer is not among the k closest
             if len(self._handover) >= limits.routing_handover_queue:
                 self.refused["routing_handover_queue_full"] += 1
                 break

@@ -518,11 +518,35 @@ class RoutingTable:
             out += sorted(made[j]._nodes, key=lambda n: n.key_int ^ k)
         return out[:count]
 
-    def count_close(self, key: bytes) -> int:
-        """How many known nodes are closer to ``key`` than the local node is."""
+    def count_close(self, key: bytes, stop_at: int | None = None,
+                    excluding: Node | None = None) -> int:
+        """How many known nodes (other than ``excluding``) are closer to ``key`` than the
+        local node is; counting may stop once ``stop_at`` are found.
+
+        Only the key's own bucket and the buckets above it are read.  With ``b`` the
+        key's bucket number, every node of bucket ``b`` is closer than we are (the bit
+        where our id and the key first differ is theirs too), no node of a bucket below
+        ``b`` is (it differs from us at a higher bit, so from the key), and a node of a
+        bucket above ``b`` must be compared.
+        """
         k = int.from_bytes(key, "big")
         own = self._key_int ^ k
-        return sum(1 for n in self.nodes() if n.key_int ^ k < own)
+        if own == 0:
+            return 0
+        made = self.buckets._made
+        b = ids.KEY_BITS - own.bit_length()
+        near = made.get(b)
+        count = len(near._nodes) if near is not None else 0
+        if excluding is not None and near is not None and excluding in near._nodes:
+            count -= 1
+        for j, bucket in made.items():
+            if stop_at is not None and count >= stop_at:
+                return count
+            if j > b:
+                for n in bucket._nodes:
+                    if n.key_int ^ k < own and n is not excluding:
+                        count += 1
+        return count
 
     def closest_bucket_number(self) -> int | None:
         """The number of the closest non-empty bucket (None when the table is empty)."""
