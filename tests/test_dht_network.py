@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -615,6 +617,31 @@ class LookupTests(SynchronousTestCase):
         self.assertLessEqual(closest, {n.key for n in holders})
         for n in self.nodes:
             self.assertEqual(self.successResultOf(self.sim.run(n.get("the key"))), value)
+
+    def test_put_replaces_a_silent_node_with_the_next_closest(self) -> None:
+        # The put's lookup asks only the closest few; a silent node further down the k
+        # closest is found out by its store, and the next closest node takes its place.
+        writer = self.nodes[3]
+        key = ids.key_for(b"the key")
+        ranked = self.sim.closest(key, 21, exclude=[writer])
+        silent = next(n for n in self.nodes if n.key == ranked[15].key)
+        silent.protocol.transport.stopListening()
+        tried: list[bytes] = []
+        store_to_node = writer.store_to_node
+
+        def spy(node: Node, *a: Any, **kw: Any) -> defer.Deferred[bool]:
+            tried.append(node.key)
+            return store_to_node(node, *a, **kw)
+
+        writer.store_to_node = spy  # type: ignore[method-assign]
+        value = b"twenty copies"
+        count = self.successResultOf(self.sim.run(writer.put("the key", value)))
+        self.assertIn(silent.key, tried)  # never asked by the lookup: its store found it out
+        self.assertEqual(count, 20)
+        holders = {n.key for n in self.sim.holders(key, ids.key_for(value))}
+        self.assertLessEqual({n.key for n in self.sim.closest(key, 20, exclude=[writer])},
+                             holders)
+        self.assertIn(ranked[20].key, holders)  # the 21st closest stood in
 
     def test_put_get_small_everywhere(self) -> None:
         self.check_put_get(b"hello world" * 10, 7)

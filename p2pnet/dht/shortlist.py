@@ -220,6 +220,12 @@ class Shortlist:
         """The nodes that answered, closest first."""
         return [self._known[i] for i in self._sorted() if i in self._active]
 
+    def alive(self, count: int | None = None) -> list[Node]:
+        """The ``count`` (default: all) closest nodes that did not fail, closest first:
+        answered, in flight or never asked."""
+        return [self._known[i] for i in self._closest_alive(
+            len(self._known) if count is None else count)]
+
     def closest(self, count: int | None = None) -> list[Node]:
         """The ``count`` (default k) closest nodes that answered."""
         return self.sorted_nodes[: self.k if count is None else count]
