@@ -155,19 +155,24 @@ class ClientSideTests(ProtocolTestMixin, SynchronousTestCase):
     def test_answered_deadlines_not_kept(self) -> None:
         """Once nothing is outstanding, no deadline of an answered request is held; one
         still outstanding keeps its own and times out as before."""
+        def held() -> int:
+            return len(self.proto._queue) + len(self.proto._deadlines)
+
         d1 = self.proto.request(PEER, codec.PingRequest())
         d2 = self.proto.request(PEER, codec.PingRequest())
-        m1, _ = self.sent(0)
-        m2, _ = self.sent(1)
-        self.answer(m1, codec.PingResponse())
-        self.assertEqual(len(self.proto._deadlines), 2)  # d2's, and d1's (lazily skipped)
+        d3 = self.proto.request(PEER, codec.PingRequest())
+        m1, m2, m3 = (self.sent(i)[0] for i in range(3))
         self.answer(m2, codec.PingResponse())
-        self.successResultOf(d1)
-        self.successResultOf(d2)
-        self.assertEqual(self.proto._deadlines, [])
-        d3 = self.proto.request(PEER, codec.PingRequest(), retries=0)
+        self.assertEqual(held(), 3)  # answered out of order: d2's waits behind d1's
+        self.answer(m1, codec.PingResponse())
+        self.assertEqual(held(), 1)  # the answered head and what followed it are gone
+        self.answer(m3, codec.PingResponse())
+        for d in (d1, d2, d3):
+            self.successResultOf(d)
+        self.assertEqual(held(), 0)
+        d4 = self.proto.request(PEER, codec.PingRequest(), retries=0)
         self.clock.advance(DEFAULT_TIMEOUT)
-        self.failureResultOf(d3, RPCTimeoutError)
+        self.failureResultOf(d4, RPCTimeoutError)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_answers_matched_by_tid(self) -> None:
