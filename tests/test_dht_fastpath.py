@@ -272,6 +272,37 @@ class OneByteOffTests(SynchronousTestCase):
         got = self.check([(ping_request(), PEER)], setup=setup)
         self.assertEqual(got["stats"]["errors_sent"], 1)
 
+    def test_every_kind_of_handler_answer(self) -> None:
+        def crash(msg: codec.Message, address: Any) -> Any:
+            raise RuntimeError("handler bug")
+
+        responders = [
+            lambda msg, address: defer.succeed(codec.PingResponse()),
+            lambda msg, address: codec.NodesResponse(()),  # an odd answer, still sent
+            lambda msg, address: codec.ErrorResponse(codec.ErrorCode.BUSY, "later"),
+            lambda msg, address: defer.Deferred(),  # never answers
+            crash,
+        ]
+        for respond in responders:
+            def setup(pair: Pair, respond: Any = respond) -> None:
+                for side in (pair.fast, pair.generic):
+                    side.handler.respond = respond
+
+            got = self.check([(ping_request(), PEER)], setup=setup)
+            self.assertEqual(got["stats"]["requests_in"], 1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)  # one per side
+
+    def test_no_answer_once_stopped(self) -> None:
+        def setup(pair: Pair) -> None:
+            for side in (pair.fast, pair.generic):
+                def stop(msg: codec.Message, address: Any, side: Side = side) -> Any:
+                    side.proto.stopProtocol()
+                    return codec.PingResponse()
+                side.handler.respond = stop
+
+        got = self.check([(ping_request(), PEER)], setup=setup)
+        self.assertEqual(len(got["written"]), 2)  # our two requests, no answer
+
 
 _ADDRESSES = st.sampled_from([PEER, ELSEWHERE, LOCAL, (PEER[0], PEER[1] + 1)])
 

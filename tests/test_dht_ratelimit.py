@@ -9,7 +9,13 @@ from twisted.internet import task
 from twisted.trial.unittest import SynchronousTestCase
 
 from p2pnet.dht import codec
-from p2pnet.dht.limits import Limits
+from p2pnet.dht.limits import (
+    Limits,
+    is_local_network,
+    is_loopback,
+    prefix_key,
+    source_key,
+)
 from p2pnet.dht.proof import AddressProof
 from p2pnet.dht.ratelimit import (
     RATE_LIMITED_GLOBAL,
@@ -158,6 +164,23 @@ class RateLimiterTests(SynchronousTestCase):
             for _ in range(10):
                 self.assertIsNone(self.rl.check(("127.0.0.1", port)))
         self.assertEqual(self.rl.check(("127.0.0.1", 1)), RATE_LIMITED_SOURCE)
+
+    def test_bucket_keys_are_the_source_keys(self) -> None:
+        """The per-source key is limits.source_key's (the port alone on 127.0.0.1, the
+        IP off loopback) and the prefix key limits.prefix_key's where a prefix bucket
+        exists (none on loopback and private networks)."""
+        addresses = [("127.0.0.1", 4000), ("127.0.0.1", 4001), ("127.0.0.2", 4000),
+                     ("::1", 4000), ("10.1.2.3", 4000), ("93.184.1.1", 4000),
+                     ("93.184.1.1", 4001), ("2606:4700::1", 4000), ("fd00::1", 4000)]
+        for address in addresses:
+            rl = RateLimiter(self.limits, self.clock.seconds)
+            rl.check(address)
+            host, port = source_key(address)
+            key: object = (port if host == "127.0.0.1" else (host, port)
+                           if is_loopback(host) else host)
+            self.assertEqual(list(rl.sources.buckets), [key], address)
+            prefixes = [] if is_local_network(address[0]) else [prefix_key(address)]
+            self.assertEqual(list(rl.prefixes.buckets), prefixes, address)
 
     def test_private_addresses_have_no_prefix_bucket(self) -> None:
         res = [self.rl.check((f"10.0.0.{i}", 1)) for i in range(1, 60)]

@@ -62,7 +62,9 @@ class AddressProof:
 
     def token_for(self, ip: str) -> bytes:
         """The token to hand to ``ip`` now."""
-        self._maybe_rotate(self.clock())
+        now = self.clock()
+        if now >= self._rotate_at:
+            self._maybe_rotate(now)
         token = self._tokens.get(ip)
         if token is None:
             if len(self._tokens) >= _TOKENS_CACHED:  # a cache: a hash costs a microsecond

@@ -120,14 +120,22 @@ class ProtocolStats:
 
 class _RandomPool:
     """Cryptographically random bytes, read from the OS 4 KiB at a time (one system call
-    per 512 transaction ids instead of one per request)."""
+    per 512 transaction ids instead of one per request).  Transaction ids are cut from
+    each read at once, and handed out by a list pop."""
 
     def __init__(self, size: int = 4096) -> None:
         self._size = size
         self._buf = b""
         self._pos = 0
+        self._tids: list[bytes] = []
 
     def take(self, n: int) -> bytes:
+        if n == _TID_BYTES:
+            tids = self._tids
+            if not tids:
+                buf = os.urandom(self._size - self._size % n)
+                tids.extend([buf[i:i + n] for i in range(0, len(buf), n)])
+            return tids.pop()
         if self._pos + n > len(self._buf):
             self._buf, self._pos = os.urandom(max(self._size, n)), 0
         out = self._buf[self._pos:self._pos + n]
@@ -135,6 +143,7 @@ class _RandomPool:
         return out
 
 
+_TID_BYTES = codec.TID_BYTES
 #: one pool for every protocol of the process: 4 KiB, not 4 KiB per node
 _SHARED_POOL = _RandomPool()
 
@@ -175,6 +184,8 @@ _REQUEST = codec.Kind.REQUEST
 _RESPONSE = codec.Kind.RESPONSE
 _PING_BODY = codec.PingRequest()
 _PONG_BODY = codec.PingResponse()
+_PING_REQUEST = codec.PingRequest
+_PING_RESPONSE = codec.PingResponse
 #: the ping request's RPC byte (what the rate limiter charges)
 _PING_BYTE = int(codec.RPC.PING)
 #: bytes of a ping frame from its transaction id on: tid, sender, flags
@@ -323,28 +334,31 @@ class DHTProtocol(DatagramProtocol):
         """
         if self._stopped or self.transport is None:
             return defer.fail(ProtocolStoppedError("the DHT protocol is not running"))
-        tid = self._tid(codec.TID_BYTES)
-        while tid in self._pending:
-            tid = self._tid(codec.TID_BYTES)
-        rpc = _RPC_OF.get(type(body))
-        if rpc is None:
-            raise TypeError(f"not a request body: {body!r}")
-        try:
-            frame = self._ping_frame
-            if rpc is _PING and frame is not None and len(tid) == codec.TID_BYTES:
-                data = frame[0] + tid + frame[1]  # the answer is small: no token
-            elif rpc is _PING:
-                data = codec.encode(self.network_id, tid, self.node_id, body)
-            else:
-                data = self._encode_request(tid, body, rpc, address)
-        except (TypeError, ValueError) as e:
-            return defer.fail(e)
+        pending = self._pending
+        tid = self._tid(_TID_BYTES)
+        while tid in pending:
+            tid = self._tid(_TID_BYTES)
+        frame = self._ping_frame
+        if type(body) is _PING_REQUEST and frame is not None and len(tid) == _TID_BYTES:
+            rpc = _PING
+            data = frame[0] + tid + frame[1]  # the answer is small: no token
+        else:
+            rpc = _RPC_OF.get(type(body))  # type: ignore[assignment]
+            if rpc is None:
+                raise TypeError(f"not a request body: {body!r}")
+            try:
+                if rpc is _PING:
+                    data = codec.encode(self.network_id, tid, self.node_id, body)
+                else:
+                    data = self._encode_request(tid, body, rpc, address)
+            except (TypeError, ValueError) as e:
+                return defer.fail(e)
         d: defer.Deferred[Any] = defer.Deferred()
         p = _Pending(d, address, data,
                      self.timeout if timeout is None else timeout,
                      self.retries if retries is None else retries, rpc, body,
                      then, then_args)
-        self._pending[tid] = p
+        pending[tid] = p
         self.stats.requests_out += 1
         self._send_try(tid, p)
         return d
@@ -576,11 +590,24 @@ class DHTProtocol(DatagramProtocol):
             self.stats.from_self += 1
             return
         self.stats.requests_in += 1
-        self.handler.contact_seen(sender, address)
-        self._answer(codec.Message(self.network_id, _REQUEST, _PING,
-                                   datagram[at:at + codec.TID_BYTES], sender,
-                                   _PING_BODY, None, 0, None),
-                     address, len(datagram))
+        handler = self.handler
+        handler.contact_seen(sender, address)
+        tid = datagram[at:at + codec.TID_BYTES]
+        msg = codec.Message(self.network_id, _REQUEST, _PING, tid, sender, _PING_BODY,
+                            None, 0, None)
+        try:
+            result = handler.handle_request(msg, address)
+        except Exception:
+            self._reply_failure(Failure(), msg, address, len(datagram))
+            return
+        if type(result) is _PING_RESPONSE:  # what _reply does with it, here
+            if self._stopped or self.transport is None:
+                return
+            token = self.proof.token_for(address[0])
+            self._write(self._ping_frame[2] + tid + self.node_id  # type: ignore[index]
+                        + b"\x01" + token, address)
+        else:
+            self._answered(result, msg, address, len(datagram))
 
     def _ping_answer_in(self, datagram: bytes, address: Address) -> None:
         """A ping answer with a token, of this network (checked)."""
@@ -659,6 +686,11 @@ class DHTProtocol(DatagramProtocol):
         except Exception:
             self._reply_failure(Failure(), msg, address, size)
             return
+        self._answered(result, msg, address, size)
+
+    def _answered(self, result: Any, msg: codec.Message, address: Address, size: int
+                  ) -> None:
+        """Send the handler's ``result`` (an answer body, or a Deferred of one)."""
         if type(result) in _ANSWER_TYPES:  # the common case, without an ABC isinstance
             self._reply(result, msg, address, size)
         elif isinstance(result, defer.Deferred):

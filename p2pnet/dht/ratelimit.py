@@ -186,9 +186,12 @@ class RateLimiter:
         # limits.source_key with cached facts; off loopback the IP alone is the key, on
         # 127.0.0.1 the port alone (no address tuple kept per source).  Loopback and
         # private networks (the operator's own) have no prefix bucket.
-        loopback = is_loopback(host)
-        prefix = None if is_local_network(host) else host_prefix(host)
-        source = host if not loopback else address[1] if host == "127.0.0.1" else address
+        if host == "127.0.0.1":  # a local network of many nodes: its facts are known
+            source: Any = address[1]
+            prefix = None
+        else:
+            prefix = None if is_local_network(host) else host_prefix(host)
+            source = address if is_loopback(host) else host
         if not self.sources.take(source, now):
             return RATE_LIMITED_SOURCE
         if prefix is not None and not self.prefixes.take(prefix, now):
