@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+import weakref
 from collections.abc import Iterable
 from typing import Any, ClassVar, TypeVar
 
@@ -91,6 +93,20 @@ class Node:
         object.__setattr__(node, "key_int", int.from_bytes(key, "big"))
         return node
 
+    @classmethod
+    def shared(cls, key: bytes, host: str, port: int) -> Node:
+        """The process's one live instance of this contact (made and validated when there
+        is none).  Nodes are immutable, so the routing tables of many nodes in one
+        process (a simulation, a test network, a crowd of 1,000) share each contact
+        instead of holding ~200 bytes each per table; the instance goes with its last
+        table."""
+        k = (key, port, host)
+        node = _SHARED_NODES.get(k)
+        if node is None:
+            node = cls(key, sys.intern(host), port)
+            _SHARED_NODES[k] = node
+        return node
+
     @property
     def address(self) -> tuple[str, int]:
         return (self.host, self.port)
@@ -109,6 +125,9 @@ class Node:
     def __repr__(self) -> str:
         return f"Node({self.key.hex()[:12]}.., {self.host}:{self.port})"
 
+
+_SHARED_NODES: weakref.WeakValueDictionary[tuple[bytes, int, str], Node] = (
+    weakref.WeakValueDictionary())
 
 T = TypeVar("T")
 

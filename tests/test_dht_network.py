@@ -618,6 +618,14 @@ class LookupTests(SynchronousTestCase):
         for n in self.nodes:
             self.assertEqual(self.successResultOf(self.sim.run(n.get("the key"))), value)
 
+    def test_tables_share_each_contact_instance(self) -> None:
+        # many nodes in one process hold one Node per contact, not one per table
+        by_key: dict[bytes, Node] = {}
+        for n in self.nodes:
+            for c in n.routing_table.nodes():
+                self.assertIs(c, by_key.setdefault(c.key, c))
+        self.assertEqual(len(by_key), 30)
+
     def test_put_replaces_a_silent_node_with_the_next_closest(self) -> None:
         # The put's lookup asks only the closest few; a silent node further down the k
         # closest is found out by its store, and the next closest node takes its place.

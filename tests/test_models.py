@@ -7,8 +7,10 @@ round trips and the totality of the decoders (only ``TypeError``/``ValueError``)
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import math
+import weakref
 from types import SimpleNamespace
 from typing import Any
 
@@ -549,6 +551,30 @@ class NodeTests(SynchronousTestCase):
         self.assertNotEqual(a, Node(KEY_A, "10.0.0.1", 4001))
         self.assertNotEqual(a, (KEY_A, "10.0.0.1", 4000))
         self.assertFalse(a == "node")
+
+    def test_shared_is_one_instance_per_contact_while_it_lives(self) -> None:
+        a = Node.shared(KEY_A, "10.0.0.1", 4000)
+        self.assertIs(Node.shared(KEY_A, "10.0.0.1", 4000), a)
+        self.assertIs(Node.shared(bytes(KEY_A), "".join(["10.0.0.", "1"]), 4000), a)
+        self.assertEqual(a, Node(KEY_A, "10.0.0.1", 4000))
+        for other in (Node.shared(KEY_B, "10.0.0.1", 4000),
+                      Node.shared(KEY_A, "10.0.0.2", 4000),
+                      Node.shared(KEY_A, "10.0.0.1", 4001)):
+            self.assertIsNot(other, a)
+            self.assertNotEqual(other, a)
+        ref = weakref.ref(a)
+        del a
+        gc.collect()
+        self.assertIsNone(ref())  # the process-wide map holds no contact alive
+        self.assertIsInstance(Node.shared(KEY_A, "10.0.0.1", 4000), Node)
+
+    def test_shared_validates_like_the_constructor(self) -> None:
+        with self.assertRaises(ValueError):
+            Node.shared(KEY_A, "10.0.0.1", 0)
+        with self.assertRaises(TypeError):
+            Node.shared(KEY_A, 7, 4000)  # type: ignore[arg-type]
+        with self.assertRaises(ValueError):
+            Node.shared(b"short", "10.0.0.1", 4000)
 
     def test_node_in_container(self) -> None:
         """Two instances with the same id and address are the same node."""

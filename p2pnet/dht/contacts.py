@@ -33,7 +33,6 @@ Every per-address and per-id map here is bounded in size and age (see
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Hashable
 from typing import Any, Protocol
 
@@ -120,9 +119,9 @@ class ContactBook:
             self.table.node_update(known)
             return
         try:
-            # the host interned: a contact keeps one copy of a host string, not one per
-            # datagram it arrived in (a local network: 1,000 copies of 127.0.0.1)
-            node = Node(node_id, sys.intern(address[0]), address[1])
+            # one instance per contact for the process (its host string interned): a
+            # contact costs a table no copy of its id, host or number
+            node = Node.shared(node_id, address[0], address[1])
         except (TypeError, ValueError):
             return
         self._offer(node)
