@@ -159,6 +159,15 @@ class RateLimiterTests(SynchronousTestCase):
         self.assertGreater(w[codec.RPC.STORE], w[codec.RPC.FIND_NODE])
         self.assertGreater(w[codec.RPC.FIND_NODE], w[codec.RPC.PING])
 
+    def test_weights_table_shared_by_equal_weights(self) -> None:
+        clock = task.Clock()
+        a = RateLimiter(Limits(), clock.seconds)
+        b = RateLimiter(Limits(), clock.seconds)
+        self.assertIs(a.weights, b.weights)  # one 2 KiB table for a crowd of nodes
+        c = RateLimiter(Limits(rate_weight_store=99.0), clock.seconds)
+        self.assertEqual(c.weights[codec.RPC.STORE], 99.0)
+        self.assertEqual(a.weights[codec.RPC.STORE], Limits().rate_weight_store)
+
     def test_loopback_keys_on_port(self) -> None:
         for port in range(1, 11):
             for _ in range(10):

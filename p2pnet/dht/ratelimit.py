@@ -28,6 +28,7 @@ that have refilled (indistinguishable from new ones) are forgotten first, then t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -40,10 +41,18 @@ PING, FIND_NODE, FIND_VALUE, STORE, GET_VALUE = 1, 2, 3, 4, 5
 
 def rpc_weights(limits: Limits) -> tuple[float, ...]:
     """The global-bucket charge of each RPC byte 0-255: its ``rate_weight_*``, and the
-    largest of them for a byte that names no RPC."""
-    named = {PING: limits.rate_weight_ping, FIND_NODE: limits.rate_weight_findnode,
-             FIND_VALUE: limits.rate_weight_findval, STORE: limits.rate_weight_store,
-             GET_VALUE: limits.rate_weight_getval}
+    largest of them for a byte that names no RPC.  One table per set of weights for the
+    whole process (256 floats are 2 KiB; a node each cost 2 MiB at 1,000 nodes)."""
+    return _weights_table(limits.rate_weight_ping, limits.rate_weight_findnode,
+                          limits.rate_weight_findval, limits.rate_weight_store,
+                          limits.rate_weight_getval)
+
+
+@functools.lru_cache(maxsize=16)
+def _weights_table(ping: float, findnode: float, findval: float, store: float,
+                   getval: float) -> tuple[float, ...]:
+    named = {PING: ping, FIND_NODE: findnode, FIND_VALUE: findval, STORE: store,
+             GET_VALUE: getval}
     most = max(named.values())
     return tuple(float(named.get(rpc, most)) for rpc in range(256))
 
@@ -96,7 +105,7 @@ class BucketTable:
     source ever seen (a node's memory matters at 1,000 nodes a process).
     """
 
-    SWEEP_FROM = 32
+    SWEEP_FROM = 8
 
     __slots__ = ("rate", "burst", "max_keys", "buckets", "_sweep_at", "_step", "_slack")
 
