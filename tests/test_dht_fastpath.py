@@ -488,3 +488,113 @@ class DeadlineTests(ProtocolTestMixin, SynchronousTestCase):
             self.answer(self.sent(i)[0], codec.PingResponse())
         self.assertEqual(len(self.proto._queue), 10)
         self.assertEqual(self.proto.outstanding, 10)
+
+
+class OtherwiseTests(ProtocolTestMixin, SynchronousTestCase):
+    """``request(..., then=f, otherwise=g)`` ends as
+    ``request(...).addCallback(f).addErrback(g)`` does, in every way a request ends."""
+
+    def outcome(self, d: defer.Deferred[Any]) -> Any:
+        result: list[Any] = []
+        d.addBoth(result.append)
+        if isinstance(result[0], Failure):
+            return ("failed", result[0].type, str(result[0].value))
+        if isinstance(result[0], codec.Message):  # the two requests' tids differ
+            return ("fired", attrs.evolve(result[0], tid=b""))
+        return ("fired", result[0])
+
+    def both(self, then: Any, otherwise: Any, end: Any, body: codec.Body | None = None
+             ) -> tuple[Any, Any]:
+        """The same request both ways; ``end`` answers, times out or stops them."""
+        body = codec.PingRequest() if body is None else body
+        fast = self.proto.request(PEER, body, then=then, otherwise=otherwise, retries=0)
+        slow = self.proto.request(PEER, body, retries=0)
+        if then is not None:
+            slow.addCallback(then)
+        slow.addErrback(otherwise)
+        end(self)
+        return self.outcome(fast), self.outcome(slow)
+
+    def test_every_ending(self) -> None:
+        def answer(case: OtherwiseTests) -> None:
+            for i in (0, 1):
+                case.answer(case.sent(i)[0], codec.PingResponse())
+
+        def error(case: OtherwiseTests) -> None:
+            for i in (0, 1):
+                case.answer(case.sent(i)[0], codec.ErrorResponse(codec.ErrorCode.BUSY, "x"))
+
+        def timeout(case: OtherwiseTests) -> None:
+            case.clock.advance(DEFAULT_TIMEOUT)
+
+        def stop(case: OtherwiseTests) -> None:
+            case.proto.stopProtocol()
+
+        def sender(msg: codec.Message) -> bytes:
+            return msg.sender
+
+        def broken(msg: codec.Message) -> bytes:
+            raise KeyError("then failed")
+
+        def describe(failure: Failure) -> str:
+            return failure.type.__name__
+
+        def passes_on(failure: Failure) -> Failure:
+            return failure
+
+        def crashes(failure: Failure) -> None:
+            raise LookupError("otherwise failed")
+
+        seen = set()
+        for end in (answer, error, timeout, stop):
+            for then in (None, sender, broken):
+                for otherwise in (describe, passes_on, crashes):
+                    self.setUp()
+                    fast, slow = self.both(then, otherwise, end)
+                    self.assertEqual(fast, slow, (end, then, otherwise))
+                    seen.add(fast[0])
+                    if isinstance(fast[1], (str, bytes)):
+                        seen.add(fast[1])
+                    elif fast[0] == "failed":
+                        seen.add(fast[1].__name__)
+        self.assertIn("RPCTimeoutError", seen)
+        self.assertIn("RemoteError", seen)
+        self.assertIn("ProtocolStoppedError", seen)
+        self.assertIn("KeyError", seen)
+        self.assertIn(PEER_ID, seen)
+        self.assertIn("LookupError", seen)  # otherwise's own exception
+
+    def test_failed_at_once(self) -> None:
+        """A request that cannot be sent fails through ``otherwise`` too."""
+        got = self.proto.request(PEER, codec.FindNodeRequest(b"short"),
+                                 otherwise=lambda f: f.type)
+        self.assertIs(self.successResultOf(got), ValueError)
+        self.proto.stopProtocol()
+        got = self.proto.request(PEER, codec.PingRequest(), otherwise=lambda f: f.type)
+        from p2pnet.dht.errors import ProtocolStoppedError
+        self.assertIs(self.successResultOf(got), ProtocolStoppedError)
+
+
+class PingCallTests(SynchronousTestCase):
+    """``Ping.call(address, otherwise)`` on the in-memory network."""
+
+    def setUp(self) -> None:
+        from tests.dhthelpers import Sim
+        self.sim = Sim()
+        self.a, self.b = self.sim.add_many(2)
+
+    def test_answer(self) -> None:
+        d = self.a.ping.call(self.b.address, otherwise=lambda f: False)
+        rtt, node = self.successResultOf(self.sim.run(d))
+        self.assertEqual(node, self.b.node)
+        self.assertLessEqual(abs(rtt - 2 * self.sim.net.latency), 1e-5)
+
+    def test_silence(self) -> None:
+        failures: list[Failure] = []
+        d = self.a.ping.call(("10.9.9.9", 1), otherwise=lambda f: failures.append(f) or False)
+        self.sim.settle(3 * DEFAULT_TIMEOUT)
+        self.assertIs(self.successResultOf(d), False)
+        self.assertTrue(failures[0].check(RPCTimeoutError))
+        d = self.a.ping.call(("10.9.9.9", 1))
+        self.sim.settle(3 * DEFAULT_TIMEOUT)
+        self.failureResultOf(d, RPCTimeoutError)

@@ -150,12 +150,13 @@ _SHARED_POOL = _RandomPool()
 
 class _Pending:
     __slots__ = ("deferred", "address", "data", "timeout", "tries_left", "deadline", "rpc",
-                 "tries", "body", "proof_retried", "then", "then_args")
+                 "tries", "body", "proof_retried", "then", "then_args", "otherwise")
 
     def __init__(self, deferred: defer.Deferred[Any], address: Address,
                  data: bytes, timeout: float, tries_left: int, rpc: codec.RPC,
                  body: codec.Body, then: Callable[..., Any] | None,
-                 then_args: tuple[Any, ...]) -> None:
+                 then_args: tuple[Any, ...], otherwise: Callable[[Failure], Any] | None
+                 ) -> None:
         self.deferred = deferred
         self.address = address
         self.data = data
@@ -168,6 +169,29 @@ class _Pending:
         self.proof_retried = False
         self.then = then
         self.then_args = then_args
+        self.otherwise = otherwise
+
+    def fail(self, error: BaseException | Failure) -> None:
+        """End with ``error``: errback, or fire with ``otherwise(failure)``."""
+        otherwise = self.otherwise
+        if otherwise is None:
+            self.deferred.errback(error)
+        else:
+            _fire(self.deferred, otherwise, error)
+
+
+def _fire(d: defer.Deferred[Any], otherwise: Callable[[Failure], Any],
+          error: BaseException | Failure) -> None:
+    """Fire ``d`` as ``d.addErrback(otherwise)`` then ``d.errback(error)`` would."""
+    try:
+        result = otherwise(error if isinstance(error, Failure) else Failure(error))
+    except Exception:
+        d.errback(Failure())
+        return
+    if isinstance(result, Failure):
+        d.errback(result)
+    else:
+        d.callback(result)
 
 
 #: requests whose answers may be large: they carry our token for the address
@@ -188,9 +212,7 @@ _PING_REQUEST = codec.PingRequest
 _PING_RESPONSE = codec.PingResponse
 #: the ping request's RPC byte (what the rate limiter charges)
 _PING_BYTE = int(codec.RPC.PING)
-#: bytes of a ping frame from its transaction id on: tid, sender, flags
-_PING_TAIL = codec.TID_BYTES + codec.KEY + 1
-_TID_SENDER = codec.TID_BYTES + codec.KEY
+_TOKEN_BYTES = codec.TOKEN_BYTES
 _UNPROVEN = codec.ErrorResponse(codec.ErrorCode.UNPROVEN, "prove your address: send the token")
 
 
@@ -253,6 +275,8 @@ class DHTProtocol(DatagramProtocol):
         # pings received without the codec (see _ping_request_in): the frames' fixed
         # starts and lengths; a length of -1 matches no datagram
         self._ping_in: tuple[bytes, int, bytes, int] = (b"", -1, b"", -1)
+        # where a ping frame's transaction id starts, and its sender starts and ends
+        self._ping_at = (0, 0, 0)
         if self.PING_SHORTCUTS and len(node_id) == codec.KEY \
                 and 0 < len(network_id) <= codec.MAX_NETWORK_ID:
             head = bytes((codec.VERSION, len(network_id))) + network_id
@@ -260,6 +284,8 @@ class DHTProtocol(DatagramProtocol):
                                 node_id + b"\x00",
                                 head + bytes((codec.Kind.RESPONSE, codec.RPC.PING)))
             fixed = len(head) + 2 + codec.TID_BYTES + codec.KEY + 1
+            at = len(head) + 2
+            self._ping_at = (at, at + codec.TID_BYTES, at + codec.TID_BYTES + codec.KEY)
             self._ping_in = (self._ping_frame[0], fixed,
                              self._ping_frame[2], fixed + codec.TOKEN_BYTES)
         # bytes of a header without token, grant or padding
@@ -300,7 +326,7 @@ class DHTProtocol(DatagramProtocol):
             self._timer.cancel()
         self._timer, self._timer_at = None, math.inf
         for p in pending.values():
-            p.deferred.errback(ProtocolStoppedError("the DHT protocol stopped"))
+            p.fail(ProtocolStoppedError("the DHT protocol stopped"))
 
     @property
     def outstanding(self) -> int:
@@ -321,19 +347,22 @@ class DHTProtocol(DatagramProtocol):
 
     def request(self, address: Address, body: codec.Body, timeout: float | None = None,
                 retries: int | None = None, then: Callable[..., Any] | None = None,
-                then_args: tuple[Any, ...] = ()) -> defer.Deferred[Any]:
+                then_args: tuple[Any, ...] = (),
+                otherwise: Callable[[Failure], Any] | None = None) -> defer.Deferred[Any]:
         """Send a request; the Deferred fires with the answer :class:`codec.Message`.
-
-        With ``then``, it fires with ``then(message, *then_args)`` instead (what
-        ``addCallback(then, *then_args)`` would give, one Deferred step cheaper; an
-        exception ``then`` raises fails the Deferred).  ``then`` returns a plain value,
-        not a Deferred.
 
         Fails with :class:`RPCTimeoutError`, :class:`RemoteError` (an error answer) or
         :class:`ProtocolStoppedError`.
+
+        ``then`` and ``otherwise`` give what ``addCallback(then, *then_args)`` and then
+        ``addErrback(otherwise)`` would, each one Deferred step cheaper: the Deferred
+        fires with ``then(message, *then_args)``, and a failure (an exception ``then``
+        raises too) is handed to ``otherwise``.  Both return plain values (or a
+        Failure), not Deferreds.
         """
         if self._stopped or self.transport is None:
-            return defer.fail(ProtocolStoppedError("the DHT protocol is not running"))
+            return self._failed(ProtocolStoppedError("the DHT protocol is not running"),
+                                otherwise)
         pending = self._pending
         tid = self._tid(_TID_BYTES)
         while tid in pending:
@@ -352,15 +381,24 @@ class DHTProtocol(DatagramProtocol):
                 else:
                     data = self._encode_request(tid, body, rpc, address)
             except (TypeError, ValueError) as e:
-                return defer.fail(e)
+                return self._failed(e, otherwise)
         d: defer.Deferred[Any] = defer.Deferred()
         p = _Pending(d, address, data,
                      self.timeout if timeout is None else timeout,
                      self.retries if retries is None else retries, rpc, body,
-                     then, then_args)
+                     then, then_args, otherwise)
         pending[tid] = p
         self.stats.requests_out += 1
         self._send_try(tid, p)
+        return d
+
+    @staticmethod
+    def _failed(error: BaseException, otherwise: Callable[[Failure], Any] | None
+                ) -> defer.Deferred[Any]:
+        if otherwise is None:
+            return defer.fail(error)
+        d: defer.Deferred[Any] = defer.Deferred()
+        _fire(d, otherwise, error)
         return d
 
     def _encode_request(self, tid: bytes, body: codec.Body, rpc: codec.RPC,
@@ -452,8 +490,8 @@ class DHTProtocol(DatagramProtocol):
             return
         del self._pending[tid]
         self.stats.timeouts += 1
-        p.deferred.errback(RPCTimeoutError(p.rpc.name.lower(), p.address,
-                                           p.timeout, p.tries))
+        p.fail(RPCTimeoutError(p.rpc.name.lower(), p.address,
+                               p.timeout, p.tries))
 
     def _write(self, data: bytes, address: Address) -> None:
         # Twisted's udp.Port.write checks the host with up to three regular-expression
@@ -584,15 +622,15 @@ class DHTProtocol(DatagramProtocol):
             self.stats.rate_limited += 1
             self.refused[refusal] += 1
             return
-        at = len(datagram) - _PING_TAIL  # the transaction id
-        sender = datagram[at + codec.TID_BYTES:at + _TID_SENDER]
+        at, sender_at, end = self._ping_at
+        sender = datagram[sender_at:end]
         if sender == self.node_id:
             self.stats.from_self += 1
             return
         self.stats.requests_in += 1
         handler = self.handler
         handler.contact_seen(sender, address)
-        tid = datagram[at:at + codec.TID_BYTES]
+        tid = datagram[at:sender_at]
         msg = codec.Message(self.network_id, _REQUEST, _PING, tid, sender, _PING_BODY,
                             None, 0, None)
         try:
@@ -612,12 +650,12 @@ class DHTProtocol(DatagramProtocol):
     def _ping_answer_in(self, datagram: bytes, address: Address) -> None:
         """A ping answer with a token, of this network (checked)."""
         stats = self.stats
-        at = len(datagram) - _PING_TAIL - codec.TOKEN_BYTES  # the transaction id
-        sender = datagram[at + codec.TID_BYTES:at + _TID_SENDER]
+        at, sender_at, end = self._ping_at
+        sender = datagram[sender_at:end]
         if sender == self.node_id:
             stats.from_self += 1
             return
-        tid = datagram[at:at + codec.TID_BYTES]
+        tid = datagram[at:sender_at]
         p = self._pending.get(tid)
         if p is None:
             stats.unmatched += 1
@@ -629,7 +667,7 @@ class DHTProtocol(DatagramProtocol):
             stats.wrong_rpc += 1
             return
         self.proof.answered(address[0])
-        token = datagram[-codec.TOKEN_BYTES:]
+        token = datagram[-_TOKEN_BYTES:]
         self._keep_token(address, token)
         self._settle(tid, p, codec.Message(self.network_id, _RESPONSE, _PING, tid, sender,
                                            _PONG_BODY, token, 0, None), address)
@@ -651,7 +689,7 @@ class DHTProtocol(DatagramProtocol):
         self.handler.contact_answered(msg.sender, address)
         body = msg.body
         if type(body) is codec.ErrorResponse:
-            p.deferred.errback(RemoteError(body.code, body.message))
+            p.fail(RemoteError(body.code, body.message))
             return
         then = p.then
         if then is None:
@@ -660,7 +698,7 @@ class DHTProtocol(DatagramProtocol):
         try:
             result = then(msg, *p.then_args)
         except Exception:
-            p.deferred.errback(Failure())
+            p.fail(Failure())
         else:
             p.deferred.callback(result)
 
