@@ -23,6 +23,13 @@ Against strangers (issue 11), with the bounds of :class:`~p2pnet.dht.limits.Limi
   also drops our own id, addresses of the other family than our socket's, and loopback
   addresses named by a non-loopback sender; all are counted as ``bogus_contact``.
 
+The hot path (issue 10): pings are framed and received without the codec.  A datagram
+of exactly a ping's length that starts as this network's pings do is taken apart by
+fixed offsets, with every check of the generic path in its order (``PING_SHORTCUTS``
+turns this off; tests compare both ways on mutated frames).  ``request(then=...,
+otherwise=...)`` applies the caller's callback and errback inside the protocol, one
+Deferred step each cheaper than ``addCallback``/``addErrback``.
+
 :func:`tune_udp_port` sizes a listening port's read size (Twisted reads 8,192 bytes per
 datagram by default) and its receive buffer.
 """
@@ -439,9 +446,10 @@ class DHTProtocol(DatagramProtocol):
         if deadline < self._timer_at:
             self._arm(deadline)
 
-    # One timer for all requests: a heap of deadlines, answered entries skipped lazily.
-    # Right after a round of expiries the timer waits at least TIMER_GRANULARITY, so a
-    # busy node does not schedule a reactor call per request.
+    # One timer for all requests, at the earliest deadline of the FIFO and the heap;
+    # answered entries are dropped from the FIFO's head as answers come, and skipped
+    # when due.  Right after a round of expiries the timer waits at least
+    # TIMER_GRANULARITY, so a busy node does not schedule a reactor call per request.
     TIMER_GRANULARITY = 0.05
 
     def _arm(self, at: float) -> None:
