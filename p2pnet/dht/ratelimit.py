@@ -210,8 +210,5 @@ class RateLimiter:
         return None
 
 
-#: host -> (loopback?, its prefix key or None when it has no prefix bucket), for every
-#: limiter of the process (the facts of an address are the same for every node; a
-#: per-node cache cost 10 KiB a node at 200 nodes a process)
 __all__ = ["RATE_LIMITED_GLOBAL", "RATE_LIMITED_PREFIX", "RATE_LIMITED_SOURCE",
            "BucketTable", "RateLimiter", "TokenBucket", "rpc_weights"]
