@@ -31,8 +31,21 @@ K = 20
 NETWORK_PARALLELISM = 3
 
 
+#: a node's status in :attr:`Shortlist._state` (the low two bits; the depth is above them)
+_CANDIDATE, _IN_FLIGHT, _ACTIVE, _DROPPED = 0, 1, 2, 3
+
+
 class Shortlist:
-    """Close nodes to ``key``, and what the ones that hold it said about its values."""
+    """Close nodes to ``key``, and what the ones that hold it said about its values.
+
+    Each node held costs two dict entries (its Node, and its status and depth in one int)
+    rather than an entry in each of five maps: a crowd joining at once holds a lookup a
+    node, and those maps were the largest part of its memory's high-water mark.
+    """
+
+    __slots__ = ("key", "index", "k", "max_candidates", "one_per_source", "_key_int",
+                 "_own", "_known", "_state", "_sources", "_useful", "_order", "_dirty",
+                 "_in_flight", "contacted", "refused")
 
     def __init__(self, key: bytes, own_key: bytes, k: int = K,
                  index: bytes | None = None, *, max_candidates: int | None = None,
@@ -45,15 +58,12 @@ class Shortlist:
         self._key_int = int.from_bytes(key, "big")
         self._own = own_key
         self._known: dict[bytes, Node] = {}  # node id -> node, every node held
-        self._depth: dict[bytes, int] = {}
-        self._sources: dict[tuple[str, int], bytes] = {}  # source key -> the id it has
-        self._candidates: set[bytes] = set()
-        self._in_flight: set[bytes] = set()
-        self._active: set[bytes] = set()
-        self._dropped: set[bytes] = set()
+        self._state: dict[bytes, int] = {}  # node id -> depth << 2 | status
+        self._sources: set[tuple[str, int] | str] = set()  # source keys of the nodes held
         self._useful: dict[bytes, list[ValueInfo]] = {}
         self._order: list[bytes] = []  # ids of _known, closest first (when not dirty)
         self._dirty = False
+        self._in_flight = 0
         self.contacted = 0
         self.refused = RefusalCounter()
 
@@ -70,23 +80,23 @@ class Shortlist:
         """Add possible nodes to contact (named by a node of depth ``depth - 1``);
         returns how many were new."""
         added = 0
+        known, state, sources = self._known, self._state, self._sources
         for n in nodes:
-            if n.key == self._own or n.key in self._known:
+            if n.key == self._own or n.key in known:
                 continue
             source = _source_key(n.address) if self.one_per_source else None
-            if source is not None and source in self._sources:
+            if source is not None and source in sources:
                 self.refused["lookup_same_address"] += 1
                 continue
             if (self.max_candidates is not None
-                    and len(self._known) >= self.max_candidates
+                    and len(known) >= self.max_candidates
                     and not self._make_room(n)):
                 self.refused["lookup_candidates"] += 1
                 continue
-            self._known[n.key] = n
-            self._depth[n.key] = depth
+            known[n.key] = n
+            state[n.key] = depth << 2  # a candidate
             if source is not None:
-                self._sources[source] = n.key
-            self._candidates.add(n.key)
+                sources.add(source)
             self._order.append(n.key)
             self._dirty = True
             added += 1
@@ -96,17 +106,17 @@ class Shortlist:
         """Push out the farthest node never asked, if ``newcomer`` is closer than it."""
         order = self._sorted()
         far = self._key_int ^ newcomer.key_int
+        state = self._state
         for i in range(len(order) - 1, -1, -1):
             victim = order[i]
             if self._dist(victim) < far:
                 return False
-            if victim in self._candidates:
+            if state[victim] & 3 == _CANDIDATE:
                 del order[i]
-                self._candidates.discard(victim)
+                del state[victim]
                 node = self._known.pop(victim)
-                self._depth.pop(victim, None)
                 if self.one_per_source:
-                    self._sources.pop(_source_key(node.address), None)
+                    self._sources.discard(_source_key(node.address))
                 self.refused["lookup_candidates"] += 1  # pushed out
                 return True
         return False
@@ -118,22 +128,30 @@ class Shortlist:
 
     def depth_of(self, node: Node) -> int:
         """The node's depth (0 for a node this shortlist does not hold)."""
-        return self._depth.get(node.key, 0)
+        return self._state.get(node.key, 0) >> 2
 
     @property
     def hops(self) -> int:
         """The depth of the deepest node that answered."""
-        return max((self._depth[i] for i in self._active), default=0)
+        return max((st >> 2 for st in self._state.values() if st & 3 == _ACTIVE), default=0)
 
     def _closest_alive(self, count: int | None = None) -> list[bytes]:
         count = self.k if count is None else count
         out: list[bytes] = []
+        state = self._state
         for i in self._sorted():
-            if i not in self._dropped:
+            if state[i] & 3 != _DROPPED:
                 out.append(i)
                 if len(out) == count:
                     break
         return out
+
+    def _hand_out(self, ids: list[bytes]) -> None:
+        state = self._state
+        for i in ids:
+            state[i] = (state[i] & ~3) | _IN_FLIGHT
+        self._in_flight += len(ids)
+        self.contacted += len(ids)
 
     def get_nodes_for_contacting(self, count: int = NETWORK_PARALLELISM,
                                  among: int | None = None) -> list[Node]:
@@ -141,11 +159,9 @@ class Shortlist:
         closest first."""
         if count <= 0:
             return []
-        picked = [i for i in self._closest_alive(among) if i in self._candidates][:count]
-        for i in picked:
-            self._candidates.discard(i)
-            self._in_flight.add(i)
-        self.contacted += len(picked)
+        state = self._state
+        picked = [i for i in self._closest_alive(among) if state[i] & 3 == _CANDIDATE][:count]
+        self._hand_out(picked)
         return [self._known[i] for i in picked]
 
     def take(self, nodes: Iterable[Node], depth: int = 1) -> list[Node]:
@@ -153,12 +169,14 @@ class Shortlist:
         (added first when new); those already asked are left out."""
         nodes = list(nodes)
         self.add_nodes(nodes, depth)
-        picked = [n for n in nodes if n.key in self._candidates]
-        for n in picked:
-            self._candidates.discard(n.key)
-            self._in_flight.add(n.key)
-        self.contacted += len(picked)
-        return [self._known[n.key] for n in picked]
+        state = self._state
+        picked: list[bytes] = []
+        for n in nodes:
+            st = state.get(n.key)
+            if st is not None and st & 3 == _CANDIDATE and n.key not in picked:
+                picked.append(n.key)
+        self._hand_out(picked)
+        return [self._known[i] for i in picked]
 
     def mark_node(self, node: Node, active: bool, useful: bool = False,
                   values: Iterable[ValueInfo] | None = None) -> None:
@@ -167,58 +185,63 @@ class Shortlist:
         A failed node is dropped for good: a later answer does not bring it back.  A node
         this shortlist does not know is ignored.
         """
-        if node.key not in self._known or node.key in self._dropped:
+        st = self._state.get(node.key)
+        if st is None or st & 3 == _DROPPED:
             return
-        self._in_flight.discard(node.key)
-        self._candidates.discard(node.key)
+        if st & 3 == _IN_FLIGHT:
+            self._in_flight -= 1
         if not active:
-            self._dropped.add(node.key)
-            self._active.discard(node.key)
+            self._state[node.key] = (st & ~3) | _DROPPED
             self._useful.pop(node.key, None)
             return
-        self._active.add(node.key)
+        self._state[node.key] = (st & ~3) | _ACTIVE
         if useful:
             self._useful[node.key] = list(values or ())
 
     def is_finished(self) -> bool:
         """True when the k closest alive nodes have answered (or nothing is left)."""
         closest = self._closest_alive()
-        if all(i in self._active for i in closest):
+        state = self._state
+        if all(state[i] & 3 == _ACTIVE for i in closest):
             return True
-        return not self._in_flight and not any(i in self._candidates for i in closest)
+        return not self._in_flight and not any(state[i] & 3 == _CANDIDATE for i in closest)
 
     def closest_answered(self, count: int) -> bool:
         """True when the ``count`` closest nodes not dropped have all answered."""
         closest = self._closest_alive(count)
-        return bool(closest) and all(i in self._active for i in closest)
+        state = self._state
+        return bool(closest) and all(state[i] & 3 == _ACTIVE for i in closest)
 
     def closest_failed(self, count: int) -> bool:
         """True when the ``count`` closest nodes known, alive or not, were all asked and
         all failed: what the key's likely holders would have said is unknown."""
         closest = self._sorted()[:count]
-        return bool(closest) and all(i in self._dropped for i in closest)
+        state = self._state
+        return bool(closest) and all(state[i] & 3 == _DROPPED for i in closest)
 
     def holders_settled(self, quorum: int) -> bool:
         """True when the ``quorum`` closest nodes not dropped have all answered and at
         least one of them holds a value for the key: a value lookup may stop there (the
         k closest nodes are where a put stores, the closest of them hold the newest)."""
         closest = self._closest_alive(quorum)
-        return (bool(closest) and all(i in self._active for i in closest)
+        state = self._state
+        return (bool(closest) and all(state[i] & 3 == _ACTIVE for i in closest)
                 and any(i in self._useful for i in closest))
 
     @property
     def in_flight(self) -> int:
-        return len(self._in_flight)
+        return self._in_flight
 
     @property
     def nodes(self) -> set[Node]:
         """Every node that answered."""
-        return {self._known[i] for i in self._active}
+        return {self._known[i] for i, st in self._state.items() if st & 3 == _ACTIVE}
 
     @property
     def sorted_nodes(self) -> list[Node]:
         """The nodes that answered, closest first."""
-        return [self._known[i] for i in self._sorted() if i in self._active]
+        state = self._state
+        return [self._known[i] for i in self._sorted() if state[i] & 3 == _ACTIVE]
 
     def alive(self, count: int | None = None) -> list[Node]:
         """The ``count`` (default: all) closest nodes that did not fail, closest first:
