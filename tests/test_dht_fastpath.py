@@ -598,3 +598,14 @@ class PingCallTests(SynchronousTestCase):
         d = self.a.ping.call(("10.9.9.9", 1))
         self.sim.settle(3 * DEFAULT_TIMEOUT)
         self.failureResultOf(d, RPCTimeoutError)
+
+
+class RandomPoolTests(SynchronousTestCase):
+    def test_transaction_ids(self) -> None:
+        pool = protocol_module._RandomPool(size=64)  # 8 ids a read
+        tids = [pool.take(codec.TID_BYTES) for _ in range(100)]
+        self.assertEqual({len(t) for t in tids}, {codec.TID_BYTES})
+        self.assertEqual(len(set(tids)), 100)  # fresh random bytes each (2^-64 a clash)
+        other = [pool.take(5) for _ in range(30)] + [pool.take(100)]
+        self.assertEqual([len(x) for x in other], [5] * 30 + [100])
+        self.assertEqual(len(set(other)), 31)
