@@ -609,3 +609,32 @@ class RandomPoolTests(SynchronousTestCase):
         other = [pool.take(5) for _ in range(30)] + [pool.take(100)]
         self.assertEqual([len(x) for x in other], [5] * 30 + [100])
         self.assertEqual(len(set(other)), 31)
+
+
+class NetworkIdLengthTests(SynchronousTestCase):
+    """The shortcut's offsets follow the network id's length (1 to 32 bytes)."""
+
+    def test_shortest_and_longest(self) -> None:
+        decoded: list[bytes] = []
+        real = codec.decode
+        self.patch(codec, "decode", lambda d: decoded.append(d) or real(d))
+        for network in (b"x", b"n" * codec.MAX_NETWORK_ID):
+            decoded.clear()
+            handler = RecordingHandler()
+            proto = DHTProtocol(OWN_ID, network, handler, task.Clock(),
+                                tid_source=counting_tids())
+            transport = RecordingTransport(proto)
+            proto.makeConnection(transport)  # type: ignore[arg-type]
+            d = proto.request(PEER, codec.PingRequest())
+            proto.datagramReceived(codec.encode(network, b"Q" * 8, PEER_ID,
+                                                codec.PingRequest()), PEER)
+            answer, _ = transport.written[-1]
+            self.assertEqual(real(answer).tid, b"Q" * 8)
+            proto.datagramReceived(codec.encode(network, tid(1), PEER_ID,
+                                                codec.PingResponse(), codec.RPC.PING,
+                                                TOKEN), PEER)
+            msg = self.successResultOf(d)
+            self.assertEqual((msg.sender, msg.tid, msg.token, msg.network_id),
+                             (PEER_ID, tid(1), TOKEN, network))
+            self.assertEqual(handler.seen, [(PEER_ID, PEER)] * 2)
+            self.assertEqual(decoded, [])  # both through the shortcut
