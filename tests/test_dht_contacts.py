@@ -139,9 +139,26 @@ class AdmissionTests(BookMixin, SynchronousTestCase):
         self.assertIsNone(self.table.find(kept_out.key))
         self.book.contact_seen(kept_out.key, kept_out.address)
         self.assertEqual(self.host.pings, [])  # its answer proved the address
-        self.clock.advance(self.limits.routing_verify_interval)
+        # the bucket's contacts are not heard from for a while: a request from it is
+        # pinged back again once its proof is old (it may take a stale contact's place)
+        self.clock.advance(max(self.limits.routing_verify_interval,
+                               self.limits.routing_evict_ping_after))
         self.book.contact_seen(kept_out.key, kept_out.address)
         self.assertEqual([a for a, _ in self.host.pings], [kept_out.address])
+
+    def test_requester_into_a_full_fresh_bucket_is_not_pinged_back(self) -> None:
+        for i in range(self.host.k):  # a full bucket, all heard from lately
+            self.book.contact_answered(key_in(0, 100 + i), (f"10.{i}.0.1", 4000))
+        stranger = ("10.99.0.1", 4000)
+        self.book.contact_seen(key_in(0, 999), stranger)
+        self.assertEqual(self.host.pings, [])  # it could only wait aside
+        self.assertEqual(self.book.refused["routing_verify_no_room"], 1)
+        self.book.contact_seen(key_in(3, 1), ("192.0.2.1", 4000))  # a bucket with room
+        self.assertEqual([a for a, _ in self.host.pings], [("192.0.2.1", 4000)])
+        # once the bucket's oldest contact is old, a requester may replace it: verified
+        self.clock.advance(self.limits.routing_evict_ping_after)
+        self.book.contact_seen(key_in(0, 998), ("10.98.0.1", 4000))
+        self.assertEqual(self.host.pings[-1][0], ("10.98.0.1", 4000))
 
     def test_silent_requester_never_enters(self) -> None:
         self.book.contact_seen(key_in(3, 1), ("192.0.2.1", 4000))

@@ -422,14 +422,21 @@ class RoutingUpkeepTests(SynchronousTestCase):
     def test_full_bucket_keeps_recently_seen_node_unasked(self) -> None:
         sim, a, b, c, d = self.full_bucket()
         before = b.protocol.stats.requests_in
+        d_before = d.protocol.stats.requests_in
         self.successResultOf(sim.run(d.ping_address(a.address)))
         sim.settle(GIVE_UP + 1)
         bucket = a.routing_table.buckets[0]
         self.assertEqual(b.protocol.stats.requests_in, before)  # no eviction ping
         self.assertEqual(bucket.nodes, [b.node, c.node])  # nothing moves
         self.assertNotIn(d.node, a.routing_table)
-        self.assertEqual(bucket.replacements, [d.node])  # d waits aside
+        # d could only wait aside: a does not ping it back for that
+        self.assertEqual(d.protocol.stats.requests_in, d_before)
+        self.assertEqual(bucket.replacements, [])
         self.assertFalse(bucket.locked)
+        # once d answers one of a's requests it is proven and waits aside
+        self.successResultOf(sim.run(a.ping_address(d.address)))
+        self.assertEqual(bucket.replacements, [d.node])
+        self.assertEqual(bucket.nodes, [b.node, c.node])
 
     def test_other_buckets_unaffected(self) -> None:
         sim = Sim()

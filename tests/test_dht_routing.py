@@ -448,6 +448,22 @@ class QueryTests(SynchronousTestCase):
         self.assertEqual(rt.get_close_nodes(target, 0), [])
         self.assertEqual(len(rt.get_close_nodes(target)), 6)
 
+    def test_has_room(self) -> None:
+        now = [100.0]
+        rt = RoutingTable(OWN, now=lambda: now[0], bucket_size=2)
+        k = keys_in_bucket(0, 4)
+        self.assertTrue(rt.has_room(k[0], fresh_since=50.0))  # an empty bucket
+        self.assertFalse(rt.has_room(OWN, fresh_since=50.0))  # never the local node
+        rt.node_update(node(k[0], host="10.0.0.1"))
+        now[0] = 110.0
+        rt.node_update(node(k[1], host="10.0.0.2"))
+        self.assertTrue(rt.has_room(keys_in_bucket(1, 1)[0], fresh_since=200.0))  # another
+        self.assertFalse(rt.has_room(k[2], fresh_since=99.0))  # full, oldest seen at 100
+        self.assertTrue(rt.has_room(k[2], fresh_since=100.0))  # its oldest is that old
+        with self.assertRaises(BucketFullError):  # locks the bucket for an eviction check
+            rt.node_update(node(k[2], host="10.0.0.3"))
+        self.assertFalse(rt.has_room(k[3], fresh_since=200.0))  # a check is out
+
     def test_count_close_small(self) -> None:
         rt = RoutingTable(OWN)
         for b in (1, 2, 3, 4, 8, 16):

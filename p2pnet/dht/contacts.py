@@ -12,7 +12,8 @@
   address the request went to, so the address is not forged.  A node that only sent us
   a request (:meth:`ContactBook.contact_seen`) is a candidate: it refreshes its entry if
   it is already a contact at that very address, and otherwise is pinged back -- bounded
-  in flight, rate-limited, at most once per address per interval -- and enters when it
+  in flight, rate-limited, at most once per address per interval, and only when it could
+  enter (not when its bucket is full of contacts heard from lately) -- and enters when it
   answers.  A newcomer that pings us is thus verified and enters (joining works), while
   4,000 pings with crafted ids from one address make at most one ping back.
 * **Incumbents are asked first.**  A full bucket pings its least recently seen contact
@@ -106,8 +107,17 @@ class ContactBook:
     def contact_seen(self, node_id: bytes, address: Address) -> None:
         """A request arrived: refresh a contact at this address, or ping the sender back."""
         known = self.table.find(node_id)
-        if known is not None and known.port == address[1] and known.host == address[0]:
-            self.table.node_update(known)  # the same instance: only moves it up
+        if known is not None:
+            if known.port == address[1] and known.host == address[0]:
+                self.table.node_update(known)  # the same instance: only moves it up
+                return
+        elif not self.table.has_room(
+                node_id, self.clock.seconds() - self.limits.routing_evict_ping_after):
+            # its bucket is full of contacts heard from lately: proven, it could only
+            # wait aside, so it is not pinged back (it may enter when it answers one of
+            # our requests, or when a slot frees).  At 1,000 nodes most requesters fall
+            # in such a bucket: a put's 20 stores made ~19 ping-backs of the writer.
+            self.refused["routing_verify_no_room"] += 1
             return
         self._verify(address)
 

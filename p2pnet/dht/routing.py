@@ -421,6 +421,19 @@ class RoutingTable:
         bucket._stale = nodes[0].key
         raise BucketFullError(bucket._number, nodes[0], bucket)
 
+    def has_room(self, key: bytes, fresh_since: float) -> bool:
+        """Could a node with id ``key`` enter the table now?  False when its bucket is
+        full and either an eviction check is out or its least recently seen contact was
+        seen after ``fresh_since`` (it would keep its place: the newcomer could only
+        wait in the replacement cache)."""
+        distance = int.from_bytes(key, "big") ^ self._key_int
+        if distance == 0:
+            return False
+        bucket = self.buckets._made.get(ids.KEY_BITS - distance.bit_length())
+        if bucket is None or len(bucket._nodes) < self._size:
+            return True
+        return not bucket._stale and bucket._seen[0] <= fresh_since
+
     def seen(self, node: Node) -> bool:
         """Refresh ``node`` if it is a contact at this very address (a request from it);
         never adds.  True when it was refreshed."""
