@@ -48,7 +48,11 @@ class IMesh(Interface):
         a channel that no :meth:`handle` registration took."""
 
     def handle(channel: bytes, callback: Callable[[MeshMessage], None]) -> None:
-        """Deliver every message on ``channel`` (direct or flooded) to ``callback``."""
+        """Deliver every message on ``channel`` (direct or flooded) to ``callback``.
+
+        One handler per channel: a second for the same channel raises ``ValueError``.  A
+        channel that is not ``bytes`` raises ``TypeError``; one longer than
+        :data:`p2pnet.mesh.codec.MAX_CHANNEL` bytes, ``ValueError``."""
 
     def send(peer_id: bytes, *parts: bytes, channel: bytes = b"") -> None:
         """Send to one connected peer (``KeyError`` when not connected)."""

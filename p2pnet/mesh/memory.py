@@ -47,6 +47,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from p2pnet.mesh import flood
+from p2pnet.mesh.codec import check_channel
 from p2pnet.mesh.flood import Flood
 from p2pnet.mesh.interfaces import IMesh, MeshMessage
 from p2pnet.observer import EventEmitter
@@ -315,8 +316,7 @@ class MemoryMesh:
         return self._events.on(event, callback)
 
     def handle(self, channel: bytes, callback: Callable[[MeshMessage], None]) -> None:
-        if not isinstance(channel, bytes):
-            raise TypeError("channel must be bytes")
+        check_channel(channel)
         if channel in self._handlers:
             raise ValueError(f"channel {channel!r} already has a handler")
         self._handlers[channel] = callback

@@ -47,7 +47,17 @@ from zope.interface import implementer
 
 from p2pnet.dht.limits import RefusalCounter
 from p2pnet.mesh import codec
-from p2pnet.mesh.codec import Broadcast, Bye, Direct, Hello, Ping, Pong, Refusal, Refuse
+from p2pnet.mesh.codec import (
+    Broadcast,
+    Bye,
+    Direct,
+    Hello,
+    Ping,
+    Pong,
+    Refusal,
+    Refuse,
+    check_channel,
+)
 from p2pnet.mesh.errors import (
     DecodeError,
     HandshakeRefusedError,
@@ -183,9 +193,11 @@ class MeshSocket(service.Service):
         return self._events.on(event, callback)
 
     def handle(self, channel: bytes, callback: Callable[[MeshMessage], None]) -> None:
-        """Deliver every message on ``channel`` to ``callback`` (instead of ``recv``)."""
-        if not isinstance(channel, bytes) or len(channel) > codec.MAX_CHANNEL:
-            raise ValueError(f"channel must be bytes of at most {codec.MAX_CHANNEL}")
+        """Deliver every message on ``channel`` to ``callback`` (instead of ``recv``); see
+        :meth:`p2pnet.mesh.interfaces.IMesh.handle` for the errors."""
+        check_channel(channel)
+        if channel in self._handlers:
+            raise ValueError(f"channel {channel!r} already has a handler")
         self._handlers[channel] = callback
 
     def send(self, peer_id: bytes, *parts: bytes, channel: bytes = b"") -> None:
