@@ -7,6 +7,14 @@ import attrs
 
 from p2pnet.mesh import flood
 
+#: the retry schedule of a lost peer (the defaults of :class:`MeshLimits` and of
+#: :class:`p2pnet.mesh.peers.Backoff`)
+RETRY_INITIAL = 0.5
+RETRY_FACTOR = 2.0
+RETRY_MAX = 60.0
+RETRY_JITTER = 0.25
+RETRY_MAX_FAILURES = 6
+
 
 @attrs.define
 class MeshLimits:
@@ -39,11 +47,11 @@ class MeshLimits:
     #: a link silent this long is dropped (three missed pings)
     peer_timeout: float = 30.0
     #: retries of a lost peer: first delay, factor, cap, +- jitter fraction
-    retry_initial: float = 0.5
-    retry_factor: float = 2.0
-    retry_max: float = 60.0
-    retry_jitter: float = 0.25
+    retry_initial: float = RETRY_INITIAL
+    retry_factor: float = RETRY_FACTOR
+    retry_max: float = RETRY_MAX
+    retry_jitter: float = RETRY_JITTER
     #: peers the peer book (and the PeerStore) remembers; unreachable ones go first
     max_known: int = 1024
     #: failed dials in a row after which a peer is marked unreachable (no more retries)
-    retry_max_failures: int = 6
+    retry_max_failures: int = RETRY_MAX_FAILURES

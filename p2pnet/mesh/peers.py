@@ -29,6 +29,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from p2pnet.mesh import limits
 from p2pnet.mesh.errors import HandshakeRefusedError
 from p2pnet.store.peer import Peer, PeerState
 from p2pnet.store.peerstore import PeerStore
@@ -42,11 +43,11 @@ Dial = Callable[[str, int], "defer.Deferred[bytes]"]
 class Backoff:
     """The retry delays."""
 
-    initial: float = 0.5
-    factor: float = 2.0
-    maximum: float = 60.0
-    jitter: float = 0.25
-    max_failures: int = 6
+    initial: float = limits.RETRY_INITIAL
+    factor: float = limits.RETRY_FACTOR
+    maximum: float = limits.RETRY_MAX
+    jitter: float = limits.RETRY_JITTER
+    max_failures: int = limits.RETRY_MAX_FAILURES
 
     def delay(self, failures: int, rng: random.Random) -> float:
         """Seconds to wait before the retry after ``failures`` failures in a row."""
