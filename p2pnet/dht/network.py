@@ -44,7 +44,6 @@ from p2pnet.dht.protocol import (
     DHTProtocol,
     IRequestHandler,
     RequestRefused,
-    is_ip_literal,
 )
 from p2pnet.dht.routing import RoutingTable
 from p2pnet.dht.shortlist import NETWORK_PARALLELISM, K, Shortlist
@@ -577,6 +576,12 @@ class DHTNetwork:
             for n in todo]
         d = defer.gatherResults(lookups, consumeErrors=True)
         return d.addCallback(lambda _: len(todo))
+
+
+@functools.lru_cache(maxsize=4096)  # Twisted's checks are regular expressions
+def is_ip_literal(host: str) -> bool:
+    """Whether ``host`` is an IPv4 or IPv6 address literal (cached per process)."""
+    return bool(isIPAddress(host) or isIPv6Address(host))
 
 
 def _false(_: object) -> bool:

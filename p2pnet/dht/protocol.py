@@ -36,7 +36,6 @@ datagram by default) and its receive buffer.
 
 from __future__ import annotations
 
-import functools
 import heapq
 import math
 import os
@@ -228,12 +227,6 @@ def _body_size(body: Any) -> int:
     if type(body) is codec.FindNodeRequest:
         return codec.KEY
     return codec.KEY + 1 + (0 if body.index is None else codec.KEY)
-
-
-@functools.lru_cache(maxsize=4096)  # Twisted's checks are regular expressions
-def is_ip_literal(host: str) -> bool:
-    """Whether ``host`` is an IPv4 or IPv6 address literal (cached per process)."""
-    return bool(isIPAddress(host) or isIPv6Address(host))
 
 
 class DHTProtocol(DatagramProtocol):
