@@ -19,7 +19,6 @@ from p2pnet import ids
 from p2pnet.dht.network import DHTNetwork
 from p2pnet.models import Node
 from p2pnet.sim.memory import MemoryNetwork
-from p2pnet.timers import scheduled
 
 PORT = 4000
 
@@ -136,9 +135,9 @@ def settle(clock: task.Clock, seconds: float) -> None:
         clock.advance(end - clock.seconds())
 
 
-def periodic_dues(clock: task.Clock) -> list[float]:
-    """When each started :class:`p2pnet.timers.Periodic` on ``clock`` runs next."""
-    return [due for due, _ in scheduled(clock)]
+def looping_calls(clock: task.Clock) -> list[Any]:
+    """The delayed calls of ``task.LoopingCall`` timers on ``clock``."""
+    return [c for c in clock.getDelayedCalls() if isinstance(c.func, task.LoopingCall)]
 
 
 def result_of(d: defer.Deferred[Any]) -> Any:

@@ -32,7 +32,7 @@ from p2pnet.dht.publishing import (
     Replicator,
 )
 from p2pnet.dht.table import KVPRecord
-from tests.dhthelpers import Sim, count_stores, key_near, periodic_dues
+from tests.dhthelpers import Sim, count_stores, key_near, looping_calls
 
 
 class NetworkMixin:
@@ -48,7 +48,7 @@ class NetworkMixin:
 
     def assertStopped(self) -> None:
         """No timer loop left on the clock, and nothing at all once requests ran out."""
-        self.assertEqual(periodic_dues(self.clock), [])
+        self.assertEqual(looping_calls(self.clock), [])
         self.sim.settle(10)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
@@ -328,7 +328,7 @@ class MaintenanceTests(NetworkMixin, SynchronousTestCase):
         self.assertTrue(maintenance.running)
         self.assertEqual(maintenance.publisher.runs, 1)  # at once
         now = self.clock.seconds()
-        self.assertEqual(sorted(due - now for due in periodic_dues(self.clock)),
+        self.assertEqual(sorted(c.getTime() - now for c in looping_calls(self.clock)),
                          sorted([REPUBLISH_CHECK_INTERVAL, TIME_REPLICATE, 600.0,
                                  REFRESH_CHECK_INTERVAL]))
         self.sim.settle(3 * 3600 + 1)  # (+1: let the last rounds finish)
@@ -368,7 +368,7 @@ class MaintenanceTests(NetworkMixin, SynchronousTestCase):
         maintenance.joined()
         self.successResultOf(maintenance.stopService())
         maintenance.startService()
-        self.assertEqual(len(periodic_dues(self.clock)), 4)
+        self.assertEqual(len(looping_calls(self.clock)), 4)
         self.successResultOf(maintenance.stopService())
         self.assertStopped()
 
@@ -403,14 +403,14 @@ class JoinGateTests(NetworkMixin, SynchronousTestCase):
         self.sim.settle(2 * 3600)
         self.assertEqual((maintenance.publisher.runs, maintenance.replicator.runs), (0, 0))
         self.assertEqual(stores, [])
-        self.assertEqual(len(periodic_dues(self.clock)), 2)  # expirer and refresher
+        self.assertEqual(len(looping_calls(self.clock)), 2)  # expirer and refresher
         maintenance.joined()
         self.assertEqual(maintenance.publisher.runs, 1)
         self.sim.settle(1)
         self.assertEqual(len(stores), self.nodes_count - 1)
         self.assertEqual(self.holders(record), {n.key for n in self.nodes})
         maintenance.joined()  # a second call changes nothing
-        self.assertEqual(len(periodic_dues(self.clock)), 4)
+        self.assertEqual(len(looping_calls(self.clock)), 4)
         self.successResultOf(maintenance.stopService())
         self.assertStopped()
 
