@@ -536,6 +536,9 @@ class OtherwiseTests(ProtocolTestMixin, SynchronousTestCase):
         def broken(msg: codec.Message) -> bytes:
             raise KeyError("then failed")
 
+        def returns_failure(msg: codec.Message) -> Failure:
+            return Failure(IndexError("then returned a failure"))
+
         def describe(failure: Failure) -> str:
             return failure.type.__name__
 
@@ -547,7 +550,7 @@ class OtherwiseTests(ProtocolTestMixin, SynchronousTestCase):
 
         seen = set()
         for end in (answer, error, timeout, stop):
-            for then in (None, sender, broken):
+            for then in (None, sender, broken, returns_failure):
                 for otherwise in (describe, passes_on, crashes):
                     self.setUp()
                     fast, slow = self.both(then, otherwise, end)
@@ -561,6 +564,7 @@ class OtherwiseTests(ProtocolTestMixin, SynchronousTestCase):
         self.assertIn("RemoteError", seen)
         self.assertIn("ProtocolStoppedError", seen)
         self.assertIn("KeyError", seen)
+        self.assertIn("IndexError", seen)  # then's returned Failure went to otherwise
         self.assertIn(PEER_ID, seen)
         self.assertIn("LookupError", seen)  # otherwise's own exception
 

@@ -15,13 +15,14 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from p2pnet import ids
 from p2pnet.dht import codec
 from p2pnet.dht.errors import RemoteError, ValueNotFoundError
+from p2pnet.dht.lookup import Until
 from p2pnet.dht.network import (
     EVICT_PING_AFTER,
     INLINE_MAX,
@@ -31,6 +32,7 @@ from p2pnet.dht.network import (
 )
 from p2pnet.dht.protocol import DEFAULT_RETRIES, DEFAULT_TIMEOUT, IRequestHandler
 from p2pnet.dht.rpcs import FindValueFromNodeResult
+from p2pnet.dht.shortlist import Shortlist
 from p2pnet.dht.table import IKVPTable, KVPRecord
 from p2pnet.models import MAX_VALUE_SIZE, Node, NodeList
 from tests.dhthelpers import Sim, key_near
@@ -760,3 +762,118 @@ class ConvenienceKeyTests(TwoNodeMixin, SynchronousTestCase):
     def test_lonely_node_put_and_get(self) -> None:
         self.assertEqual(self.successResultOf(self.go(self.a.put("alone", b"v"))), 0)
         self.assertEqual(self.successResultOf(self.go(self.a.get("alone"))), b"v")
+
+
+class StoreToClosestTests(SynchronousTestCase):
+    """``DHTNetwork._store_to_closest``: every store counted once, whatever the timing."""
+
+    def setUp(self) -> None:
+        self.net = DHTNetwork(task.Clock(), k=3)
+        self.asked: list[Node] = []
+
+    def nodes(self, n: int) -> list[Node]:
+        return [Node(bytes([i + 1]) * 20, f"10.0.0.{i + 1}", 4000) for i in range(n)]
+
+    def run_with(self, behaviour: Any, candidates: list[Node]) -> Any:
+        def store_to_node(node: Node, *a: Any, **kw: Any) -> Any:
+            self.asked.append(node)
+            return behaviour(node)
+
+        self.net.store_to_node = store_to_node  # type: ignore[method-assign]
+        self.tried: dict[Node, bool] = {}
+        d = self.net._store_to_closest(candidates, b"k" * 20, b"i" * 20, b"v", 1.0, 0.0,
+                                       self.tried)
+        self.assertEqual(set(self.tried), set(self.asked))
+        return d
+
+    def test_answers_at_once_are_all_counted(self) -> None:
+        d = self.run_with(lambda n: defer.succeed(True), self.nodes(5))
+        self.assertEqual(self.successResultOf(d), (3, 0))
+        self.assertEqual(self.asked, self.nodes(3))  # the first k, no spare needed
+
+    def test_a_failure_takes_the_next_candidate_then_counts_missing(self) -> None:
+        d = self.run_with(lambda n: defer.succeed(n.key[0] != 2), self.nodes(4))
+        self.assertEqual(self.successResultOf(d), (3, 0))  # node 2 failed, node 4 stood in
+        d = self.run_with(lambda n: defer.succeed(n.key[0] > 2), self.nodes(4))
+        self.assertEqual(self.successResultOf(d), (2, 1))  # two failed, one spare
+        self.assertEqual([ok for n, ok in sorted(self.tried.items(), key=lambda e: e[0].key)],
+                         [False, False, True, True])
+
+    def test_a_store_that_raises_fails_the_call(self) -> None:
+        pending: dict[bytes, defer.Deferred[bool]] = {}
+
+        def behaviour(n: Node) -> Any:
+            if n.key[0] <= 3:
+                pending[n.key] = defer.Deferred()
+                return pending[n.key]
+            raise RuntimeError("a store_to_node bug")
+
+        d = self.run_with(behaviour, self.nodes(6))
+        self.assertNoResult(d)
+        for p in list(pending.values()):
+            p.callback(False)  # the first spare's store raises: the call fails, once
+        self.failureResultOf(d, RuntimeError)
+        self.assertEqual(len(self.asked), 4)  # no spare after our own error
+
+    def test_no_candidates(self) -> None:
+        self.assertEqual(self.successResultOf(self.run_with(lambda n: None, [])), (0, 0))
+
+
+class MadeUpContactsTests(SynchronousTestCase):
+    """Made-up contacts close to a key cannot cost a put its replicas: a store to one
+    fails and the next candidate stands in; when no candidate is left, the full lookup
+    asks every one of the k closest, and the value reaches the k closest that answer."""
+
+    def setUp(self) -> None:
+        self.sim = Sim(seed=5)
+        self.nodes = self.sim.add_many(30)
+        self.sim.join_all()
+        self.writer = self.nodes[9]
+        self.key = ids.key_for(b"the key")
+        self.real = self.sim.closest(self.key, 29, exclude=[self.writer])
+        d3, d20 = self.real[2].distance(self.key), self.real[19].distance(self.key)
+        # made-up ids between the 3rd and the 20th closest real nodes, each at its own
+        # unreachable address
+        self.fakes = [Node(key_near(self.key, d3 + (d20 - d3) * (i + 1) // 41),
+                           f"10.250.0.{i + 1}", 4000) for i in range(40)]
+
+    def check_put(self, lookups: int) -> None:
+        before = self.writer.lookups
+        count = self.successResultOf(self.sim.run(self.writer.put("the key", b"copies")))
+        self.assertEqual(self.writer.lookups - before, lookups)
+        self.assertEqual(count, 20)
+        holders = {n.key for n in self.sim.holders(self.key, ids.key_for(b"copies"))}
+        self.assertLessEqual({n.key for n in self.real[:20]}, holders)
+
+    def test_the_closest_name_made_up_contacts(self) -> None:
+        # The 3 closest name made-up contacts that a lookup stopping at the closest 3
+        # never asks; the stores find them out and real nodes stand in.
+        for j in range(3):
+            liar = next(n for n in self.nodes if n.key == self.real[j].key)
+            named = tuple(self.fakes[j:20:3])
+
+            def lying_answer(body: Any, sender: bytes, address: Any,
+                             honest: Any = liar.find_node.answer,
+                             named: tuple[Node, ...] = named) -> Any:
+                if body.key == self.key:
+                    return codec.NodesResponse(named)
+                return honest(body, sender, address)
+
+            liar.find_node.answer = lying_answer  # type: ignore[method-assign]
+        self.check_put(lookups=1)
+
+    def test_no_candidate_left_then_the_full_lookup(self) -> None:
+        # The quick lookup's candidates: half the 20 closest real nodes and 30 made-up
+        # ones; the stores leave 10 replicas short, and the full lookup finds the rest.
+        find = self.writer.find_node_shortlist
+
+        def quick_with_fakes(key: bytes, *, until: Until = Until.CLOSEST,
+                             stats: Any = None) -> defer.Deferred[Shortlist]:
+            if until is not Until.QUORUM:
+                return find(key, until=until, stats=stats)
+            sl = Shortlist(key, self.writer.key, 20)
+            sl.add_nodes(self.real[0:20:2] + self.fakes[:30])
+            return defer.succeed(sl)
+
+        self.writer.find_node_shortlist = quick_with_fakes  # type: ignore[method-assign]
+        self.check_put(lookups=1)  # the quick one was faked: only the one going on counts

@@ -49,9 +49,11 @@ class LookupStats:
     hops: int = 0
     contacts: int = 0
 
-    def add(self, shortlist: Shortlist) -> None:
+    def add(self, shortlist: Shortlist, contacted: int | None = None) -> None:
+        """Count one lookup over ``shortlist`` that sent ``contacted`` requests (all the
+        shortlist's when None)."""
         self.lookups += 1
-        self.contacts += shortlist.contacted
+        self.contacts += shortlist.contacted if contacted is None else contacted
         self.hops = max(self.hops, shortlist.hops)
 
 
@@ -97,7 +99,8 @@ class Lookup:
 
     def __init__(self, net: LookupNode, key: bytes, *, find_value: bool = False,
                  index: bytes | None = None, until: Until = Until.CLOSEST,
-                 stats: LookupStats | None = None) -> None:
+                 stats: LookupStats | None = None, shortlist: Shortlist | None = None
+                 ) -> None:
         self.net = net
         self.key = key
         self.find_value = find_value
@@ -107,9 +110,11 @@ class Lookup:
         limits = net.limits
         self.max_rounds = limits.lookup_max_rounds
         self.max_seconds = limits.lookup_max_seconds
-        self.shortlist = Shortlist(key, net.key, net.k, index,
-                                   max_candidates=limits.lookup_max_candidates,
-                                   one_per_source=limits.lookup_one_per_address)
+        #: a lookup may go on from an earlier one's shortlist (what it learned, who failed)
+        self.shortlist = shortlist if shortlist is not None else Shortlist(
+            key, net.key, net.k, index, max_candidates=limits.lookup_max_candidates,
+            one_per_source=limits.lookup_one_per_address)
+        self._contacted_before = self.shortlist.contacted
         self.rounds = 0
         self._done: defer.Deferred[Shortlist] = defer.Deferred()
         self._timer: IDelayedCall | None = None
@@ -263,12 +268,14 @@ class Lookup:
         self._timer = None
         sl = self.shortlist
         net = self.net
+        contacted = sl.contacted - self._contacted_before
         net.lookups += 1
-        net.lookup_contacts += sl.contacted
+        net.lookup_contacts += contacted
         for kind, count in sl.refused.items():
             net.refused[kind] += count
+        sl.refused.clear()  # counted: a lookup going on from this shortlist adds its own
         if self.stats is not None:
-            self.stats.add(sl)
+            self.stats.add(sl, contacted)
         if isinstance(result, Failure):
             self._done.errback(result)
         else:

@@ -321,7 +321,10 @@ class DHTNetwork:
         then known (19.9 of the true 20 on average in ``bench/compare.py`` runs at 200 and
         1,000 nodes) without asking each of them for nodes too.  The stores go to those k
         at once; the store's answer is the proof that a node is alive, and a node that does
-        not take the value is replaced by the next closest, up to k times.
+        not take the value is replaced by the next closest, up to k times.  When stores
+        fail with no closer candidate left (silent or made-up nodes that others named and
+        nobody asked), the full lookup follows and the value goes to the k closest nodes
+        that answered it.
 
         An original is (re)published: its copies are renewed.  Another copy is
         replicated: the store carries its age, so it expires TIME_EXPIRE after its
@@ -339,8 +342,22 @@ class DHTNetwork:
         now = self.clock.seconds()
         published = record.published if record.published is not None else record.last_update
         age = 0.0 if record.is_original else max(0.0, now - published)
-        took = await self._store_to_closest(shortlist.alive(2 * self.k), key, index, value,
-                                            record.timestamp, age)
+        tried: dict[Node, bool] = {}
+        took, missing = await self._store_to_closest(
+            shortlist.alive(2 * self.k), key, index, value, record.timestamp, age, tried)
+        if missing:
+            # Stores failed with no candidate left to stand in: nodes named by others but
+            # never asked may be silent or made up.  The lookup goes on to the full rule
+            # (the k closest that did not fail have answered), knowing which nodes took
+            # the value and which failed, and the value goes to the closest that answered
+            # and were not tried.
+            for node, ok in tried.items():
+                shortlist.mark_node(node, active=ok)
+            shortlist = await Lookup(self, key, stats=stats, shortlist=shortlist).run()
+            rest = [n for n in shortlist.closest(self.k) if n not in tried][:missing]
+            more, _ = await self._store_to_closest(rest, key, index, value,
+                                                   record.timestamp, age, tried)
+            took += more
         current = self.kvp_table.get_record(key, index)
         if took and current is not None and current.timestamp == record.timestamp:
             await self.kvp_table.update_record(attrs.evolve(
@@ -349,35 +366,45 @@ class DHTNetwork:
         return took
 
     def _store_to_closest(self, candidates: list[Node], key: bytes, index: bytes,
-                          value: bytes, timestamp: float, age: float) -> defer.Deferred[int]:
+                          value: bytes, timestamp: float, age: float, tried: dict[Node, bool]
+                          ) -> defer.Deferred[tuple[int, int]]:
         """Store to the first k of ``candidates`` at once, each one that does not take it
-        replaced by the next candidate; fires with how many took it."""
+        replaced by the next candidate; ``tried`` gets each node tried and whether it took
+        the value.  Fires with
+        ``(took, missing)``: how many took it, and how many failed with no candidate left
+        to replace them."""
+        targets = candidates[: self.k]
         spares = candidates[self.k:][::-1]  # popped from the end: closest first
-        done: defer.Deferred[int] = defer.Deferred()
-        state = [0, 0]  # stores out, stores taken
+        if not targets:
+            return defer.succeed((0, 0))
+        done: defer.Deferred[tuple[int, int]] = defer.Deferred()
+        state = [len(targets), 0, 0]  # stores out, stores taken, failures not replaced
 
         def one(node: Node) -> None:
-            state[0] += 1
-            d = self.store_to_node(node, key, index, value, timestamp, age=age)
-            d.addCallbacks(finished, ours)
+            tried[node] = False
+            d = defer.maybeDeferred(self.store_to_node, node, key, index, value, timestamp,
+                                    age=age)
+            d.addCallbacks(finished, ours, callbackArgs=(node,))
 
-        def ours(failure: Failure) -> None:  # not the node's fault: no spare for it
-            state[0] -= 1
-            if not done.called:
-                done.errback(failure)
-
-        def finished(ok: bool) -> None:
-            state[0] -= 1
+        def finished(ok: bool, node: Node) -> None:
+            tried[node] = bool(ok)
+            if done.called:
+                return
             if ok:
                 state[1] += 1
             elif spares:
-                one(spares.pop())
-            if state[0] == 0 and not done.called:
-                done.callback(state[1])
+                one(spares.pop())  # one store ended, another started: as many out
+                return
+            else:
+                state[2] += 1
+            state[0] -= 1
+            if state[0] == 0:
+                done.callback((state[1], state[2]))
 
-        targets = candidates[: self.k]
-        if not targets:
-            return defer.succeed(0)
+        def ours(failure: Failure) -> None:  # not the node's fault: no spare for it
+            if not done.called:
+                done.errback(failure)
+
         for node in targets:
             one(node)
         return done

@@ -700,6 +700,9 @@ class DHTProtocol(DatagramProtocol):
             result = then(msg, *p.then_args)
         except Exception:
             p.fail(Failure())
+            return
+        if isinstance(result, Failure):  # as addCallback(then).addErrback(otherwise)
+            p.fail(result)
         else:
             p.deferred.callback(result)
 

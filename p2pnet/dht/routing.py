@@ -549,15 +549,16 @@ class RoutingTable:
         made = self.buckets._made
         b = ids.KEY_BITS - own.bit_length()
         near = made.get(b)
+        skip = excluding.key if excluding is not None else None
         count = len(near._nodes) if near is not None else 0
-        if excluding is not None and near is not None and excluding in near._nodes:
+        if skip is not None and near is not None and any(n.key == skip for n in near._nodes):
             count -= 1
         for j, bucket in made.items():
             if stop_at is not None and count >= stop_at:
                 return count
             if j > b:
                 for n in bucket._nodes:
-                    if n.key_int ^ k < own and n is not excluding:
+                    if n.key_int ^ k < own and n.key != skip:
                         count += 1
         return count
 
