@@ -59,7 +59,8 @@ class Shortlist:
         self._own = own_key
         self._known: dict[bytes, Node] = {}  # node id -> node, every node held
         self._state: dict[bytes, int] = {}  # node id -> depth << 2 | status
-        self._sources: set[tuple[str, int] | str] = set()  # source keys of the nodes held
+        # source keys of the nodes held (a dict of None: half the bytes of a set)
+        self._sources: dict[tuple[str, int] | str, None] = {}
         self._useful: dict[bytes, list[ValueInfo]] = {}
         self._order: list[bytes] = []  # ids of _known, closest first (when not dirty)
         self._dirty = False
@@ -96,7 +97,7 @@ class Shortlist:
             known[n.key] = n
             state[n.key] = depth << 2  # a candidate
             if source is not None:
-                sources.add(source)
+                sources[source] = None
             self._order.append(n.key)
             self._dirty = True
             added += 1
@@ -116,7 +117,7 @@ class Shortlist:
                 del state[victim]
                 node = self._known.pop(victim)
                 if self.one_per_source:
-                    self._sources.discard(_source_key(node.address))
+                    self._sources.pop(_source_key(node.address), None)
                 self.refused["lookup_candidates"] += 1  # pushed out
                 return True
         return False
