@@ -19,6 +19,7 @@ from p2pnet import ids
 from p2pnet.dht.network import DHTNetwork
 from p2pnet.models import Node
 from p2pnet.sim.memory import MemoryNetwork
+from p2pnet.timers import Periodic
 
 PORT = 4000
 
@@ -136,8 +137,9 @@ def settle(clock: task.Clock, seconds: float) -> None:
 
 
 def looping_calls(clock: task.Clock) -> list[Any]:
-    """The delayed calls of ``task.LoopingCall`` timers on ``clock``."""
-    return [c for c in clock.getDelayedCalls() if isinstance(c.func, task.LoopingCall)]
+    """The delayed calls of :class:`p2pnet.timers.Periodic` timers on ``clock``."""
+    return [c for c in clock.getDelayedCalls()
+            if isinstance(getattr(c.func, "__self__", None), Periodic)]
 
 
 def result_of(d: defer.Deferred[Any]) -> Any:

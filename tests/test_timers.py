@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -82,3 +84,49 @@ class PeriodicTests(SynchronousTestCase):
         self.assertEqual(calls, [1.0])
         p.stop()
         self.assertRaises(NotImplementedError, Periodic(self.clock, 1.0).run_once)
+
+
+class LoopingCallTimingTests(SynchronousTestCase):
+    """A Periodic runs its rounds when a ``task.LoopingCall`` started with it would."""
+
+    @given(start=st.sampled_from([0.0, 1.0, 1_700_000_000.0]),
+           interval=st.sampled_from([0.1, 0.5, 1.0, 1.1, 3.0, 7.25]),
+           now=st.booleans(),
+           steps=st.lists(st.sampled_from([0.0, 0.05, 0.1, 0.3, 1.0, 1.1, 2.5, 10.0]),
+                          max_size=40))
+    def test_same_rounds_as_loopingcall(self, start: float, interval: float, now: bool,
+                                        steps: list[float]) -> None:
+        clock = task.Clock()
+        clock.advance(start)
+        ours: list[float] = []
+        theirs: list[float] = []
+        p = Periodic(clock, interval, lambda: ours.append(clock.seconds()))
+        loop = task.LoopingCall(lambda: theirs.append(clock.seconds()))
+        loop.clock = clock
+        p.start(now=now)
+        loop.start(interval, now=now)
+        for step in steps:
+            clock.advance(step)
+        self.assertEqual(ours, theirs)
+        p.stop()
+        loop.stop()
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_a_round_that_restarts_its_timer_leaves_one_call(self) -> None:
+        clock = task.Clock()
+        calls: list[float] = []
+        box: list[Periodic] = []
+
+        def restart() -> None:
+            calls.append(clock.seconds())
+            box[0].stop()
+            box[0].start()
+
+        p = Periodic(clock, 2.0, restart)
+        box.append(p)
+        p.start()
+        clock.pump([2.0] * 3)
+        self.assertEqual(calls, [2.0, 4.0, 6.0])
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        p.stop()
+        self.assertEqual(clock.getDelayedCalls(), [])
