@@ -586,15 +586,8 @@ class DHTProtocol(DatagramProtocol):
             self.handler.contact_seen(msg.sender, address)
             self._answer(msg, address, size)
             return
-        p = self._pending.get(msg.tid)
+        p = self._matched(msg.tid, address, msg.rpc)
         if p is None:
-            stats.unmatched += 1
-            return
-        if p.address != address:
-            stats.wrong_address += 1
-            return
-        if p.rpc != msg.rpc:
-            stats.wrong_rpc += 1
             return
         self.proof.answered(address[0])
         token = msg.token
@@ -648,6 +641,20 @@ class DHTProtocol(DatagramProtocol):
         else:
             self._answered(result, msg, address, len(datagram))
 
+    def _matched(self, tid: bytes, address: Address, rpc: codec.RPC) -> _Pending | None:
+        """The request an answer of ``rpc`` from ``address`` with ``tid`` settles, or None
+        (counted: no such request, another address, another RPC)."""
+        p = self._pending.get(tid)
+        if p is None:
+            self.stats.unmatched += 1
+        elif p.address != address:
+            self.stats.wrong_address += 1
+        elif p.rpc is not rpc:
+            self.stats.wrong_rpc += 1
+        else:
+            return p
+        return None
+
     def _ping_answer_in(self, datagram: bytes, address: Address) -> None:
         """A ping answer with a token, of this network (checked)."""
         stats = self.stats
@@ -657,15 +664,8 @@ class DHTProtocol(DatagramProtocol):
             stats.from_self += 1
             return
         tid = datagram[at:sender_at]
-        p = self._pending.get(tid)
+        p = self._matched(tid, address, _PING)
         if p is None:
-            stats.unmatched += 1
-            return
-        if p.address != address:
-            stats.wrong_address += 1
-            return
-        if p.rpc is not _PING:
-            stats.wrong_rpc += 1
             return
         self.proof.answered(address[0])
         token = datagram[-_TOKEN_BYTES:]
