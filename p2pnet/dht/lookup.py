@@ -5,7 +5,10 @@ A :class:`Lookup` asks ``alpha`` nodes at a time for the nodes (or values) close
 key, closest first, until the ``k`` closest nodes that did not fail have answered (the
 :class:`~p2pnet.dht.shortlist.Shortlist` rule).  A value lookup may stop sooner: at the
 first holder (``until=FIRST_HOLDER``, for a content-addressed value) or once the closest
-nodes answered and one of them holds the key (``until=HOLDERS``).
+nodes answered and one of them holds the key (``until=HOLDERS``); a node lookup once the
+closest few answered (``until=QUORUM``: a bucket refresh, a put, whose stores prove the
+rest).  A lookup may go on from an earlier one's shortlist (``shortlist=``), keeping what
+it learned and who failed.
 
 What a stranger can make one lookup do is bounded by :class:`~p2pnet.dht.limits.Limits`:
 the candidates it holds (``lookup_max_candidates``), one node per source address, the
@@ -63,7 +66,7 @@ class Until(enum.Enum):
     CLOSEST = "closest"  #: only when the k closest nodes that did not fail answered
     FIRST_HOLDER = "first_holder"  #: at the first node that holds the key
     HOLDERS = "holders"  #: once the closest nodes answered and one holds the key
-    QUORUM = "quorum"  #: once the closest few nodes answered (a bucket refresh)
+    QUORUM = "quorum"  #: once the closest few nodes answered (a bucket refresh, a put)
 
 
 #: With ``Until.HOLDERS`` and ``Until.QUORUM``: how many of the closest nodes must have
