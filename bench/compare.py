@@ -8,6 +8,7 @@ joined (or ``--join-timeout`` has passed) it runs ``--ops`` rounds of: a put of 
 operation in flight.  It prints, per system and N:
 
 nodes joined · join seconds · put and get median / p99 · gets that found the value ·
+mean lookup hops per put and per get (p2pnet's ``LookupStats``; the others do not say) ·
 requests and datagrams sent per put and per get where countable · peak RSS per node ·
 CPU seconds -- then the ratios p2pnet/OpenDHT and p2pnet/kademlia, and writes a PNG
 chart of the latencies by N (``--chart``, default ``bench/compare.png``).
@@ -171,8 +172,23 @@ async def run_p2pnet(args: argparse.Namespace) -> None:
         fig.joined_now()
         await task.deferLater(reactor, args.settle, lambda: None)
 
-        await put_get_rounds(args, fig, lambda w, key, value: services[w].network.put(key, value),
-                             lambda r, key: services[r].network.get(key), counted)
+        from p2pnet.dht.lookup import LookupStats
+
+        hops: dict[str, list[int]] = {"put": [], "get": []}
+
+        def put(w: int, key: str, value: bytes) -> Any:
+            stats = LookupStats()
+            d = services[w].network.put(key, value, stats=stats)
+            return d.addBoth(lambda r: (hops["put"].append(stats.hops), r)[1])
+
+        def get(r: int, key: str) -> Any:
+            stats = LookupStats()
+            d = services[r].network.get(key, stats=stats)
+            return d.addBoth(lambda res: (hops["get"].append(stats.hops), res)[1])
+
+        await put_get_rounds(args, fig, put, get, counted)
+        for op, xs in hops.items():
+            fig[f"hops_{op}"] = statistics.mean(xs) if xs else float("nan")
     finally:
         await defer.gatherResults([defer.maybeDeferred(s.stopService)
                                    for s in services if s.running], consumeErrors=True)
@@ -372,6 +388,8 @@ ROWS = [
     ("get_med_ms", "get median (ms)", "{:.2f}"),
     ("get_p99_ms", "get p99 (ms)", "{:.1f}"),
     ("found_pct", "gets found (%)", "{:.1f}"),
+    ("hops_put", "lookup hops per put (mean)", "{:.2f}"),
+    ("hops_get", "lookup hops per get (mean)", "{:.2f}"),
     ("req_per_put", "requests per put", "{:.1f}"),
     ("req_per_get", "requests per get", "{:.1f}"),
     ("dg_per_put", "datagrams sent per put", "{:.1f}"),
