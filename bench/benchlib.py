@@ -74,6 +74,13 @@ def result_of(stdout: str) -> dict[str, Any] | None:
     return None
 
 
+def num(v: Any) -> float | None:
+    """``v`` as a float, or None when it is missing, NaN or not a number."""
+    if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
+        return float(v)
+    return None
+
+
 def fmt_cell(fmt: str, v: Any) -> str:
     """``fmt.format(v)``, or ``n/a`` for a missing or NaN figure."""
     if v is None or (isinstance(v, float) and math.isnan(v)):

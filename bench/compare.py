@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import statistics
@@ -38,6 +37,8 @@ from benchlib import (
     RESULT,
     child_env,
     cpu_seconds,
+    fmt_cell,
+    num,
     pct,
     peak_rss_mib,
     react,
@@ -400,17 +401,6 @@ ROWS = [
 ]
 
 
-def _num(v: Any) -> float | None:
-    if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
-        return float(v)
-    return None
-
-
-def _fmt(fmt: str, v: Any) -> str:
-    x = _num(v)
-    return "n/a" if x is None else fmt.format(x)
-
-
 def print_table(n: int, results: dict[str, dict[str, Any]]) -> None:
     print(f"\nN = {n} (all joining one bootstrap node at once; {VALUE_SIZE}-byte values)")
     ok = {s: d for s, d in results.items() if "error" not in d}
@@ -425,10 +415,11 @@ def print_table(n: int, results: dict[str, dict[str, Any]]) -> None:
     head += "".join(f"{'p2p/' + ('odht' if r == 'opendht' else 'kad'):>10}" for r in ratio_cols)
     print(head)
     for key, label, fmt in ROWS:
-        line = f"  {label:<32}" + "".join(f"{_fmt(fmt, ok[s].get(key)):>11}" for s in systems)
+        line = f"  {label:<32}" + "".join(f"{fmt_cell(fmt, ok[s].get(key)):>11}"
+                                          for s in systems)
         for ref in ratio_cols:
-            a, b = _num(ok["p2pnet"].get(key)), _num(ok[ref].get(key))
-            line += f"{_fmt('{:.2f}', a / b if a is not None and b else None):>10}"
+            a, b = num(ok["p2pnet"].get(key)), num(ok[ref].get(key))
+            line += f"{fmt_cell('{:.2f}', a / b if a is not None and b else None):>10}"
         print(line)
 
 
@@ -449,8 +440,8 @@ def chart(path: str, all_results: dict[int, dict[str, dict[str, Any]]]) -> None:
                 d = results.get(system)
                 # a system that found under half its values failed fast: its latency
                 # would flatter it, so it is left off the chart (the table shows it)
-                if (d and "error" not in d and _num(d.get(f"{op}_med_ms")) is not None
-                        and (_num(d.get("found_pct")) or 0) >= 50):
+                if (d and "error" not in d and num(d.get(f"{op}_med_ms")) is not None
+                        and (num(d.get("found_pct")) or 0) >= 50):
                     ns.append(n)
                     meds.append(d[f"{op}_med_ms"])
                     p99s.append(d[f"{op}_p99_ms"])
