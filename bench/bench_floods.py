@@ -58,6 +58,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from benchlib import lines_process
@@ -274,6 +275,20 @@ def attacker_main(scenario: str, target_port: int, seconds: float, rate: float,
                 int(x) for x in c.ErrorCode) else str(msg.body.code)
             out["errors"][name] = out["errors"].get(name, 0) + 1
 
+    def incoming(wait: float) -> Iterator[tuple[socket.socket, Any, Any]]:
+        """(socket, message, sender) of every decodable datagram waiting on ``socks``,
+        after waiting up to ``wait`` seconds for one."""
+        ready, _, _ = select.select(socks, [], [], wait)
+        for s in ready:
+            while True:
+                try:
+                    data, addr = s.recvfrom(65536)
+                except (BlockingIOError, OSError):
+                    break
+                msg = w.decode(data)
+                if msg is not None:
+                    yield s, msg, addr
+
     if scenario in ("ping", "findnode", "getval", "store0"):
         # prove the address first where the code asks for it (a real attacker would)
         send(w.encode(c.FindNodeRequest(os.urandom(20))))
@@ -318,32 +333,25 @@ def attacker_main(scenario: str, target_port: int, seconds: float, rate: float,
         fake = 0
         pports = [s.getsockname()[1] for s in socks]
         while time.monotonic() < end:
-            r, _, _ = select.select(socks, [], [], 0.05)
-            for s in r:
-                while True:
-                    try:
-                        data, addr = s.recvfrom(65536)
-                    except (BlockingIOError, OSError):
-                        break
-                    msg = w.decode(data)
-                    if msg is None or msg.kind != c.Kind.REQUEST:
-                        continue
-                    out["requests_in"] += 1
-                    if msg.rpc == c.RPC.PING:
-                        send(w.encode(c.PingResponse(), msg.tid, token=False), s=s, to=addr)
-                    elif msg.rpc in (c.RPC.FIND_NODE, c.RPC.FIND_VALUE):
-                        # 20 ids, each strictly closer to the key than any handed out
-                        # before for it: distances m-1 .. m-20, then m drops by 20; at
-                        # the attacker's one port, or (-ports) at 20 of its 200 ports
-                        key = int.from_bytes(msg.body.key, "big")
-                        m = closest.get(msg.body.key, 1 << 150)
-                        closest[msg.body.key] = m - 20
-                        nodes = [_node((key ^ (m - j)).to_bytes(20, "big"),
-                                       pports[(fake + j) % len(pports)])
-                                 for j in range(1, 21)]
-                        fake += 20
-                        send(w.encode(c.NodesResponse(tuple(nodes)), msg.tid, rpc=msg.rpc,
-                                      token=False), s=s, to=addr)
+            for s, msg, addr in incoming(0.05):
+                if msg.kind != c.Kind.REQUEST:
+                    continue
+                out["requests_in"] += 1
+                if msg.rpc == c.RPC.PING:
+                    send(w.encode(c.PingResponse(), msg.tid, token=False), s=s, to=addr)
+                elif msg.rpc in (c.RPC.FIND_NODE, c.RPC.FIND_VALUE):
+                    # 20 ids, each strictly closer to the key than any handed out
+                    # before for it: distances m-1 .. m-20, then m drops by 20; at
+                    # the attacker's one port, or (-ports) at 20 of its 200 ports
+                    key = int.from_bytes(msg.body.key, "big")
+                    m = closest.get(msg.body.key, 1 << 150)
+                    closest[msg.body.key] = m - 20
+                    nodes = [_node((key ^ (m - j)).to_bytes(20, "big"),
+                                   pports[(fake + j) % len(pports)])
+                             for j in range(1, 21)]
+                    fake += 20
+                    send(w.encode(c.NodesResponse(tuple(nodes)), msg.tid, rpc=msg.rpc,
+                                  token=False), s=s, to=addr)
         out["fake_ids_sent"] = fake
     elif scenario in ("pullbomb", "pullslow"):
         # pullbomb: 16 offers from one port, each getval answered with 1 byte after
@@ -376,28 +384,19 @@ def attacker_main(scenario: str, target_port: int, seconds: float, rate: float,
                 if send(data, s=s, to=addr):
                     out["bytes_out"] += len(data)
             wait = max(0.0, min(0.05, (pending[0][0] - now) if pending else 0.05))
-            r, _, _ = select.select(socks, [], [], wait)
-            for s in r:
-                while True:
-                    try:
-                        data, addr = s.recvfrom(65536)
-                    except (BlockingIOError, OSError):
-                        break
-                    msg = w.decode(data)
-                    if msg is None:
-                        continue
-                    if msg.kind != c.Kind.REQUEST:
-                        note_answer(msg)
-                        if slow and msg.rpc == c.RPC.STORE:
-                            offer(s)
-                        continue
-                    out["requests_in"] += 1
-                    if msg.rpc == c.RPC.PING:
-                        send(w.encode(c.PingResponse(), msg.tid, token=False), s=s, to=addr)
-                    elif msg.rpc == c.RPC.GET_VALUE:
-                        pending.append((time.monotonic() + (1.8 if slow else pace), s, addr,
-                                        msg.tid, msg.body))
-                        pending.sort(key=lambda p: p[0])
+            for s, msg, addr in incoming(wait):
+                if msg.kind != c.Kind.REQUEST:
+                    note_answer(msg)
+                    if slow and msg.rpc == c.RPC.STORE:
+                        offer(s)
+                    continue
+                out["requests_in"] += 1
+                if msg.rpc == c.RPC.PING:
+                    send(w.encode(c.PingResponse(), msg.tid, token=False), s=s, to=addr)
+                elif msg.rpc == c.RPC.GET_VALUE:
+                    pending.append((time.monotonic() + (1.8 if slow else pace), s, addr,
+                                    msg.tid, msg.body))
+                    pending.sort(key=lambda p: p[0])
         out["getvals_held_at_end"] = len(pending)
         out["offers"] = offers
     elif scenario in ("table", "table-ports"):
@@ -420,24 +419,15 @@ def attacker_main(scenario: str, target_port: int, seconds: float, rate: float,
                     send(w.encode(c.PingRequest(), sender=nid), s=s)
                     i += 1
                 next_batch = now + 0.03  # 4,000 in about 2.4 s, as in the issue
-            r, _, _ = select.select(socks, [], [], 0.01)
-            for s in r:
-                while True:
-                    try:
-                        data, addr = s.recvfrom(65536)
-                    except (BlockingIOError, OSError):
-                        break
-                    msg = w.decode(data)
-                    if msg is None:
-                        continue
-                    if msg.kind != c.Kind.REQUEST:
-                        note_answer(msg)
-                        continue
-                    out["requests_in"] += 1
-                    if msg.rpc == c.RPC.PING:
-                        nid = claimed.get(s.fileno(), ATTACKER_ID)
-                        send(w.encode(c.PingResponse(), msg.tid, sender=nid, token=False),
-                             s=s, to=addr)
+            for s, msg, addr in incoming(0.01):
+                if msg.kind != c.Kind.REQUEST:
+                    note_answer(msg)
+                    continue
+                out["requests_in"] += 1
+                if msg.rpc == c.RPC.PING:
+                    nid = claimed.get(s.fileno(), ATTACKER_ID)
+                    send(w.encode(c.PingResponse(), msg.tid, sender=nid, token=False),
+                         s=s, to=addr)
         out["ports"] = [s.getsockname()[1] for s in socks]
     out["elapsed"] = time.monotonic() - start
     for s in socks:
