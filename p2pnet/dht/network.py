@@ -17,7 +17,6 @@ from typing import Any
 
 import attrs
 from twisted.internet import defer, task
-from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -44,6 +43,7 @@ from p2pnet.dht.protocol import (
     DHTProtocol,
     IRequestHandler,
     RequestRefused,
+    ip_family,
 )
 from p2pnet.dht.routing import RoutingTable
 from p2pnet.dht.shortlist import NETWORK_PARALLELISM, K, Shortlist
@@ -233,7 +233,7 @@ class DHTNetwork:
 
     def _resolve(self, address: Address) -> defer.Deferred[Address]:
         host, port = address
-        if isIPAddress(host) or isIPv6Address(host):
+        if ip_family(host):
             return defer.succeed((host, int(port)))
         resolve = getattr(self.clock, "resolve", None)
         if resolve is None:
@@ -244,7 +244,7 @@ class DHTNetwork:
     def ping_address(self, address: Address) -> defer.Deferred[tuple[float, Node] | bool]:
         """Ping an address: fires with ``(round trip seconds, Node)``, or False."""
         host, port = address
-        if is_ip_literal(host):  # cached: Twisted's checks cost a ping's 3%
+        if ip_family(host):  # cached: Twisted's checks cost a ping's 3%
             # a failure goes to _false inside the protocol: one Deferred step fewer
             return self.ping.call((host, int(port)), _false)
         d = self._resolve(address).addCallback(self.ping.call)
@@ -603,12 +603,6 @@ class DHTNetwork:
             for n in todo]
         d = defer.gatherResults(lookups, consumeErrors=True)
         return d.addCallback(lambda _: len(todo))
-
-
-@functools.lru_cache(maxsize=4096)  # Twisted's checks are regular expressions
-def is_ip_literal(host: str) -> bool:
-    """Whether ``host`` is an IPv4 or IPv6 address literal (cached per process)."""
-    return bool(isIPAddress(host) or isIPv6Address(host))
 
 
 def _false(_: object) -> bool:

@@ -36,6 +36,7 @@ datagram by default) and its receive buffer.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 import os
@@ -222,6 +223,17 @@ _TOKEN_BYTES = codec.TOKEN_BYTES
 _UNPROVEN = codec.ErrorResponse(codec.ErrorCode.UNPROVEN, "prove your address: send the token")
 
 
+@functools.lru_cache(maxsize=4096)  # Twisted's checks are regular expressions
+def ip_family(host: str) -> int:
+    """4 or 6 when ``host`` is an IPv4 or IPv6 address literal, else 0 (cached for the
+    whole process: every node of it sends to the same hosts)."""
+    if isIPAddress(host):
+        return 4
+    if isIPv6Address(host):
+        return 6
+    return 0
+
+
 def _body_size(body: Any) -> int:
     """Bytes of a findnode or findval request's body (what padding adds to)."""
     if type(body) is codec.FindNodeRequest:
@@ -267,9 +279,9 @@ class DHTProtocol(DatagramProtocol):
         self.proof = AddressProof(limits, clock.seconds)
         self._tokens: dict[Address, bytes] = {}  # the last token each address gave us
         self._ipv6 = False
-        # the hot path: sendto on the port's socket, for hosts checked once (see _write)
+        # the hot path: sendto on the port's socket, for literals of its family (_write)
         self._sendto: Callable[[bytes, Address], Any] | None = None
-        self._sendable: dict[str, bool] = {}
+        self._family = 4
         # pings framed without the codec: the same bytes (tests check), a third the cost
         self._ping_frame: tuple[bytes, bytes, bytes] | None = None
         # pings received without the codec (see _ping_request_in): the frames' fixed
@@ -313,6 +325,7 @@ class DHTProtocol(DatagramProtocol):
         except Exception:  # a transport without an address: assume IPv4
             host = ""
         self._ipv6 = ":" in host
+        self._family = 6 if self._ipv6 else 4
         sock = getattr(self.transport, "socket", None)
         self._sendto = sock.sendto if isinstance(self.transport, udp.Port) and sock else None
 
@@ -496,15 +509,11 @@ class DHTProtocol(DatagramProtocol):
 
     def _write(self, data: bytes, address: Address) -> None:
         # Twisted's udp.Port.write checks the host with up to three regular-expression
-        # calls per datagram; a host is checked here once, then the socket's sendto is
+        # calls per datagram; ip_family caches that check, then the socket's sendto is
         # called directly (a tenth of a ping's cost).  Other transports: write().
         sendto = self._sendto
         if sendto is not None:
-            host = address[0]
-            ok = self._sendable.get(host)
-            if ok is None:
-                ok = self._check_host(host)
-            if ok:
+            if ip_family(address[0]) == self._family:
                 try:
                     sendto(data, address)
                 except InterruptedError:
@@ -523,14 +532,6 @@ class DHTProtocol(DatagramProtocol):
             self.stats.datagrams_out += 1
         except Exception as e:  # a send error must not break the node
             self._send_failed(address, e)
-
-    def _check_host(self, host: str) -> bool:
-        """Whether ``host`` is an IP literal of our socket's family (cached)."""
-        ok = bool(isIPv6Address(host)) if self._ipv6 else bool(isIPAddress(host))
-        if len(self._sendable) >= 65_536:
-            self._sendable.clear()
-        self._sendable[host] = ok
-        return ok
 
     def _send_failed(self, address: Address, error: BaseException) -> None:
         self.stats.send_failures += 1
