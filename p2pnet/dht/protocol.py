@@ -633,12 +633,9 @@ class DHTProtocol(DatagramProtocol):
         except Exception:
             self._reply_failure(Failure(), msg, address, len(datagram))
             return
-        if type(result) is _PING_RESPONSE:  # what _reply does with it, here
-            if self._stopped or self.transport is None:
-                return
-            token = self.proof.token_for(address[0])
-            self._write(self._ping_frame[2] + tid + self.node_id  # type: ignore[index]
-                        + b"\x01" + token, address)
+        if type(result) is _PING_RESPONSE:  # what _reply does with it, one call sooner
+            if not self._stopped and self.transport is not None:
+                self._pong(tid, address)
         else:
             self._answered(result, msg, address, len(datagram))
 
@@ -747,12 +744,11 @@ class DHTProtocol(DatagramProtocol):
                size: int) -> None:
         if self._stopped or self.transport is None:
             return
+        if type(body) is _PING_RESPONSE and self._ping_frame is not None:
+            self._pong(msg.tid, address)
+            return
         ip = address[0]
         token = self.proof.token_for(ip)
-        frame = self._ping_frame
-        if type(body) is codec.PingResponse and frame is not None:
-            self._write(frame[2] + msg.tid + self.node_id + b"\x01" + token, address)
-            return
         try:
             data = codec.encode(self.network_id, msg.tid, self.node_id, body, msg.rpc, token)
         except (TypeError, ValueError) as e:
@@ -763,6 +759,11 @@ class DHTProtocol(DatagramProtocol):
         if bound and len(data) > bound and not self.proof.is_proven(ip, msg.token):
             data = self._fit(body, msg, token, len(data), int(bound))
         self._write(data, address)
+
+    def _pong(self, tid: bytes, address: Address) -> None:
+        """Answer a ping (framed without the codec: the same bytes)."""
+        self._write(self._ping_frame[2] + tid + self.node_id  # type: ignore[index]
+                    + b"\x01" + self.proof.token_for(address[0]), address)
 
     def _fit(self, body: codec.Body, msg: codec.Message, token: bytes, size: int,
              bound: int) -> bytes:
