@@ -362,9 +362,8 @@ class DHTNetwork:
                           ) -> defer.Deferred[tuple[int, int]]:
         """Store to the first k of ``candidates`` at once, each one that does not take it
         replaced by the next candidate; ``tried`` gets each node tried and whether it took
-        the value.  Fires with
-        ``(took, missing)``: how many took it, and how many failed with no candidate left
-        to replace them."""
+        the value.  Fires with ``(took, missing)``: how many took it, and how many failed
+        with no candidate left to replace them."""
         targets = candidates[: self.k]
         spares = candidates[self.k:][::-1]  # popped from the end: closest first
         if not targets:

@@ -200,7 +200,7 @@ class Joiner:
                                          self._young_refresh)
                     for delay in self.policy.young_refreshes]
             if self.policy.far_refresh_spread > 0:
-                self._young = [c for c in self._young if c.active()]
+                self._drop_fired()
                 self._young.append(self.clock.callLater(
                     self.rng.uniform(0, self.policy.far_refresh_spread), self._far_refresh))
             self._schedule(self.policy.check_interval)
