@@ -34,6 +34,7 @@ Every per-address and per-id map here is bounded in size and age (see
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Hashable
 from typing import Any, Protocol
 
@@ -98,7 +99,7 @@ class ContactBook:
         self._verifying = 0
         self._tokens = float(limits.routing_verify_per_second)
         self._tokens_at = clock.seconds()
-        self._handover: list[tuple[Node, bytes, bytes]] = []
+        self._handover: deque[tuple[Node, bytes, bytes]] = deque()
         self._handing = 0
         self.handed_over = 0
 
@@ -165,7 +166,7 @@ class ContactBook:
             if self.table.find(node.key) is node:
                 # a contact now: its requests refresh it, the ping-back entry is done with
                 self._verified.pop(address_key(node.address), None)
-                self._welcome(node)
+                self._hand_over(node)
 
     def _recently_seen(self, node: Node) -> bool:
         seen = self.table.last_seen(node.key)
@@ -309,9 +310,6 @@ class ContactBook:
 
     # -- a newcomer: value handover ----------------------------------------------------
 
-    def _welcome(self, node: Node) -> None:
-        self._hand_over(node)
-
     def _hand_over(self, node: Node) -> None:
         """Queue the records whose k closest (as we know them) the newcomer enters, when
         we are the closest of our contacts to them (bmuller's ``welcomeIfNewNode``)."""
@@ -340,7 +338,7 @@ class ContactBook:
 
     def _pump_handover(self) -> None:
         while self._handover and self._handing < self.limits.routing_handover_in_flight:
-            node, key, index = self._handover.pop(0)
+            node, key, index = self._handover.popleft()
             record = self.host.kvp_table.get_record(key, index)
             if record is None:
                 continue
