@@ -63,9 +63,6 @@ class PrefixFullError(DHTError):
         self.node = node
 
 
-#: host -> its /24 or /64 (None on loopback, where the prefix is the address itself),
-#: for every table of the process: parsing an address costs microseconds, and the
-#: admission checks ask for every node of a bucket
 def address_key(address: Address) -> Hashable:
     """The per-address key of :func:`~p2pnet.dht.limits.source_key`, stored compactly:
     the host string itself (shared with the :class:`Node`) off loopback, the port
@@ -426,10 +423,9 @@ class RoutingTable:
         full and either an eviction check is out or its least recently seen contact was
         seen after ``fresh_since`` (it would keep its place: the newcomer could only
         wait in the replacement cache)."""
-        distance = int.from_bytes(key, "big") ^ self._key_int
-        if distance == 0:
+        if key == self._key:
             return False
-        bucket = self.buckets._made.get(ids.KEY_BITS - distance.bit_length())
+        bucket = self._made_bucket(key)
         if bucket is None or len(bucket._nodes) < self._size:
             return True
         return not bucket._stale and bucket._seen[0] <= fresh_since
@@ -480,15 +476,19 @@ class RoutingTable:
         recent = self._recent
         if recent is not None and recent.key == key:
             return recent
-        distance = int.from_bytes(key, "big") ^ self._key_int
-        if distance == 0:
-            return None
-        bucket = self.buckets._made.get(ids.KEY_BITS - distance.bit_length())
+        bucket = self._made_bucket(key)
         if bucket is not None:
             for n in bucket._nodes:
                 if n.key == key:
                     return n
         return None
+
+    def _made_bucket(self, key: bytes) -> Bucket | None:
+        """The bucket ``key`` falls in, if it was ever made (None for our own id)."""
+        distance = int.from_bytes(key, "big") ^ self._key_int
+        if distance == 0:
+            return None
+        return self.buckets._made.get(ids.KEY_BITS - distance.bit_length())
 
     def last_seen(self, key: bytes) -> float | None:
         """When the contact with id ``key`` was last seen (None if not a contact)."""
