@@ -88,6 +88,14 @@ class NodeView(Protocol):
     def offered(self, key: bytes, index: bytes) -> bytes | None: ...
 
 
+def _release(counts: Counter[Any], key: Any) -> None:
+    """One fewer under ``key``; a key at zero leaves (the counters stay as small as what
+    is under way)."""
+    counts[key] -= 1
+    if counts[key] <= 0:
+        del counts[key]
+
+
 class RPCCommand:
     """One RPC: ``call`` sends the request, ``answer`` serves it."""
 
@@ -321,12 +329,8 @@ class Store(RPCCommand):
 
     def _pull_done(self, result: Any, pull_id: tuple[bytes, bytes, float]) -> None:
         pull = self._pulls.pop(pull_id)
-        self._pulls_by_source[pull.source] -= 1
-        if self._pulls_by_source[pull.source] <= 0:
-            del self._pulls_by_source[pull.source]
-        self._pulls_by_prefix[pull.prefix] -= 1
-        if self._pulls_by_prefix[pull.prefix] <= 0:
-            del self._pulls_by_prefix[pull.prefix]
+        _release(self._pulls_by_source, pull.source)
+        _release(self._pulls_by_prefix, pull.prefix)
         if isinstance(result, Failure):
             if result.check(defer.TimeoutError):
                 self.net.refused["pull_too_slow" if pull.by_rate else "pull_timeout"] += 1
@@ -522,9 +526,7 @@ class GetValue(RPCCommand):
         read.done.callback(result)
 
     def _forget(self, source: tuple[str, int]) -> None:
-        self._by_source[source] -= 1
-        if self._by_source[source] <= 0:
-            del self._by_source[source]
+        _release(self._by_source, source)
 
     def _drop_one(self) -> bool:
         """Make room in a full waiting line: the source with the most reads waiting loses
