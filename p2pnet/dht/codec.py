@@ -594,7 +594,7 @@ _KIND_REQUEST = Kind.REQUEST
 
 def decode(data: bytes) -> Message:
     """Decode one datagram; :class:`DecodeError` for anything that is not a valid message."""
-    if type(data) is not bytes and not isinstance(data, bytes):
+    if not isinstance(data, bytes):
         raise DecodeError("a datagram is bytes")
     size = len(data)
     if size > MAX_DATAGRAM or size < 2:
