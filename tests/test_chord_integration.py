@@ -220,8 +220,16 @@ class LoopbackChordTests(TestCase):
         await self.everywhere(lambda s, e: list(s.keys()) == [b"k"], "the key everywhere")
 
         # the blocking dict API from a thread; on the reactor thread it refuses
-        def in_thread() -> tuple[bytes, bool, list[bytes], Any]:
+        def set_in_thread() -> None:
             b[b"t"] = "thread"
+
+        await threads.deferToThread(set_in_thread)
+        # every node has heard of t before a deletes it: a node that heard of the delete
+        # first would see t neither come nor go (no add, no delete event there)
+        await self.everywhere(lambda s, e: sorted(s.keys()) == [b"k", b"t"],
+                              "t everywhere")
+
+        def in_thread() -> tuple[bytes, bool, list[bytes], Any]:
             got = a["t"]
             del a[b"t"]
             try:
