@@ -101,6 +101,16 @@ def inline_stores(draw: st.DrawFn, max_data: int = 2000) -> StoreRequest:
 ages = st.just(0) | st.integers(min_value=1, max_value=2**32 - 1)
 
 
+@st.composite
+def inline_values(draw: st.DrawFn, max_values: int = MAX_VALUES, max_data: int = 2000
+                  ) -> ValuesResponse:
+    """A findval answer carrying its first value's bytes inline."""
+    data = draw(st.binary(max_size=max_data))
+    first = ValueInfo(draw(keys), len(data), draw(timestamps))
+    rest = draw(st.lists(value_infos, max_size=max_values - 1))
+    return ValuesResponse((first, *rest), data)
+
+
 def bodies(max_nodes: int = MAX_NODES, max_values: int = MAX_VALUES,
            max_data: int = 2000) -> st.SearchStrategy[tuple[codec.Body, Kind, RPC]]:
     """Every body type, with the kind and rpc it must travel as."""
@@ -118,6 +128,7 @@ def bodies(max_nodes: int = MAX_NODES, max_values: int = MAX_VALUES,
         tagged(st.builds(NodesResponse, node_tuples(max_nodes)), resp, RPC.FIND_VALUE),
         tagged(st.builds(ValuesResponse, st.lists(value_infos, max_size=max_values).map(tuple)),
                resp, RPC.FIND_VALUE),
+        tagged(inline_values(max_values, max_data), resp, RPC.FIND_VALUE),
         tagged(st.builds(StoreRequest, keys, keys, sizes, timestamps, st.none(), ages),
                req, RPC.STORE),
         tagged(inline_stores(max_data), req, RPC.STORE),
@@ -229,6 +240,9 @@ class RoundTripTests(CodecTestCase):
             (ValuesResponse((ValueInfo(KEY_B, 12, 1.5), ValueInfo(KEY_A, 0, 0.0))),
              Kind.RESPONSE, RPC.FIND_VALUE),
             (ValuesResponse(()), Kind.RESPONSE, RPC.FIND_VALUE),
+            (ValuesResponse((ValueInfo(KEY_B, 3, 1.5), ValueInfo(KEY_A, 9, 0.0)), b"abc"),
+             Kind.RESPONSE, RPC.FIND_VALUE),
+            (ValuesResponse((ValueInfo(KEY_B, 0, 1.5),), b""), Kind.RESPONSE, RPC.FIND_VALUE),
             (StoreRequest(KEY_A, KEY_B, 3, 10.0), Kind.REQUEST, RPC.STORE),
             (StoreRequest(KEY_A, KEY_B, 3, 10.0, b"abc"), Kind.REQUEST, RPC.STORE),
             (StoreRequest(KEY_A, KEY_B, 0, 10.0, b""), Kind.REQUEST, RPC.STORE),
@@ -469,6 +483,21 @@ class RejectionTests(CodecTestCase):
         # the limit itself is fine
         self.assertEqual(codec.decode(enc(StoreRequest(KEY_A, KEY_B, MAX_VALUE_SIZE, 1.0))).body,
                          StoreRequest(KEY_A, KEY_B, MAX_VALUE_SIZE, 1.0))
+
+    def test_inline_value_exactly_its_size(self) -> None:
+        """Variant 2 of a findval answer: the first value's bytes, exactly its size, and
+        only after at least one announcement."""
+        good = enc(ValuesResponse((ValueInfo(KEY_A, 3, 1.0),), b"abc"))
+        self.assertEqual(codec.decode(good).body.data, b"abc")  # type: ignore[union-attr]
+        self.assertRejects(good[:-1])
+        self.assertRejects(good + b"d")
+        head = header(Kind.RESPONSE, RPC.FIND_VALUE)
+        self.assertRejects(head + b"\x02\x00")  # no announcement
+        self.assertRejects(head + b"\x02\x00abc")
+        self.assertRejects(head + b"\x02\x01" + KEY_A)  # truncated announcement
+        self.assertRejects(head + b"\x03\x00")  # unknown variant
+        for body in [ValuesResponse((), b""), ValuesResponse((ValueInfo(KEY_A, 3, 1.0),), b"ab")]:
+            self.assertRaises(ValueError, enc, body)
 
     def test_bad_timestamps(self) -> None:
         for ts in [math.nan, -math.nan, -1.0, -1e-300, math.inf, -math.inf]:

@@ -84,6 +84,10 @@ def response_bodies() -> st.SearchStrategy[tuple[codec.Body, codec.RPC]]:
         st.tuples(st.builds(codec.ValuesResponse, st.lists(st.builds(
             codec.ValueInfo, keys, sizes, timestamps), max_size=10).map(tuple)),
             st.just(codec.RPC.FIND_VALUE)),
+        st.tuples(st.binary(max_size=40).flatmap(lambda data: st.builds(
+            codec.ValuesResponse, st.tuples(st.builds(codec.ValueInfo, keys, st.just(len(data)),
+                                                      timestamps)), st.just(data))),
+            st.just(codec.RPC.FIND_VALUE)),
         st.tuples(st.builds(codec.GetValueResponse, st.just(10), st.just(0),
                             st.binary(max_size=10)), st.just(codec.RPC.GET_VALUE)),
         st.tuples(st.just(codec.PingResponse()), st.just(codec.RPC.PING)),

@@ -14,10 +14,17 @@ import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer, reactor
+from twisted.python.monkey import MonkeyPatcher
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
-from p2pnet.dht.kvptable import VALUE_CHUNK, LevelDBKVPTable, decode_record, encode_record
+from p2pnet.dht.kvptable import (
+    SMALL_VALUE,
+    VALUE_CHUNK,
+    LevelDBKVPTable,
+    decode_record,
+    encode_record,
+)
 from p2pnet.dht.table import IKVPTable, KVPRecord, MemoryKVPTable
 from p2pnet.models import MAX_VALUE_SIZE
 from p2pnet.store import leveldb
@@ -230,6 +237,49 @@ class InlineTableTests(unittest.SynchronousTestCase):
         self.failureResultOf(t.delete(old.key, old.index), OSError)
         self.assertEqual(t.get_record(old.key, old.index), old)
 
+    def test_small_values_kept_in_memory(self) -> None:
+        """Values up to SMALL_VALUE bytes answer peek and reads without the disk, within
+        the cache's byte bound, oldest out first; deletes, failed writes and a reopen
+        leave nothing stale behind."""
+        path = self.path + "-small"
+        t = inline_table(path)
+        t._small_max = 100
+        self.addCleanup(lambda: None if t._db.closed else self.successResultOf(t.stop()))
+        recs = [record_for(bytes([n]) * 40, k=n) for n in range(3)]
+        for n, r in enumerate(recs):
+            self.successResultOf(t.put(r, bytes([n]) * 40))
+        self.assertIsNone(t.peek(recs[0].key, recs[0].index))  # 120 > 100: oldest out
+        self.assertEqual(t.peek(recs[2].key, recs[2].index), b"\x02" * 40)
+        self.assertLessEqual(t._small_bytes, 100)
+        no_disk = MonkeyPatcher((DBManager, "raw", property(lambda _: self.fail("disk read"))))
+        got = no_disk.runWithPatches(t.read, recs[1].key, recs[1].index, 38)
+        self.assertEqual(self.successResultOf(got), b"\x01\x01")
+        big = b"b" * (SMALL_VALUE + 1)
+        rec_big = record_for(big, k=9)
+        self.successResultOf(t.put(rec_big, big))
+        self.assertIsNone(t.peek(rec_big.key, rec_big.index))
+        self.successResultOf(t.delete(recs[2].key, recs[2].index))
+        self.assertIsNone(t.peek(recs[2].key, recs[2].index))
+        self.assertEqual(t._small_bytes, 40)
+
+        def broken(*args: Any) -> None:
+            raise OSError("disk full")
+
+        other = record_for(b"other", k=7)
+        failing = MonkeyPatcher((t._db, "write_raw", broken))
+        self.failureResultOf(failing.runWithPatches(t.put, other, b"other"), OSError)
+        self.assertIsNone(t.peek(other.key, other.index))
+        # a reopened table holds none in memory until it read them once, whole
+        self.successResultOf(t.stop())
+        t2 = inline_table(path)
+        self.addCleanup(lambda: self.successResultOf(t2.stop()))
+        self.assertIsNone(t2.peek(recs[1].key, recs[1].index))
+        self.assertEqual(self.successResultOf(t2.read(recs[1].key, recs[1].index, 1, 2)),
+                         b"\x01\x01")
+        self.assertIsNone(t2.peek(recs[1].key, recs[1].index))
+        self.assertEqual(self.successResultOf(t2.read(recs[1].key, recs[1].index)), b"\x01" * 40)
+        self.assertEqual(t2.peek(recs[1].key, recs[1].index), b"\x01" * 40)
+
     def test_read_loads_only_the_chunks_asked_for(self) -> None:
         """Issue 11 #15: a 16 KiB getval of a 1 MiB value reads one or two 16 KiB chunks,
         not the whole value (version 1 read the whole value for every chunk)."""
@@ -318,7 +368,7 @@ class InlineTableTests(unittest.SynchronousTestCase):
     @given(
         st.lists(
             st.tuples(
-                st.sampled_from(["put", "update", "delete", "read"]),
+                st.sampled_from(["put", "update", "delete", "read", "peek"]),
                 st.integers(0, 2),
                 st.integers(0, 2),
                 st.binary(max_size=8),
@@ -356,6 +406,10 @@ class InlineTableTests(unittest.SynchronousTestCase):
                 elif op == "delete":
                     self.successResultOf(memory.delete(kk, ii))
                     self.successResultOf(disk.delete(kk, ii))
+                elif op == "peek":
+                    held = disk.peek(kk, ii)  # None, or exactly what is held
+                    if held is not None:
+                        self.assertEqual(held, memory.peek(kk, ii))
                 else:
                     m, d = memory.read(kk, ii, ts), disk.read(kk, ii, ts)
                     if memory.get_record(kk, ii) is None:
@@ -407,12 +461,18 @@ class ThreadedTableTests(unittest.TestCase):
     def test_read_after_put_in_the_same_turn(self) -> Any:
         table = yield LevelDBKVPTable.open(self.mktemp(), reactor=reactor)
         self.addCleanup(table.stop)
-        rec = record_for(b"fresh")
-        put = table.put(rec, b"fresh")
+        fresh = b"fresh" * 300  # over SMALL_VALUE: the read goes to the disk
+        rec = record_for(fresh)
+        put = table.put(rec, fresh)
         self.assertEqual(table.get_record(rec.key, rec.index), rec)  # metadata at once
         value = yield table.read(rec.key, rec.index)
-        self.assertTrue(put.called)
-        self.assertEqual(value, b"fresh")
+        self.assertTrue(put.called)  # the read queued behind the write
+        self.assertEqual(value, fresh)
+        small = record_for(b"small", k=1)
+        put = table.put(small, b"small")
+        self.assertEqual(table.peek(small.key, small.index), b"small")  # memory at once
+        self.assertEqual((yield table.read(small.key, small.index)), b"small")
+        yield put
         deleted = table.delete(rec.key, rec.index)
         yield self.assertFailure(table.read(rec.key, rec.index), KeyError)
         yield deleted

@@ -617,6 +617,46 @@ class LookupTests(SynchronousTestCase):
         self.assertEqual(got, value)
         self.assertEqual(asker.lookups - lookups, 2)  # the quick one, then the full one
 
+    def count_getvals(self, node: DHTNetwork) -> list[bytes]:
+        """The keys ``node`` asks getval for from now on."""
+        asked: list[bytes] = []
+        call = node.get_value_rpc.call
+
+        def spy(address: Any, key: bytes, *a: Any) -> Any:
+            asked.append(key)
+            return call(address, key, *a)
+
+        node.get_value_rpc.call = spy  # type: ignore[method-assign]
+        return asked
+
+    def test_small_value_comes_inline_with_findval(self) -> None:
+        """A value up to ``inline_max`` bytes comes in the findval answer: a get sends no
+        getval.  A larger one is pulled with getvals."""
+        key = ids.key_for(b"inline key")
+        farthest = self.sim.closest(key, 30)[-1]  # holds no copy, nor a cached one
+        reader = next(n for n in self.nodes if n.key == farthest.key)
+        for value, getvals in [(b"small" * 10, 0), (blob(self.nodes[0].inline_max + 1), 1)]:
+            self.successResultOf(self.sim.run(self.nodes[2].put("inline key", value)))
+            asked = self.count_getvals(reader)
+            self.assertEqual(self.successResultOf(self.sim.run(reader.get("inline key"))),
+                             value)
+            self.assertEqual(len(asked), getvals)
+
+    def test_inline_bytes_that_do_not_match_are_not_used(self) -> None:
+        """Inline bytes are checked against the announced size and index: bytes that do
+        not match are counted and the value is fetched with getval instead."""
+        value = b"the real thing"
+        key, index = ids.key_for(b"lying key"), ids.key_for(value)
+        for n in self.nodes:
+            if n is not self.nodes[20]:
+                n.kvp_table.put(KVPRecord(key, index, len(value), 5.0), value)
+                n.kvp_table.peek = lambda k, i: b"x" * len(value)  # type: ignore[method-assign]
+        reader = self.nodes[20]
+        asked = self.count_getvals(reader)
+        self.assertEqual(self.successResultOf(self.sim.run(reader.get_value(key))), value)
+        self.assertEqual(len(asked), 1)
+        self.assertGreater(reader.refused["lookup_inline_mismatch"], 0)
+
     def check_put_get(self, value: bytes, publisher: int) -> None:
         count = self.successResultOf(self.sim.run(self.nodes[publisher].put("the key", value)))
         self.assertEqual(count, 20)

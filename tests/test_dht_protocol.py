@@ -606,6 +606,12 @@ class WireDefenceTests(ProtocolTestMixin, SynchronousTestCase):
         self.assertLessEqual(len(data), 3 * size)
         self.assertEqual(msg.body.code, codec.ErrorCode.UNPROVEN)  # type: ignore[union-attr]
         self.assertEqual(self.proto.refused["unproven_refused"], 1)
+        self.assertEqual(self.handler.requests, [])  # refused before the value was read
+        # a chunk that fits the bound is read and answered
+        self.handler.respond = lambda m, a: codec.GetValueResponse(5000, 0, b"x" * 10)
+        self.raw_request(codec.GetValueRequest(OTHER_ID, PEER_ID, 0, 10))
+        self.assertIsInstance(self.sent()[0].body, codec.GetValueResponse)
+        self.handler.respond = lambda m, a: codec.GetValueResponse(5000, 0, b"x" * 5000)
         # with the token: the whole answer
         self.raw_request(codec.GetValueRequest(OTHER_ID, PEER_ID, 0, 5000), token=msg.token)
         self.assertIsInstance(self.sent()[0].body, codec.GetValueResponse)
@@ -632,6 +638,19 @@ class WireDefenceTests(ProtocolTestMixin, SynchronousTestCase):
             full = answer.nodes if isinstance(answer, codec.NodesResponse) else answer.values
             self.assertEqual(kept, full[:len(kept)])  # the closest / newest first
         self.assertEqual(self.proto.refused["unproven_cut"], 2)
+
+    def test_unproven_inline_value_dropped_first(self) -> None:
+        """A findval answer too large for an unproven address loses its inline bytes
+        before any announcement; when that is enough, every announcement stays."""
+        values = tuple(codec.ValueInfo(bytes([i]) * 20, 600 if i == 0 else 10, float(i))
+                       for i in range(3))
+        self.handler.respond = lambda m, a: codec.ValuesResponse(values, b"v" * 600)
+        size = self.raw_request(codec.FindValueRequest(OTHER_ID))
+        data, _ = self.transport.written[-1]
+        got = codec.decode(data).body
+        self.assertLessEqual(len(data), 3 * size)
+        self.assertEqual(got, codec.ValuesResponse(values))
+        self.assertEqual(self.proto.refused["unproven_cut"], 1)
 
     def test_answered_us_proves(self) -> None:
         self.handler.respond = lambda m, a: codec.GetValueResponse(5000, 0, b"x" * 5000)

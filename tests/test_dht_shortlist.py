@@ -106,6 +106,34 @@ class AddAndContactTests(SynchronousTestCase):
         self.assertEqual(sl.useful_nodes, set())
         self.assertIsNone(sl.get_common_kvp_exchange_info())
 
+    def test_inline_values_kept_only_when_they_match(self) -> None:
+        """Inline bytes are kept per announcement only when their size and SHA-1 match
+        it; the first copy stays, and the bytes kept are bounded in all."""
+        from p2pnet import ids
+        from p2pnet.dht.shortlist import INLINE_KEPT_MAX
+        sl = Shortlist(TARGET, OWN)
+        sl.add_nodes([node(i) for i in range(1, 7)])
+        n1, n2, n3, n4, n5, n6 = sl.get_nodes_for_contacting(6)
+        good = b"value"
+        info = ValueInfo(ids.key_for(good), len(good), 1.0)
+        sl.mark_node(n1, True, useful=True, values=[info], inline=b"VALUE")  # wrong hash
+        sl.mark_node(n2, True, useful=True, values=[info], inline=b"valu")  # wrong size
+        self.assertIsNone(sl.inline_value(info))
+        self.assertEqual(sl.refused["lookup_inline_mismatch"], 2)
+        sl.mark_node(n3, True, useful=True, values=[info], inline=good)
+        self.assertEqual(sl.inline_value(info), good)
+        self.assertEqual(sl.useful_nodes, {n1, n2, n3})  # the announcements all count
+        big = bytes(INLINE_KEPT_MAX - len(good))
+        big_info = ValueInfo(ids.key_for(big), len(big), 2.0)
+        sl.mark_node(n4, True, useful=True, values=[big_info], inline=big)
+        self.assertEqual(sl.inline_value(big_info), big)
+        more = b"one byte too many"
+        more_info = ValueInfo(ids.key_for(more), len(more), 3.0)
+        sl.mark_node(n5, True, useful=True, values=[more_info], inline=more)
+        self.assertIsNone(sl.inline_value(more_info))  # over the bound: not kept
+        sl.mark_node(n6, True, useful=True, values=[], inline=good)  # nothing announced
+        self.assertEqual(sl.refused["lookup_inline_mismatch"], 2)
+
     def test_mark_unknown_node_is_ignored(self) -> None:
         sl = Shortlist(TARGET, OWN)
         sl.add_nodes([node(1)])

@@ -24,6 +24,8 @@ Layout (big-endian), protocol version 2::
     findnode  request: key 20                 response: nodes
     findval   request: key 20 | has-index u8 [| index 20]
               response: 0 | nodes   or   1 | count u8 | (index 20 | size u32 | time f64)*
+                        or   2 | count u8 | (index 20 | size u32 | time f64)* | data
+                        (variant 2: the first value's bytes follow, exactly its size)
     store     request: key 20 | index 20 | size u32 | time f64 | flags u8 [| age u32]
                        [| data (rest)]   (flags bit 0: inline data; bit 1: age follows)
               response: status u8 (0 refused, 1 stored, 2 already held)
@@ -156,6 +158,8 @@ class ValueInfo:
 @attrs.frozen
 class ValuesResponse:
     values: tuple[ValueInfo, ...]
+    #: the bytes of ``values[0]``, inline (a small value held in memory), or None
+    data: bytes | None = None
 
 
 @attrs.frozen
@@ -350,8 +354,13 @@ def encode(network_id: bytes, tid: bytes, sender: bytes, body: Body,
                     raise ValueError(f"at most {MAX_VALUES} values in one message")
                 rpc = RPC.FIND_VALUE
                 _keys(*(v.index for v in body.values))
-                parts = [b"\x01", _U8.pack(len(body.values))]
+                data = body.data
+                if data is not None and (not body.values or len(data) != body.values[0].size):
+                    raise ValueError("inline data must be exactly the first value's size")
+                parts = [b"\x01" if data is None else b"\x02", _U8.pack(len(body.values))]
                 parts += [_VALUE.pack(v.index, v.size, v.timestamp) for v in body.values]
+                if data is not None:
+                    parts.append(data)
                 kind, payload = Kind.RESPONSE, b"".join(parts)
             else:
                 kind, rpc, payload = _encode_body(body)
@@ -543,19 +552,26 @@ def _decode_response(rpc: RPC, data: bytes, pos: int) -> Body:
             nodes, dropped, pos = _decode_nodes(data, pos)
             _exact(data, pos, 0)
             return NodesResponse(nodes, dropped)
-        if variant != 1 or pos >= len(data):
+        if variant not in (1, 2) or pos >= len(data):
             raise DecodeError("bad findval response")
         count = data[pos]
         pos += 1
         if count > MAX_VALUES:
             raise DecodeError("too many values")
-        _exact(data, pos, count * _VALUE.size)
+        end = pos + count * _VALUE.size
+        if variant == 1:
+            _exact(data, pos, count * _VALUE.size)
+        elif count == 0 or len(data) < end:
+            raise DecodeError("inline value without its announcement")
         values = []
         for _ in range(count):
             index, size, ts = _VALUE.unpack_from(data, pos)
             pos += _VALUE.size
             values.append(ValueInfo(index, _check_size(size), _check_time(ts)))
-        return ValuesResponse(tuple(values))
+        if variant == 1:
+            return ValuesResponse(tuple(values))
+        _exact(data, end, values[0].size)
+        return ValuesResponse(tuple(values), data[end:])
     if rpc == RPC.STORE:
         _exact(data, pos, 1)
         try:

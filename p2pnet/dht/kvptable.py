@@ -14,7 +14,10 @@ LevelDB write batch and a delete removes them in one, so a crash leaves a value 
 there or wholly gone.  Version 1 records (whole values under ``b"v"``) are still read.
 
 Every record is loaded into memory when the table opens, so the metadata methods are
-synchronous as the interface requires;
+synchronous as the interface requires.  Small values (up to :data:`SMALL_VALUE` bytes)
+are kept in memory too, up to ``small_cache_bytes`` in all, oldest out first: those
+written here and those read once since the table opened.  They answer :meth:`peek`
+(findval answers carry them inline) and reads without touching the disk;
 ``put``, ``update_record``, ``read`` and ``delete`` run on the database's
 :class:`~p2pnet.store.pool.StoreExecutor` thread and return Deferreds.  The memory copy
 changes when a call is made (so acceptance decisions see writes still in flight) and is
@@ -58,6 +61,11 @@ _VERSION = 2
 _RECORD = struct.Struct("<BQdBdddH")
 _CHUNK_NO = struct.Struct(">I")
 _KVPID_BYTES = 2 * ids.KEY_BYTES
+
+#: values up to this many bytes are kept in memory as well as on disk
+SMALL_VALUE = 1024
+#: bytes of small values one table keeps in memory, by default
+SMALL_CACHE_BYTES = 1 << 20
 
 
 def encode_record(record: KVPRecord) -> bytes:
@@ -148,10 +156,14 @@ class LevelDBKVPTable(Service, RecordIndex):
         namespace: bytes = b"kvp/",
         *,
         owns_db: bool = False,
+        small_cache_bytes: int = SMALL_CACHE_BYTES,
     ) -> None:
         if not isinstance(namespace, bytes):
             raise TypeError("namespace must be bytes")
         RecordIndex.__init__(self, max_bytes)
+        self._small: dict[tuple[bytes, bytes], bytes] = {}  # insertion order: oldest first
+        self._small_bytes = 0
+        self._small_max = small_cache_bytes
         self._db = db
         self._owns_db = owns_db
         self._rprefix = namespace + b"r"
@@ -267,10 +279,26 @@ class LevelDBKVPTable(Service, RecordIndex):
 
     # -- memory -------------------------------------------------------------------------
 
+    def _keep_small(self, kvpid: tuple[bytes, bytes], value: bytes) -> None:
+        self._drop_small(kvpid)
+        if len(value) > SMALL_VALUE or len(value) > self._small_max:
+            return
+        small = self._small
+        small[kvpid] = value
+        self._small_bytes += len(value)
+        while self._small_bytes > self._small_max:
+            self._small_bytes -= len(small.pop(next(iter(small))))
+
+    def _drop_small(self, kvpid: tuple[bytes, bytes]) -> None:
+        value = self._small.pop(kvpid, None)
+        if value is not None:
+            self._small_bytes -= len(value)
+
     def _rollback(self, written: KVPRecord, previous: KVPRecord | None) -> None:
         """Undo a failed write in memory, unless a later call changed the entry since."""
         if self._records.get(written.kvpid) is not written:
             return
+        self._drop_small(written.kvpid)
         if previous is None:
             self._forget(written.key, written.index)
         else:
@@ -310,6 +338,7 @@ class LevelDBKVPTable(Service, RecordIndex):
         if previous is not None:
             deletes += [self._cprefix + kvpid + _CHUNK_NO.pack(n)
                         for n in range(_chunks(len(value)), _chunks(previous.size))]
+        self._keep_small(record.kvpid, value)  # before _write: a failed write drops it
         return self._write(record, previous, puts, deletes)
 
     def _update_held(self, record: KVPRecord, old: KVPRecord) -> defer.Deferred[None]:
@@ -325,7 +354,21 @@ class LevelDBKVPTable(Service, RecordIndex):
         end = record.size if length is None else min(offset + length, record.size)
         if offset >= end:
             return defer.succeed(b"")
-        return self._db.executor.submit(self._read, key + index, offset, end)
+        small = self._small.get((key, index))
+        if small is not None:
+            return defer.succeed(small[offset:end])
+        d = self._db.executor.submit(self._read, key + index, offset, end)
+        if offset == 0 and end == record.size <= SMALL_VALUE:
+            d.addCallback(self._read_small, record)
+        return d
+
+    def _read_small(self, value: bytes, record: KVPRecord) -> bytes:
+        if self._records.get(record.kvpid) is record:  # still what is held
+            self._keep_small(record.kvpid, value)
+        return value
+
+    def peek(self, key: bytes, index: bytes) -> bytes | None:
+        return self._small.get((key, index))
 
     def _read(self, kvpid: bytes, offset: int, end: int) -> bytes:
         """Bytes ``offset:end`` of a value: only the chunks that hold them are read."""
@@ -348,6 +391,7 @@ class LevelDBKVPTable(Service, RecordIndex):
         old = self._forget(key, index)
         if not isinstance(key, bytes) or not isinstance(index, bytes):
             return defer.succeed(None)
+        self._drop_small((key, index))
         kvpid = key + index
         deletes = [self._rprefix + kvpid, self._vprefix + kvpid]
         if old is not None:
@@ -362,4 +406,5 @@ class LevelDBKVPTable(Service, RecordIndex):
         return d.addErrback(_failed)
 
 
-__all__ = ["VALUE_CHUNK", "LevelDBKVPTable", "decode_record", "encode_record"]
+__all__ = ["SMALL_CACHE_BYTES", "SMALL_VALUE", "VALUE_CHUNK", "LevelDBKVPTable", "decode_record",
+           "encode_record"]

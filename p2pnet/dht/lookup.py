@@ -151,7 +151,8 @@ class Lookup:
             sl.mark_node(node, active=False)
         elif self.find_value:
             if result.values is not None:
-                sl.mark_node(node, True, useful=True, values=result.values)
+                sl.mark_node(node, True, useful=True, values=result.values,
+                             inline=result.data)
             else:
                 sl.add_nodes(result.nodes, depth)
                 sl.mark_node(node, True)

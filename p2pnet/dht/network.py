@@ -465,6 +465,10 @@ class DHTNetwork:
         for info in shortlist.announcements(index):
             if local is not None and local.timestamp >= info.timestamp:
                 return await self.kvp_table.read(local.key, local.index)
+            value = shortlist.inline_value(info)  # verified: no fetch needed
+            if value is not None:
+                self._cache_at(shortlist, key, info, value)
+                return value
             for node in shortlist.holders(info.index, info.size, info.timestamp):
                 if node in failed:
                     continue

@@ -208,6 +208,8 @@ _PAD_RPCS = frozenset({codec.RPC.FIND_NODE, codec.RPC.FIND_VALUE})
 #: bytes one contact takes in a node list, by family
 _NODE_BYTES = {False: codec.KEY + 1 + 4 + 2, True: codec.KEY + 1 + 16 + 2}
 _VALUE_BYTES = codec.KEY + 4 + 8
+#: bytes of a getval answer before its data (total, offset), and of a token
+_GETVAL_HEAD = 8 + codec.TOKEN_BYTES
 #: enum members as module constants: ``codec.Kind.REQUEST`` costs 0.2 us a lookup on
 #: Python 3.11, and the hot path made several per datagram
 _PING = codec.RPC.PING
@@ -584,8 +586,10 @@ class DHTProtocol(DatagramProtocol):
             stats.requests_in += 1
             if msg.grant is not None:
                 self._keep_token(address, msg.grant)
-            self.handler.contact_seen(msg.sender, address)
+            # the answer first, then what the request tells us of its sender (which may
+            # ping it back): the requester reads our answer before our ping
             self._answer(msg, address, size)
+            self.handler.contact_seen(msg.sender, address)
             return
         p = self._matched(msg.tid, address, msg.rpc)
         if p is None:
@@ -624,7 +628,6 @@ class DHTProtocol(DatagramProtocol):
             return
         self.stats.requests_in += 1
         handler = self.handler
-        handler.contact_seen(sender, address)
         tid = datagram[at:sender_at]
         msg = codec.Message(self.network_id, _REQUEST, _PING, tid, sender, _PING_BODY,
                             None, 0, None)
@@ -632,12 +635,13 @@ class DHTProtocol(DatagramProtocol):
             result = handler.handle_request(msg, address)
         except Exception:
             self._reply_failure(Failure(), msg, address, len(datagram))
-            return
-        if type(result) is _PING_RESPONSE:  # what _reply does with it, one call sooner
-            if not self._stopped and self.transport is not None:
-                self._pong(tid, address)
         else:
-            self._answered(result, msg, address, len(datagram))
+            if type(result) is _PING_RESPONSE:  # what _reply does with it, one call sooner
+                if not self._stopped and self.transport is not None:
+                    self._pong(tid, address)
+            else:
+                self._answered(result, msg, address, len(datagram))
+        handler.contact_seen(sender, address)  # after the answer, as on the generic path
 
     def _matched(self, tid: bytes, address: Address, rpc: codec.RPC) -> _Pending | None:
         """The request an answer of ``rpc`` from ``address`` with ``tid`` settles, or None
@@ -721,6 +725,15 @@ class DHTProtocol(DatagramProtocol):
         return body
 
     def _answer(self, msg: codec.Message, address: Address, size: int) -> None:
+        body = msg.body
+        if type(body) is codec.GetValueRequest:
+            # a chunk too large for an unproven address is refused before it is read:
+            # the requester's retry with the token reads it once, not twice
+            bound = self.limits.answer_amplification * size
+            if bound and self._head_size + _GETVAL_HEAD + body.length > bound \
+                    and not self.proof.is_proven(address[0], msg.token):
+                self._write(self._unproven(msg, self.proof.token_for(address[0])), address)
+                return
         try:
             result = self.handler.handle_request(msg, address)
         except Exception:
@@ -778,12 +791,22 @@ class DHTProtocol(DatagramProtocol):
             if keep:
                 cut = codec.NodesResponse(tuple(keep))
         elif type(body) is codec.ValuesResponse:
-            drop = -(-excess // _VALUE_BYTES)
-            if drop < len(body.values):
-                cut = codec.ValuesResponse(body.values[:len(body.values) - drop])
+            values = body.values
+            if body.data is not None:  # the inline bytes go first: the rest still helps
+                excess -= len(body.data)
+                if excess <= 0:
+                    cut = codec.ValuesResponse(values)
+            if cut is None:
+                drop = -(-excess // _VALUE_BYTES)
+                if drop < len(values):
+                    cut = codec.ValuesResponse(values[:len(values) - drop])
         if cut is not None:
             self.refused["unproven_cut"] += 1
             return codec.encode(self.network_id, msg.tid, self.node_id, cut, msg.rpc, token)
+        return self._unproven(msg, token)
+
+    def _unproven(self, msg: codec.Message, token: bytes) -> bytes:
+        """An ``UNPROVEN`` error answering ``msg``, with the token to retry with."""
         self.refused["unproven_refused"] += 1
         return codec.encode(self.network_id, msg.tid, self.node_id, _UNPROVEN, msg.rpc, token)
 

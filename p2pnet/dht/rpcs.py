@@ -53,6 +53,8 @@ class FindValueFromNodeResult:
 
     values: tuple[codec.ValueInfo, ...] | None = None
     nodes: NodeList | None = None
+    #: the bytes of ``values[0]``, when the node sent them inline (not yet verified)
+    data: bytes | None = None
 
     @property
     def useful(self) -> bool:
@@ -160,7 +162,7 @@ class FindValue(RPCCommand):
 
         def done(msg: codec.Message) -> FindValueFromNodeResult:
             if isinstance(msg.body, codec.ValuesResponse):
-                return FindValueFromNodeResult(values=msg.body.values)
+                return FindValueFromNodeResult(values=msg.body.values, data=msg.body.data)
             assert isinstance(msg.body, codec.NodesResponse)
             return FindValueFromNodeResult(nodes=NodeList(msg.body.nodes))
 
@@ -169,19 +171,30 @@ class FindValue(RPCCommand):
     def answer(self, body: codec.FindValueRequest, sender: bytes, address: Address
                ) -> codec.Body:
         """The entry for exactly ``(key, index)`` if held; else the entries of every index
-        of the key held; else the nodes closest to the key (SEMANTICS §3)."""
-        now = self.net.clock.seconds()
-        records = [r for r in self.net.kvp_table.records_for_key(body.key)
-                   if not r.is_expired(now)]
+        of the key held; else the nodes closest to the key (SEMANTICS §3).
+
+        The first (newest) value's bytes go inline when it is at most ``inline_max``
+        bytes and the value table has them in memory (:meth:`IKVPTable.peek`): the
+        requester is spared a getval round trip, and no disk read is queued outside
+        getval's fair read queue.  The protocol drops the inline bytes first when the
+        answer is too large for an unproven address."""
+        net = self.net
+        now = net.clock.seconds()
+        table = net.kvp_table
+        records = [r for r in table.records_for_key(body.key) if not r.is_expired(now)]
         exact = [r for r in records if r.index == body.index]
         if exact:
             records = exact
         if records:
             records.sort(key=lambda r: r.timestamp, reverse=True)
+            first = records[0]
+            data = table.peek(first.key, first.index) if first.size <= net.inline_max else None
+            if data is not None and len(data) != first.size:
+                data = None
             return codec.ValuesResponse(tuple(
                 codec.ValueInfo(r.index, r.size, r.timestamp)
-                for r in records[: codec.MAX_VALUES]))
-        return codec.NodesResponse(tuple(self.net.close_nodes_for(body.key, sender)))
+                for r in records[: codec.MAX_VALUES]), data)
+        return codec.NodesResponse(tuple(net.close_nodes_for(body.key, sender)))
 
 
 @attrs.define(eq=False)

@@ -13,6 +13,10 @@ and with ``one_per_source`` at most one node id per source address (the IP, or t
 ``(ip, port)`` on loopback: :func:`p2pnet.dht.limits.source_key`).  Refusals are counted
 in :attr:`Shortlist.refused` by kind.  It remembers each node's *depth*: 1 for the nodes
 it started with, ``d + 1`` for a node first named by a node of depth ``d``.
+
+A findval answer may carry its first value's bytes inline; the shortlist keeps them
+(:meth:`Shortlist.inline_value`) only when they match the announced size and index
+(SHA-1), at most one copy per announcement and :data:`INLINE_KEPT_MAX` bytes in all.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 
+from p2pnet import ids
 from p2pnet.dht.codec import ValueInfo
 from p2pnet.dht.limits import RefusalCounter, source_key
 from p2pnet.models import Node
@@ -29,6 +34,8 @@ _source_key = functools.lru_cache(maxsize=8192)(source_key)
 
 K = 20
 NETWORK_PARALLELISM = 3
+#: bytes of inline values one lookup keeps (one verified copy per announcement)
+INLINE_KEPT_MAX = 64 * 1024
 
 
 #: a node's status in :attr:`Shortlist._state` (the low two bits; the depth is above them)
@@ -44,7 +51,7 @@ class Shortlist:
     """
 
     __slots__ = ("key", "index", "k", "max_candidates", "one_per_source", "_key_int",
-                 "_own", "_known", "_state", "_sources", "_useful", "_order", "_dirty",
+                 "_own", "_known", "_state", "_sources", "_useful", "_inline", "_order", "_dirty",
                  "_in_flight", "contacted", "refused")
 
     def __init__(self, key: bytes, own_key: bytes, k: int = K,
@@ -62,6 +69,7 @@ class Shortlist:
         # source keys of the nodes held (a dict of None: half the bytes of a set)
         self._sources: dict[tuple[str, int] | str, None] = {}
         self._useful: dict[bytes, list[ValueInfo]] = {}
+        self._inline: dict[ValueInfo, bytes] | None = None  # verified inline values
         self._order: list[bytes] = []  # ids of _known, closest first (when not dirty)
         self._dirty = False
         self._in_flight = 0
@@ -180,11 +188,13 @@ class Shortlist:
         return [self._known[i] for i in picked]
 
     def mark_node(self, node: Node, active: bool, useful: bool = False,
-                  values: Iterable[ValueInfo] | None = None) -> None:
+                  values: Iterable[ValueInfo] | None = None,
+                  inline: bytes | None = None) -> None:
         """Record the outcome of contacting ``node``.
 
         A failed node is dropped for good: a later answer does not bring it back.  A node
-        this shortlist does not know is ignored.
+        this shortlist does not know is ignored.  ``inline`` is the bytes of the first of
+        ``values``, as the node sent them: kept if they match it.
         """
         st = self._state.get(node.key)
         if st is None or st & 3 == _DROPPED:
@@ -197,7 +207,24 @@ class Shortlist:
             return
         self._state[node.key] = (st & ~3) | _ACTIVE
         if useful:
-            self._useful[node.key] = list(values or ())
+            announced = self._useful[node.key] = list(values or ())
+            if inline is not None and announced:
+                self._keep_inline(announced[0], inline)
+
+    def _keep_inline(self, info: ValueInfo, data: bytes) -> None:
+        kept = self._inline
+        if kept is None:
+            kept = self._inline = {}
+        elif info in kept or sum(map(len, kept.values())) + len(data) > INLINE_KEPT_MAX:
+            return
+        if len(data) == info.size and ids.key_for(data) == info.index:
+            kept[info] = data
+        else:
+            self.refused["lookup_inline_mismatch"] += 1
+
+    def inline_value(self, info: ValueInfo) -> bytes | None:
+        """The verified bytes of the announced value ``info``, when a node sent them inline."""
+        return None if self._inline is None else self._inline.get(info)
 
     def is_finished(self) -> bool:
         """True when the k closest alive nodes have answered (or nothing is left)."""

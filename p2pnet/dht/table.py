@@ -113,6 +113,12 @@ class IKVPTable(Interface):
              ) -> defer.Deferred[bytes]:
         """Bytes of a held value from ``offset``; fails with KeyError if not held."""
 
+    def peek(key: bytes, index: bytes) -> bytes | None:
+        """The held value when its bytes are in memory now (no I/O, no waiting), else None.
+
+        A findval answer carries a small value inline only when it can be had this way,
+        so that a findval never queues a disk read outside getval's fair read queue."""
+
     def delete(key: bytes, index: bytes) -> defer.Deferred[None]:
         """Forget a value; deleting one not held is not an error."""
 
@@ -305,6 +311,9 @@ class MemoryKVPTable(RecordIndex):
             return defer.fail(KeyError((key, index)))
         end = len(value) if length is None else offset + length
         return defer.succeed(value[offset:end])
+
+    def peek(self, key: bytes, index: bytes) -> bytes | None:
+        return self._values.get((key, index))
 
     def delete(self, key: bytes, index: bytes) -> defer.Deferred[None]:
         if self._forget(key, index) is not None:
