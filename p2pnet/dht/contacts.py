@@ -252,9 +252,10 @@ class ContactBook:
         awaiting = getattr(self.host.protocol, "awaiting", None)
         if awaiting is not None and awaiting(address):
             # we asked it something: its answer, from that very address, proves it (and
-            # is offered to the table) -- a ping-back would be a second proof.  Nodes
-            # ping their requester back before they answer, so without this the
-            # requester pinged them back in turn (~12 of a put's ~65 requests at N = 200)
+            # is offered to the table) -- a ping-back would be a second proof.  A node
+            # answers before it pings its requester back, but an answer that waits (a
+            # store on disk) comes after the ping: without this the requester would
+            # ping back in turn
             return
         self._tokens -= 1.0
         self._remember(key, now)

@@ -39,6 +39,7 @@ from p2pnet.observer import OneShotObserver
 
 _PING = codec.PingRequest()
 _PONG = codec.PingResponse()
+_STORED = codec.StoreResponse(codec.StoreStatus.STORED)
 
 #: Values this node pulls at once by default (``Limits.pull_max``).
 MAX_PULLS = Limits().pull_max
@@ -279,8 +280,8 @@ class Store(RPCCommand):
         answered = self._held_or_refused(body, address, now, published)
         if answered is not None:
             return answered
-        if body.data is not None:
-            return self._keep(body, body.data, address, published)
+        if body.data is not None:  # checked just now: no need to check again
+            return self._keep(body, body.data, address, published, checked=True)
         pull_id = (body.key, body.index, body.timestamp)
         pull = self._pulls.get(pull_id)
         if pull is None:
@@ -393,26 +394,30 @@ class Store(RPCCommand):
         return d.addCallback(lambda _: codec.StoreResponse(codec.StoreStatus.HELD))
 
     def _keep(self, body: codec.StoreRequest, value: bytes, source: Address,
-              published: float) -> Any:
-        """Keep a value that arrived (inline, or pulled: then perhaps much later, so the
-        acceptance rule is applied again to what the table holds now)."""
+              published: float, checked: bool = False) -> Any:
+        """Keep a value that arrived (inline, with the acceptance rule ``checked`` in
+        this same call; or pulled: then perhaps much later, so the rule is applied again
+        to what the table holds now)."""
         net = self.net
         if len(value) != body.size or ids.key_for(value) != body.index:
             net.refused["store_bad_value"] += 1
             raise RequestRefused(codec.ErrorCode.BAD_REQUEST,
                                  "value does not match its size and index")
         now = net.clock.seconds()
-        # published here meanwhile, or a table that has filled: the same rule again
-        answered = self._held_or_refused(body, source, now, published)
-        if answered is not None:
-            return answered
+        if not checked:
+            # published here meanwhile, or a table that has filled: the same rule again
+            answered = self._held_or_refused(body, source, now, published)
+            if answered is not None:
+                return answered
         record = KVPRecord(body.key, body.index, body.size, body.timestamp,
                            is_original=False, last_update=now,
                            expires_at=self._expiry(body.key, now, published),
                            published=published, source=source)
         d = net.kvp_table.put(record, value)
         net.stats_stored += 1
-        return d.addCallback(lambda _: codec.StoreResponse(codec.StoreStatus.STORED))
+        if d.called and not isinstance(d.result, Failure):
+            return _STORED  # a table in memory: the answer goes out now, no Deferred step
+        return d.addCallback(lambda _: _STORED)
 
 
 @attrs.define(eq=False)
