@@ -206,6 +206,27 @@ class AdmissionTests(BookMixin, SynchronousTestCase):
             sent += self.answer_pings()
         self.assertEqual(sent, rate + rate // 2)
 
+    def test_far_requesters_share_a_small_budget(self) -> None:
+        """Requesters that could not be among our k closest contacts get at most
+        ``routing_verify_far_per_second`` ping-backs a second; nearer ones are not held
+        back by it."""
+        for i in range(self.host.k):  # k contacts closer to us than bucket 0
+            self.book.contact_answered(key_in(5 + i % 4, 200 + i), (f"10.{i}.0.1", 4000))
+        self.assertEqual(self.table.num_contacts, self.host.k)
+        budget = int(max(1.0, self.limits.routing_verify_far_per_second))
+        pinged = 0
+        for i in range(10):
+            self.book.contact_seen(key_in(0, i), (f"192.0.2.{i + 1}", 4000))
+            pinged += self.answer_pings()
+        self.assertEqual(pinged, budget)
+        self.assertEqual(self.refused["routing_verify_far_rate"], 10 - budget)
+        self.book.contact_seen(key_in(12, 1), ("192.0.2.200", 4000))  # could be close
+        self.assertEqual(self.answer_pings(), 1)
+        self.clock.advance(1.0 / self.limits.routing_verify_far_per_second)  # refilled
+        self.book.contact_seen(key_in(0, 50), ("192.0.2.100", 4000))
+        self.assertEqual(self.answer_pings(), 1)
+        self.assertEqual(self.refused["routing_verify_rate"], 0)
+
     def test_recently_verified_map_is_bounded_in_size_and_age(self) -> None:
         limits = self.limits
         for i in range(limits.routing_verify_recent_max + 500):

@@ -522,6 +522,24 @@ class HypothesisQueryTests(SynchronousTestCase):
             closer = ids.distance(n.key, target) < own_d
             self.assertEqual(rt.count_close(target, excluding=n), expected - closer)
 
+    @given(own_and_nodes(), keys, st.integers(1, 30))
+    def test_could_be_closest_vs_brute_force(self, own_nodes: tuple[bytes, list[Node]],
+                                             target: bytes, count: int) -> None:
+        """False exactly when ``count`` contacts share more leading bits with us than
+        ``target`` does (so each is closer to us than ``target``)."""
+        own, nodes = own_nodes
+        rt, model = table_with(own, nodes)
+        if target == own:
+            self.assertFalse(rt.could_be_closest(target, count))
+            return
+        own_d = ids.distance(own, target)
+        in_higher = sum(1 for k in model
+                        if ids.distance(own, k).bit_length() < own_d.bit_length())
+        self.assertEqual(rt.could_be_closest(target, count), in_higher < count)
+        if not rt.could_be_closest(target, count):  # then truly not among our closest
+            self.assertGreaterEqual(sum(1 for k in model if ids.distance(own, k) < own_d),
+                                    count)
+
     @given(own_and_nodes())
     def test_find_and_contains(self, own_nodes: tuple[bytes, list[Node]]) -> None:
         own, nodes = own_nodes

@@ -15,7 +15,11 @@
   in flight, rate-limited, at most once per address per interval, and only when it could
   enter (not when its bucket is full of contacts heard from lately) -- and enters when it
   answers.  A newcomer that pings us is thus verified and enters (joining works), while
-  4,000 pings with crafted ids from one address make at most one ping back.
+  4,000 pings with crafted ids from one address make at most one ping back.  Requesters
+  that could not be among our k closest contacts
+  (:meth:`~p2pnet.dht.routing.RoutingTable.could_be_closest`) share a small budget of
+  ping-backs (``routing_verify_far_per_second``): far buckets fill from our own
+  lookups' answers, and a put's k stores do not cost its writer k ping-backs.
 * **Incumbents are asked first.**  A full bucket pings its least recently seen contact
   before the newcomer (kept aside in the bucket's replacement cache) may replace it; a
   known id seen at a new address, or an address claimed by another id, pings the
@@ -98,6 +102,7 @@ class ContactBook:
         self._verified: dict[Hashable, float] = {}  # address key -> when pinged back
         self._verifying = 0
         self._tokens = float(limits.routing_verify_per_second)
+        self._far_tokens = max(1.0, limits.routing_verify_far_per_second)
         self._tokens_at = clock.seconds()
         self._handover: deque[tuple[Node, bytes, bytes]] = deque()
         self._handing = 0
@@ -120,7 +125,11 @@ class ContactBook:
             # in such a bucket: a put's 20 stores made ~19 ping-backs of the writer.
             self.refused["routing_verify_no_room"] += 1
             return
-        self._verify(address)
+        else:
+            # a stranger that could not be among our k closest: the far budget
+            self._verify(address, far=not self.table.could_be_closest(node_id, self.host.k))
+            return
+        self._verify(address)  # a known id at another address
 
     def contact_answered(self, node_id: bytes, address: Address) -> None:
         """A node answered our request from the address it went to: it may enter."""
@@ -232,7 +241,7 @@ class ContactBook:
 
     # -- pinging back unproven requesters ----------------------------------------------
 
-    def _verify(self, address: Address) -> None:
+    def _verify(self, address: Address, far: bool = False) -> None:
         limits = self.limits
         now = self.clock.seconds()
         key = address_key(address)
@@ -243,11 +252,17 @@ class ContactBook:
         if self._verifying >= limits.routing_verify_max:
             self.refused["routing_verify_busy"] += 1
             return
-        rate = limits.routing_verify_per_second
-        self._tokens = min(rate, self._tokens + (now - self._tokens_at) * rate)
+        elapsed = now - self._tokens_at
         self._tokens_at = now
+        rate = limits.routing_verify_per_second
+        self._tokens = min(rate, self._tokens + elapsed * rate)
+        far_rate = limits.routing_verify_far_per_second
+        self._far_tokens = min(max(1.0, far_rate), self._far_tokens + elapsed * far_rate)
         if self._tokens < 1.0:
             self.refused["routing_verify_rate"] += 1
+            return
+        if far and self._far_tokens < 1.0:
+            self.refused["routing_verify_far_rate"] += 1
             return
         awaiting = getattr(self.host.protocol, "awaiting", None)
         if awaiting is not None and awaiting(address):
@@ -258,6 +273,8 @@ class ContactBook:
             # ping back in turn
             return
         self._tokens -= 1.0
+        if far:
+            self._far_tokens -= 1.0
         self._remember(key, now)
         self._verifying += 1
 

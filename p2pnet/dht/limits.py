@@ -118,6 +118,12 @@ class Limits:
     #: ping-backs started per second at most (token bucket, burst of the same size): a
     #: ping is ~60 bytes, so this is ~6 KB/s at most, the size of what triggered it
     routing_verify_per_second: float = 100.0
+    #: of those, ping-backs per second to requesters that could not be among our k
+    #: closest contacts (token bucket, burst of the same size, at least 1): far buckets
+    #: fill from our own lookups' answers and slowly from requests, and the k stores of
+    #: a put do not cost their writer k ping-backs (at N = 200, 24 of a put's 45
+    #: requests were ping-backs, nearly all from far requesters)
+    routing_verify_far_per_second: float = 2.0
     #: seconds before the same address (IP; IP and port on loopback) is pinged back again
     routing_verify_interval: float = 60.0
     #: addresses remembered as recently pinged back (the per-address table above)

@@ -562,6 +562,23 @@ class RoutingTable:
                         count += 1
         return count
 
+    def could_be_closest(self, key: bytes, count: int) -> bool:
+        """Could a node with id ``key`` be among the ``count`` nodes closest to us, as
+        far as we know?  False when the buckets closer to us than its own already hold
+        ``count`` contacts (every node of a bucket above ``key``'s is closer to us than
+        ``key``).  A young table knows few, so it says True for most keys."""
+        distance = int.from_bytes(key, "big") ^ self._key_int
+        if distance == 0:
+            return False
+        b = ids.KEY_BITS - distance.bit_length()
+        closer = 0
+        for j, bucket in self.buckets._made.items():
+            if j > b:
+                closer += len(bucket._nodes)
+                if closer >= count:
+                    return False
+        return True
+
     def closest_bucket_number(self) -> int | None:
         """The number of the closest non-empty bucket (None when the table is empty)."""
         for bucket in reversed(self.buckets):
