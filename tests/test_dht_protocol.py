@@ -273,6 +273,19 @@ class ClientSideTests(ProtocolTestMixin, SynchronousTestCase):
         self.assertEqual(self.proto.stats.dropped, 6)
         self.assertEqual(self.handler.seen, [])
 
+    def test_clock_stepping_back_does_not_hold_timeouts_back(self) -> None:
+        """A wall clock set back (an NTP step) after a round of expiries: a new request
+        still times out after its own timeout, not after the step as well."""
+        first = self.proto.request(PEER, codec.PingRequest(), timeout=1.0, retries=0)
+        self.clock.advance(1.0)
+        self.failureResultOf(first, RPCTimeoutError)
+        self.clock.advance(-100.0)  # the clock is set back
+        d = self.proto.request(PEER, codec.PingRequest(), timeout=1.0, retries=0)
+        self.clock.advance(0.999)
+        self.assertNoResult(d)
+        self.clock.advance(0.002)
+        self.failureResultOf(d, RPCTimeoutError)
+
     def test_timeout_after_retries(self) -> None:
         d = self.proto.request(PEER, codec.PingRequest())
         total = (DEFAULT_RETRIES + 1) * DEFAULT_TIMEOUT

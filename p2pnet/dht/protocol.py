@@ -464,7 +464,8 @@ class DHTProtocol(DatagramProtocol):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         now = self.clock.seconds()
-        if now - self._last_expiry < self.TIMER_GRANULARITY:
+        if 0.0 <= now - self._last_expiry < self.TIMER_GRANULARITY:  # (a clock stepped
+            # back would otherwise hold every timeout back by the size of the step)
             at = max(at, self._last_expiry + self.TIMER_GRANULARITY)
         self._timer_at = at
         self._timer = self.clock.callLater(max(0.0, at - now), self._expire)
