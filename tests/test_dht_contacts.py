@@ -222,8 +222,18 @@ class AdmissionTests(BookMixin, SynchronousTestCase):
         self.assertEqual(self.refused["routing_verify_far_rate"], 10 - budget)
         self.book.contact_seen(key_in(12, 1), ("192.0.2.200", 4000))  # could be close
         self.assertEqual(self.answer_pings(), 1)
-        self.clock.advance(1.0 / self.limits.routing_verify_far_per_second)  # refilled
+        self.clock.advance(0.5 / self.limits.routing_verify_far_per_second)  # half refilled
+        self.book.contact_seen(key_in(0, 49), ("192.0.2.99", 4000))
+        self.assertEqual(self.answer_pings(), 0)
+        self.clock.advance(0.5 / self.limits.routing_verify_far_per_second)  # refilled
         self.book.contact_seen(key_in(0, 50), ("192.0.2.100", 4000))
+        self.assertEqual(self.answer_pings(), 1)
+        self.assertEqual(self.refused["routing_verify_rate"], 0)
+
+    def test_clock_set_back_does_not_stop_ping_backs(self) -> None:
+        """A clock stepped back (an NTP step) neither drains nor freezes the budgets."""
+        self.clock.advance(-3600)
+        self.book.contact_seen(key_in(3, 1), ("192.0.2.1", 4000))
         self.assertEqual(self.answer_pings(), 1)
         self.assertEqual(self.refused["routing_verify_rate"], 0)
 

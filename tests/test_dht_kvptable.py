@@ -19,6 +19,7 @@ from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 from p2pnet.dht.kvptable import (
+    SMALL_ENTRY_COST,
     SMALL_VALUE,
     VALUE_CHUNK,
     LevelDBKVPTable,
@@ -243,14 +244,15 @@ class InlineTableTests(unittest.SynchronousTestCase):
         leave nothing stale behind."""
         path = self.path + "-small"
         t = inline_table(path)
-        t._small_max = 100
+        entry = 40 + SMALL_ENTRY_COST  # what a 40-byte value is charged
+        t._small_max = 2 * entry + 10  # room for two
         self.addCleanup(lambda: None if t._db.closed else self.successResultOf(t.stop()))
         recs = [record_for(bytes([n]) * 40, k=n) for n in range(3)]
         for n, r in enumerate(recs):
             self.successResultOf(t.put(r, bytes([n]) * 40))
-        self.assertIsNone(t.peek(recs[0].key, recs[0].index))  # 120 > 100: oldest out
+        self.assertIsNone(t.peek(recs[0].key, recs[0].index))  # three do not fit: oldest out
         self.assertEqual(t.peek(recs[2].key, recs[2].index), b"\x02" * 40)
-        self.assertLessEqual(t._small_bytes, 100)
+        self.assertEqual(t._small_bytes, 2 * entry)
         no_disk = MonkeyPatcher((DBManager, "raw", property(lambda _: self.fail("disk read"))))
         got = no_disk.runWithPatches(t.read, recs[1].key, recs[1].index, 38)
         self.assertEqual(self.successResultOf(got), b"\x01\x01")
@@ -260,7 +262,7 @@ class InlineTableTests(unittest.SynchronousTestCase):
         self.assertIsNone(t.peek(rec_big.key, rec_big.index))
         self.successResultOf(t.delete(recs[2].key, recs[2].index))
         self.assertIsNone(t.peek(recs[2].key, recs[2].index))
-        self.assertEqual(t._small_bytes, 40)
+        self.assertEqual(t._small_bytes, entry)
 
         def broken(*args: Any) -> None:
             raise OSError("disk full")
@@ -279,6 +281,81 @@ class InlineTableTests(unittest.SynchronousTestCase):
         self.assertIsNone(t2.peek(recs[1].key, recs[1].index))
         self.assertEqual(self.successResultOf(t2.read(recs[1].key, recs[1].index)), b"\x01" * 40)
         self.assertEqual(t2.peek(recs[1].key, recs[1].index), b"\x01" * 40)
+
+    def test_failed_put_undone_despite_a_metadata_update_since(self) -> None:
+        """A value write that fails is undone even when the record's metadata was
+        updated meanwhile (the disk has no value behind it); a delete made meanwhile
+        stays a delete."""
+        db = DBManager(self.mktemp(), executor=StoreExecutor.inline())
+        t = LevelDBKVPTable(db, owns_db=True)
+        self.addCleanup(lambda: self.successResultOf(t.stop()))
+        queued: list[Any] = []
+        real_submit = db.executor.submit
+        self.addCleanup(setattr, db.executor, "submit", real_submit)  # (before the stop)
+
+        def held(fn: Any, *args: Any) -> defer.Deferred[Any]:  # writes wait to be run
+            d: defer.Deferred[Any] = defer.Deferred()
+            queued.append((d, fn, args))
+            return d
+
+        def run(fail: bool) -> None:
+            while queued:
+                d, fn, args = queued.pop(0)
+                if fail:
+                    d.errback(OSError("disk full"))
+                else:
+                    real_submit(fn, *args).chainDeferred(d)
+
+        db.executor.submit = held  # type: ignore[method-assign]
+        rec = record_for(b"value")
+        put = t.put(rec, b"value")
+        updated = t.update_record(attrs.evolve(rec, last_update=5.0))
+        run(fail=True)
+        self.failureResultOf(put, OSError)
+        self.failureResultOf(updated, OSError)
+        self.assertIsNone(t.get_record(rec.key, rec.index))
+        self.assertIsNone(t.peek(rec.key, rec.index))
+        # a put in flight, then a delete: the failed put brings nothing back
+        old = record_for(b"old", k=1)
+        put = t.put(old, b"old")
+        run(fail=False)
+        self.successResultOf(put)
+        again = t.put(attrs.evolve(old, timestamp=2000.0), b"old")
+        deleted = t.delete(old.key, old.index)
+        queued.pop(0)[0].errback(OSError("disk full"))  # the second put fails
+        run(fail=False)  # the delete is written
+        self.failureResultOf(again, OSError)
+        self.successResultOf(deleted)
+        self.assertIsNone(t.get_record(old.key, old.index))
+        self.assertIsNone(t.peek(old.key, old.index))
+        self.assertEqual(t._puts, {})
+
+    def test_a_read_of_a_value_deleted_meanwhile_is_not_kept(self) -> None:
+        """A disk read that completes after its value was deleted is not cached."""
+        db = DBManager(self.mktemp(), executor=StoreExecutor.inline())
+        t = LevelDBKVPTable(db, owns_db=True)
+        self.addCleanup(lambda: self.successResultOf(t.stop()))
+        rec = record_for(b"small")
+        self.successResultOf(t.put(rec, b"small"))
+        t._small.clear()  # as after a reopen: the next read goes to the disk
+        t._small_bytes = 0
+        reads: list[defer.Deferred[bytes]] = []
+        real_submit = db.executor.submit
+        self.addCleanup(setattr, db.executor, "submit", real_submit)  # (before the stop)
+
+        def submit(fn: Any, *args: Any) -> defer.Deferred[Any]:
+            if fn == t._read:  # the read stays on its way
+                reads.append(defer.Deferred())
+                return reads[-1]
+            return real_submit(fn, *args)
+
+        db.executor.submit = submit  # type: ignore[method-assign]
+        read = t.read(rec.key, rec.index)
+        self.successResultOf(t.delete(rec.key, rec.index))
+        reads.pop().callback(b"small")
+        self.assertEqual(self.successResultOf(read), b"small")
+        self.assertIsNone(t.peek(rec.key, rec.index))
+        self.assertEqual(t._small_bytes, 0)
 
     def test_read_loads_only_the_chunks_asked_for(self) -> None:
         """Issue 11 #15: a 16 KiB getval of a 1 MiB value reads one or two 16 KiB chunks,

@@ -58,6 +58,20 @@ class TwoNodeMixin:
 class FacadeTests(TwoNodeMixin, SynchronousTestCase):
     def test_interfaces(self) -> None:
         verifyObject(IRequestHandler, self.a)
+
+    def test_inline_max_must_fit_a_findval_answer(self) -> None:
+        from p2pnet.dht.network import MAX_INLINE
+        clock = task.Clock()
+        self.assertEqual(DHTNetwork(clock, inline_max=MAX_INLINE).inline_max, MAX_INLINE)
+        for bad in (-1, MAX_INLINE + 1):
+            self.assertRaises(ValueError, DHTNetwork, clock, inline_max=bad)
+        # the largest findval answer with the largest inline value fits one datagram
+        values = tuple(codec.ValueInfo(bytes([i]) * 20, MAX_INLINE, 1.0)
+                       for i in range(codec.MAX_VALUES))
+        data = codec.encode(b"x" * codec.MAX_NETWORK_ID, b"t" * 8, b"s" * 20,
+                            codec.ValuesResponse(values, bytes(MAX_INLINE)),
+                            codec.RPC.FIND_VALUE, b"k" * 8)
+        self.assertLessEqual(len(data), codec.MAX_DATAGRAM)
         verifyObject(IKVPTable, self.a.kvp_table)
 
     def test_properties(self) -> None:
@@ -187,6 +201,34 @@ class StoreTests(TwoNodeMixin, SynchronousTestCase):
         self.assertEqual(self.successResultOf(self.b.kvp_table.read(self.key, record.index)),
                          value)
         self.assertEqual(self.b.stats_stored, 1)
+
+    def test_store_whose_write_fails_at_once_is_answered_with_an_error(self) -> None:
+        """A table whose put fails synchronously: the store is answered with an error
+        (not STORED), and the failure is not left unhandled."""
+        self.b.kvp_table.put = lambda record, value: defer.fail(  # type: ignore
+            OSError("disk full"))
+        d = self.a.store.call(self.b.node, self.key, ids.key_for(b"lost"), b"lost", 1000.0)
+        failure = self.failureResultOf(self.go(d), RemoteError)
+        self.assertEqual(failure.value.code, codec.ErrorCode.INTERNAL)
+        self.assertEqual(self.b.stats_stored, 1)  # counted as taken, then failed
+        self.flushLoggedErrors(OSError)
+
+    def test_getval_size_from_metadata(self) -> None:
+        """What a getval answer would carry, known without reading the value (the
+        protocol refuses an unproven requester a chunk too large before any read)."""
+        value = b"small value"
+        self.assertTrue(self.store(value))
+        index = ids.key_for(value)
+        size = self.b.getval_size
+        self.assertEqual(size(codec.GetValueRequest(self.key, index, 0, 16384)), len(value))
+        self.assertEqual(size(codec.GetValueRequest(self.key, index, 6, 2)), 2)
+        self.assertEqual(size(codec.GetValueRequest(self.key, index, len(value), 9)), 0)
+        self.assertIsNone(size(codec.GetValueRequest(self.key, index, len(value) + 1, 9)))
+        self.assertIsNone(size(codec.GetValueRequest(self.key, ids.key_for(b"no"), 0, 9)))
+        big = blob(200 * 1024)
+        self.b.offer(self.key, ids.key_for(big), big)
+        self.assertEqual(size(codec.GetValueRequest(self.key, ids.key_for(big), 0, 10**6)),
+                         60 * 1024)
 
     def test_store_large_pulled(self) -> None:
         value = blob(200 * 1024)

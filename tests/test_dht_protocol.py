@@ -613,6 +613,8 @@ class WireDefenceTests(ProtocolTestMixin, SynchronousTestCase):
 
     def test_unproven_large_answer_refused_with_token(self) -> None:
         self.handler.respond = lambda m, a: codec.GetValueResponse(5000, 0, b"x" * 5000)
+        # the handler knows the answer's size from metadata: a held 5,000-byte value
+        self.handler.getval_size = lambda body: min(body.length, 5000 - body.offset)
         size = self.raw_request(codec.GetValueRequest(OTHER_ID, PEER_ID, 0, 5000))
         data, _ = self.transport.written[-1]
         msg = codec.decode(data)
@@ -624,6 +626,12 @@ class WireDefenceTests(ProtocolTestMixin, SynchronousTestCase):
         self.handler.respond = lambda m, a: codec.GetValueResponse(5000, 0, b"x" * 10)
         self.raw_request(codec.GetValueRequest(OTHER_ID, PEER_ID, 0, 10))
         self.assertIsInstance(self.sent()[0].body, codec.GetValueResponse)
+        # a large length asked of a small value: the answer fits, so it is read
+        self.handler.getval_size = lambda body: min(body.length, 10)
+        self.handler.respond = lambda m, a: codec.GetValueResponse(10, 0, b"x" * 10)
+        self.raw_request(codec.GetValueRequest(OTHER_ID, PEER_ID, 0, 16384))
+        self.assertIsInstance(self.sent()[0].body, codec.GetValueResponse)
+        self.handler.getval_size = lambda body: min(body.length, 5000 - body.offset)
         self.handler.respond = lambda m, a: codec.GetValueResponse(5000, 0, b"x" * 5000)
         # with the token: the whole answer
         self.raw_request(codec.GetValueRequest(OTHER_ID, PEER_ID, 0, 5000), token=msg.token)
@@ -651,6 +659,20 @@ class WireDefenceTests(ProtocolTestMixin, SynchronousTestCase):
             full = answer.nodes if isinstance(answer, codec.NodesResponse) else answer.values
             self.assertEqual(kept, full[:len(kept)])  # the closest / newest first
         self.assertEqual(self.proto.refused["unproven_cut"], 2)
+
+    def test_answer_goes_out_before_a_ping_back(self) -> None:
+        """The answer to a request is sent before ``contact_seen`` runs (which may ping
+        the requester back), on the generic path and on the ping shortcut."""
+        proto = self.proto
+        order: list[str] = []
+        self.handler.contact_seen = lambda node_id, address: order.append(  # type: ignore
+            f"seen after {len(self.transport.written)} sent")
+        for body in (codec.FindNodeRequest(OTHER_ID), codec.PingRequest()):
+            before = len(self.transport.written)
+            self.raw_request(body)
+            self.assertEqual(order[-1], f"seen after {before + 1} sent")
+        self.assertEqual(len(order), 2)
+        self.assertIsNotNone(proto._ping_frame)  # the second one took the ping shortcut
 
     def test_unproven_inline_value_dropped_first(self) -> None:
         """A findval answer too large for an unproven address loses its inline bytes

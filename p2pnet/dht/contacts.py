@@ -252,7 +252,7 @@ class ContactBook:
         if self._verifying >= limits.routing_verify_max:
             self.refused["routing_verify_busy"] += 1
             return
-        elapsed = now - self._tokens_at
+        elapsed = max(0.0, now - self._tokens_at)  # (a clock set back adds nothing)
         self._tokens_at = now
         rate = limits.routing_verify_per_second
         self._tokens = min(rate, self._tokens + elapsed * rate)

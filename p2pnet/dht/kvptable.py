@@ -15,7 +15,8 @@ there or wholly gone.  Version 1 records (whole values under ``b"v"``) are still
 
 Every record is loaded into memory when the table opens, so the metadata methods are
 synchronous as the interface requires.  Small values (up to :data:`SMALL_VALUE` bytes)
-are kept in memory too, up to ``small_cache_bytes`` in all, oldest out first: those
+are kept in memory too, up to ``small_cache_bytes`` in all (each charged
+:data:`SMALL_ENTRY_COST` more for its entry), oldest out first: those
 written here and those read once since the table opened.  They answer :meth:`peek`
 (findval answers carry them inline) and reads without touching the disk;
 ``put``, ``update_record``, ``read`` and ``delete`` run on the database's
@@ -64,8 +65,10 @@ _KVPID_BYTES = 2 * ids.KEY_BYTES
 
 #: values up to this many bytes are kept in memory as well as on disk
 SMALL_VALUE = 1024
-#: bytes of small values one table keeps in memory, by default
+#: bytes of small values one table keeps in memory, by default (each entry is charged
+#: its value and :data:`SMALL_ENTRY_COST` for its key and slot)
 SMALL_CACHE_BYTES = 1 << 20
+SMALL_ENTRY_COST = 160
 
 
 def encode_record(record: KVPRecord) -> bytes:
@@ -162,6 +165,7 @@ class LevelDBKVPTable(Service, RecordIndex):
             raise TypeError("namespace must be bytes")
         RecordIndex.__init__(self, max_bytes)
         self._small: dict[tuple[bytes, bytes], bytes] = {}  # insertion order: oldest first
+        self._puts: dict[tuple[bytes, bytes], KVPRecord] = {}  # value writes in flight
         self._small_bytes = 0
         self._small_max = small_cache_bytes
         self._db = db
@@ -281,24 +285,34 @@ class LevelDBKVPTable(Service, RecordIndex):
 
     def _keep_small(self, kvpid: tuple[bytes, bytes], value: bytes) -> None:
         self._drop_small(kvpid)
-        if len(value) > SMALL_VALUE or len(value) > self._small_max:
+        if len(value) > SMALL_VALUE or len(value) + SMALL_ENTRY_COST > self._small_max:
             return
         small = self._small
         small[kvpid] = value
-        self._small_bytes += len(value)
+        self._small_bytes += len(value) + SMALL_ENTRY_COST
         while self._small_bytes > self._small_max:
-            self._small_bytes -= len(small.pop(next(iter(small))))
+            self._small_bytes -= len(small.pop(next(iter(small)))) + SMALL_ENTRY_COST
 
     def _drop_small(self, kvpid: tuple[bytes, bytes]) -> None:
         value = self._small.pop(kvpid, None)
         if value is not None:
-            self._small_bytes -= len(value)
+            self._small_bytes -= len(value) + SMALL_ENTRY_COST
 
-    def _rollback(self, written: KVPRecord, previous: KVPRecord | None) -> None:
-        """Undo a failed write in memory, unless a later call changed the entry since."""
-        if self._records.get(written.kvpid) is not written:
+    def _rollback(self, written: KVPRecord, previous: KVPRecord | None,
+                  value: bool = False) -> None:
+        """Undo a failed write in memory, unless a later call changed the entry since.
+
+        A failed value write (``value``) is undone unless a later *put* replaced it: a
+        metadata update made since (``update_record``) changed only the metadata of a
+        value the disk does not have."""
+        kvpid = written.kvpid
+        if value:
+            if self._puts.get(kvpid) is not written:
+                return
+            del self._puts[kvpid]
+        elif self._records.get(kvpid) is not written:
             return
-        self._drop_small(written.kvpid)
+        self._drop_small(kvpid)
         if previous is None:
             self._forget(written.key, written.index)
         else:
@@ -312,15 +326,22 @@ class LevelDBKVPTable(Service, RecordIndex):
         previous: KVPRecord | None,
         puts: list[tuple[bytes, bytes]],
         deletes: list[bytes] | None = None,
+        value: bool = False,
     ) -> defer.Deferred[None]:
         self._remember(record)
+        if value:
+            self._puts[record.kvpid] = record  # the value write in flight for this kvpid
         d = self._db.executor.submit(self._db.write_raw, puts, deletes or ())
 
+        def _done(result: None) -> None:
+            if value and self._puts.get(record.kvpid) is record:
+                del self._puts[record.kvpid]
+
         def _failed(failure: Failure) -> Failure:
-            self._rollback(record, previous)
+            self._rollback(record, previous, value)
             return failure
 
-        return d.addErrback(_failed)
+        return d.addCallbacks(_done, _failed)
 
     def put(self, record: KVPRecord, value: bytes) -> defer.Deferred[None]:
         if not isinstance(value, bytes | bytearray | memoryview):
@@ -339,7 +360,7 @@ class LevelDBKVPTable(Service, RecordIndex):
             deletes += [self._cprefix + kvpid + _CHUNK_NO.pack(n)
                         for n in range(_chunks(len(value)), _chunks(previous.size))]
         self._keep_small(record.kvpid, value)  # before _write: a failed write drops it
-        return self._write(record, previous, puts, deletes)
+        return self._write(record, previous, puts, deletes, value=True)
 
     def _update_held(self, record: KVPRecord, old: KVPRecord) -> defer.Deferred[None]:
         puts = [(self._rprefix + record.key + record.index, encode_record(record))]
@@ -392,6 +413,7 @@ class LevelDBKVPTable(Service, RecordIndex):
         if not isinstance(key, bytes) or not isinstance(index, bytes):
             return defer.succeed(None)
         self._drop_small((key, index))
+        self._puts.pop((key, index), None)  # a value write in flight that fails: deleted
         kvpid = key + index
         deletes = [self._rprefix + kvpid, self._vprefix + kvpid]
         if old is not None:
@@ -406,5 +428,5 @@ class LevelDBKVPTable(Service, RecordIndex):
         return d.addErrback(_failed)
 
 
-__all__ = ["SMALL_CACHE_BYTES", "SMALL_VALUE", "VALUE_CHUNK", "LevelDBKVPTable", "decode_record",
-           "encode_record"]
+__all__ = ["SMALL_CACHE_BYTES", "SMALL_ENTRY_COST", "SMALL_VALUE", "VALUE_CHUNK",
+           "LevelDBKVPTable", "decode_record", "encode_record"]

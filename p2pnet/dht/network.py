@@ -59,6 +59,9 @@ TIME_REPLICATE = 3600.0
 TIME_REPUBLISH = 86400.0
 #: Values up to this size travel inside the store request; larger ones are pulled.
 INLINE_MAX = 1024
+#: the largest ``inline_max``: a findval answer with 64 announcements and the value fits
+#: one datagram
+MAX_INLINE = 32 * 1024
 #: Bytes per getval chunk, and chunks in flight while fetching a large value.
 CHUNK_SIZE = 16 * 1024
 WINDOW = 8
@@ -123,6 +126,10 @@ class DHTNetwork:
         self.alpha = alpha
         self.chunk_size = min(chunk_size, rpcs.MAX_CHUNK)
         self.window = window
+        if not 0 <= inline_max <= MAX_INLINE:
+            # a findval answer carries up to 64 announcements and the inline value: it
+            # must fit one datagram
+            raise ValueError(f"inline_max must be 0..{MAX_INLINE} bytes")
         self.inline_max = inline_max
         lim = self.limits
         self._routing_table = RoutingTable(
@@ -201,6 +208,10 @@ class DHTNetwork:
         if rpc is None:
             raise RequestRefused(codec.ErrorCode.BAD_REQUEST, "unknown rpc")
         return rpc.answer(message.body, message.sender, address)
+
+    def getval_size(self, body: codec.GetValueRequest) -> int | None:
+        """Bytes of data the answer to a getval would carry (see ``IRequestHandler``)."""
+        return self.get_value_rpc.size_of(body)
 
     # -- values being offered to other nodes (served by getval) --------------------------
 

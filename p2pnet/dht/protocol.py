@@ -93,7 +93,12 @@ class IRequestHandler(Interface):
         """``node_id`` answered one of our requests from the address it went to."""
 
     def handle_request(message: codec.Message, address: Address) -> Any:
-        """Answer a request: a response body, or a Deferred firing with one."""
+        """Answer a request: a response body, or a Deferred firing with one.
+
+        A handler may also have ``getval_size(body)``: the bytes of data its answer to
+        that :class:`~p2pnet.dht.codec.GetValueRequest` would carry (None when it would
+        answer with an error), known without reading the value.  The protocol then
+        refuses a chunk too large for an unproven address before the handler reads it."""
 
 
 @attrs.define
@@ -730,11 +735,15 @@ class DHTProtocol(DatagramProtocol):
         if type(body) is codec.GetValueRequest:
             # a chunk too large for an unproven address is refused before it is read:
             # the requester's retry with the token reads it once, not twice
+            sizer = getattr(self.handler, "getval_size", None)
             bound = self.limits.answer_amplification * size
-            if bound and self._head_size + _GETVAL_HEAD + body.length > bound \
-                    and not self.proof.is_proven(address[0], msg.token):
-                self._write(self._unproven(msg, self.proof.token_for(address[0])), address)
-                return
+            if sizer is not None and bound:
+                data = sizer(body)
+                if data is not None and self._head_size + _GETVAL_HEAD + data > bound \
+                        and not self.proof.is_proven(address[0], msg.token):
+                    self._write(self._unproven(msg, self.proof.token_for(address[0])),
+                                address)
+                    return
         try:
             result = self.handler.handle_request(msg, address)
         except Exception:

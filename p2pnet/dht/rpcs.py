@@ -492,6 +492,22 @@ class GetValue(RPCCommand):
                 parts.append(ans.data)
         return b"".join(parts)
 
+    def size_of(self, body: codec.GetValueRequest) -> int | None:
+        """The bytes of data :meth:`answer` would send, from the metadata alone (None:
+        it would answer with an error)."""
+        net = self.net
+        offered = net.offered(body.key, body.index)
+        if offered is not None:
+            total = len(offered)
+        else:
+            record = net.kvp_table.get_record(body.key, body.index)
+            if record is None or record.is_expired(net.clock.seconds()):
+                return None
+            total = record.size
+        if body.offset > total:
+            return None
+        return min(body.length, MAX_CHUNK, total - body.offset)
+
     def answer(self, body: codec.GetValueRequest, sender: bytes, address: Address) -> Any:
         net = self.net
         length = min(body.length, MAX_CHUNK)
