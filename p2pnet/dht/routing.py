@@ -507,28 +507,33 @@ class RoutingTable:
     def get_close_nodes(self, key: bytes, count: int = MAX_BUCKET_SIZE) -> list[Node]:
         """The ``count`` known nodes closest to ``key`` by XOR distance, closest first.
 
-        Only the buckets that can hold them are read.  With ``b`` the key's bucket
-        number, the distances fall in groups that do not overlap: bucket ``b`` (below
-        2^(159-b)), then every bucket above ``b`` (below 2^(160-b)), then bucket
-        ``b - 1``, ``b - 2``, ... each a power of two farther; so the groups are taken in
-        that order, each sorted, until ``count`` nodes are had.
+        Only the buckets that hold them are read and sorted.  The nodes of bucket ``j``
+        differ from us first at bit ``p = 159 - j``, so their distances to the key share
+        its distance to us above bit ``p``, have the other value at bit ``p``, and
+        anything below: each bucket's distances fill an interval of their own.  The
+        buckets are taken in the order of those intervals, each sorted, until ``count``
+        nodes are had.
         """
         if count <= 0:
             return []
         k = int.from_bytes(key, "big")
+        x = self._key_int ^ k  # our distance to the key
         made = self.buckets._made
-        b = ids.KEY_BITS - (self._key_int ^ k).bit_length()
-        near = made.get(b)
-        out: list[Node] = sorted(near._nodes, key=lambda n: n.key_int ^ k) if near else []
-        if len(out) >= count:
-            return out[:count]
-        above = [n for j, bucket in made.items() if j > b for n in bucket._nodes]
-        above.sort(key=lambda n: n.key_int ^ k)
-        out += above
-        for j in sorted((j for j in made if j < b), reverse=True):
+        top = ids.KEY_BITS - 1
+
+        def lowest(j: int) -> int:  # the least distance to the key in bucket j
+            p = top - j
+            return (x >> (p + 1) << (p + 1)) | ((~x >> p & 1) << p)
+
+        out: list[Node] = []
+        for j in sorted(made, key=lowest):
+            nodes = made[j]._nodes
+            if len(nodes) > 1:
+                out += sorted(nodes, key=lambda n: n.key_int ^ k)
+            else:
+                out += nodes
             if len(out) >= count:
                 break
-            out += sorted(made[j]._nodes, key=lambda n: n.key_int ^ k)
         return out[:count]
 
     def count_close(self, key: bytes, stop_at: int | None = None,
@@ -536,30 +541,37 @@ class RoutingTable:
         """How many known nodes (other than ``excluding``) are closer to ``key`` than the
         local node is; counting may stop once ``stop_at`` are found.
 
-        Only the key's own bucket and the buckets above it are read.  With ``b`` the
-        key's bucket number, every node of bucket ``b`` is closer than we are (the bit
-        where our id and the key first differ is theirs too), no node of a bucket below
-        ``b`` is (it differs from us at a higher bit, so from the key), and a node of a
-        bucket above ``b`` must be compared.
+        Counted by bucket, without comparing nodes.  With ``b`` the key's bucket number,
+        every node of bucket ``b`` is closer than we are (the bit where our id and the
+        key first differ is theirs too), and no node of a bucket below ``b`` is (it
+        differs from us at a higher bit, so from the key).  A node of a bucket ``j``
+        above ``b`` differs from us first at bit ``159 - j``; it is closer to the key
+        than we are exactly when our distance to the key has that bit set -- so either
+        every node of bucket ``j`` is, or none is.
         """
         k = int.from_bytes(key, "big")
         own = self._key_int ^ k
         if own == 0:
             return 0
         made = self.buckets._made
-        b = ids.KEY_BITS - own.bit_length()
-        near = made.get(b)
-        skip = excluding.key if excluding is not None else None
-        count = len(near._nodes) if near is not None else 0
-        if skip is not None and near is not None and any(n.key == skip for n in near._nodes):
-            count -= 1
+        top = ids.KEY_BITS - 1
+        b = top - (own.bit_length() - 1)
+        count = 0
+        skip = None
+        if excluding is not None:
+            d = excluding.key_int ^ self._key_int
+            if d:
+                j = top - (d.bit_length() - 1)
+                if j == b or (j > b and own >> (top - j) & 1):
+                    bucket = made.get(j)
+                    if bucket is not None and any(n.key == excluding.key
+                                                  for n in bucket._nodes):
+                        skip = j
         for j, bucket in made.items():
-            if stop_at is not None and count >= stop_at:
-                return count
-            if j > b:
-                for n in bucket._nodes:
-                    if n.key_int ^ k < own and n.key != skip:
-                        count += 1
+            if j == b or (j > b and own >> (top - j) & 1):
+                count += len(bucket._nodes) - (j == skip)
+                if stop_at is not None and count >= stop_at:
+                    return count
         return count
 
     def could_be_closest(self, key: bytes, count: int) -> bool:
