@@ -13,11 +13,17 @@ requests and datagrams sent per put and per get where countable · peak RSS per 
 CPU seconds -- then the ratios p2pnet/OpenDHT and p2pnet/kademlia, and writes a PNG
 chart of the latencies by N (``--chart``, default ``bench/compare.png``).
 
+``--rounds R`` runs every system R times per N, the systems taken in turn (p2pnet,
+kademlia, OpenDHT, p2pnet, ...), prints each round's table, then each ratio round by
+round with its median: on a machine whose speed drifts (a shared VM), a ratio of two runs
+made minutes apart says more about the drift than about the systems.
+
 The peers live only in the bench environment (``./dev bench compare`` builds
 ``.benchenv`` from the ``bench`` extra); a system that cannot be imported is skipped
 with a note.  Prints figures only; asserts nothing.
 
     ./dev bench compare [--nodes 50 200 1000] [--ops 100] [--systems p2pnet kademlia opendht]
+                        [--settle 1] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -401,8 +407,9 @@ ROWS = [
 ]
 
 
-def print_table(n: int, results: dict[str, dict[str, Any]]) -> None:
-    print(f"\nN = {n} (all joining one bootstrap node at once; {VALUE_SIZE}-byte values)")
+def print_table(n: int, results: dict[str, dict[str, Any]], title: str = "") -> None:
+    print(f"\nN = {n} (all joining one bootstrap node at once; {VALUE_SIZE}-byte values)"
+          + (f", {title}" if title else ""))
     ok = {s: d for s, d in results.items() if "error" not in d}
     for s, d in results.items():
         if "error" in d:
@@ -421,6 +428,29 @@ def print_table(n: int, results: dict[str, dict[str, Any]]) -> None:
             a, b = num(ok["p2pnet"].get(key)), num(ok[ref].get(key))
             line += f"{fmt_cell('{:.2f}', a / b if a is not None and b else None):>10}"
         print(line)
+
+
+#: the figures whose ratios are followed round by round
+ROUND_ROWS = [("put_med_ms", "put median"), ("get_med_ms", "get median"),
+              ("join_s", "join time"), ("rss_per_node_kib", "RSS per node after join")]
+
+
+def print_round_ratios(n: int, rounds: list[dict[str, dict[str, Any]]]) -> None:
+    """Each ratio p2pnet / peer, round by round, and its median over the rounds."""
+    print(f"\nN = {n}, ratios over {len(rounds)} rounds (each round's runs back to back)")
+    for ref, short in (("opendht", "odht"), ("kademlia", "kad")):
+        for key, label in ROUND_ROWS:
+            ratios = []
+            for results in rounds:
+                mine, theirs = results.get("p2pnet", {}), results.get(ref, {})
+                if "error" in mine or "error" in theirs:
+                    continue
+                a, b = num(mine.get(key)), num(theirs.get(key))
+                if a is not None and b:
+                    ratios.append(a / b)
+            if ratios:
+                each = ", ".join(f"{r:.2f}" for r in ratios)
+                print(f"  p2p/{short} {label:<26} {each}   median {statistics.median(ratios):.2f}")
 
 
 def chart(path: str, all_results: dict[int, dict[str, dict[str, Any]]]) -> None:
@@ -489,10 +519,16 @@ def main(argv: list[str]) -> None:
             pythons[s] = py
     all_results: dict[int, dict[str, dict[str, Any]]] = {}
     for n in args.nodes:
-        results = {s: run_child(py, s, n, args) for s, py in pythons.items()}
-        all_results[n] = results
-        print_table(n, results)
-        sys.stdout.flush()
+        rounds = []
+        for r in range(args.rounds):
+            results = {s: run_child(py, s, n, args) for s, py in pythons.items()}
+            rounds.append(results)
+            print_table(n, results, f"round {r + 1} of {args.rounds}" if args.rounds > 1 else "")
+            sys.stdout.flush()
+        all_results[n] = rounds[-1]
+        if args.rounds > 1:
+            print_round_ratios(n, rounds)
+            sys.stdout.flush()
     if args.chart:
         chart(args.chart, all_results)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s wall")
@@ -507,6 +543,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--settle", type=float, default=1.0,
                    help="seconds between the last join and the first put")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="runs of every system per N, taken in turn; prints each ratio "
+                        "round by round and its median")
     p.add_argument("--chart", default=os.path.join(ROOT, "bench", "compare.png"))
     p.add_argument("--bench-python", default=os.path.join(ROOT, ".benchenv", "bin", "python"))
     p.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)
@@ -514,6 +553,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.nodes = [max(2, min(n, 2000)) for n in args.nodes]
     args.ops = max(1, min(args.ops, 10_000))
+    args.rounds = max(1, min(args.rounds, 20))
     args.join_timeout = max(1.0, min(args.join_timeout, 600.0))
     return args
 
