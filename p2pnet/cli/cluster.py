@@ -87,9 +87,10 @@ def run_cluster(n: int, *, base_port: int = 14455, parent: str | None = None,
             _wait_ready(procs, dirs)
         out.write(f"{n} nodes ready and joined\n")
         _print_help(dirs, base_port, parent, out)
-        # plain blocking CLI loop: no reactor runs in this process (the nodes are children)
+        # no reactor runs in this process (the nodes are children): block until one of
+        # them exits, without reaping it (WNOWAIT: its Popen still reads its status)
         while all(p.poll() is None for p in procs):
-            time.sleep(0.5)
+            os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
         dead = [i for i, p in enumerate(procs) if p.poll() is not None]
         out.write(f"node {dead[0]} exited (status {procs[dead[0]].returncode}); see "
                   f"{os.path.join(dirs[dead[0]], 'node.log')}; stopping the others\n")
@@ -125,6 +126,7 @@ def _wait_ready(procs: list[subprocess.Popen[bytes]], dirs: list[str]) -> None:
             raise CliError(f"nodes {sorted(pending)} did not become ready within "
                            f"{START_TIMEOUT:g}s; see their node.log")
         if pending:
+            # a poll of the nodes' status files, in a process that runs no reactor
             time.sleep(0.2)
 
 

@@ -112,24 +112,23 @@ class ContactBook:
 
     def contact_seen(self, node_id: bytes, address: Address) -> None:
         """A request arrived: refresh a contact at this address, or ping the sender back."""
-        known = self.table.find(node_id)
-        if known is not None:
-            if known.port == address[1] and known.host == address[0]:
-                self.table.node_update(known)  # the same instance: only moves it up
+        table = self.table
+        known = table.find(node_id)
+        if known is None:
+            if not table.has_room(
+                    node_id, self.clock.seconds() - self.limits.routing_evict_ping_after):
+                # its bucket is full of contacts heard from lately: proven, it could only
+                # wait aside, so it is not pinged back (it may enter when it answers one
+                # of our requests, or when a slot frees).  At 1,000 nodes most requesters
+                # fall in such a bucket: a put's 20 stores made ~19 ping-backs of the writer.
+                self.refused["routing_verify_no_room"] += 1
                 return
-        elif not self.table.has_room(
-                node_id, self.clock.seconds() - self.limits.routing_evict_ping_after):
-            # its bucket is full of contacts heard from lately: proven, it could only
-            # wait aside, so it is not pinged back (it may enter when it answers one of
-            # our requests, or when a slot frees).  At 1,000 nodes most requesters fall
-            # in such a bucket: a put's 20 stores made ~19 ping-backs of the writer.
-            self.refused["routing_verify_no_room"] += 1
-            return
-        else:
             # a stranger that could not be among our k closest: the far budget
-            self._verify(address, far=not self.table.could_be_closest(node_id, self.host.k))
-            return
-        self._verify(address)  # a known id at another address
+            self._verify(address, far=not table.could_be_closest(node_id, self.host.k))
+        elif known.port == address[1] and known.host == address[0]:
+            table.node_update(known)  # the same instance: only moves it up
+        else:
+            self._verify(address)  # a known id at another address
 
     def contact_answered(self, node_id: bytes, address: Address) -> None:
         """A node answered our request from the address it went to: it may enter."""

@@ -185,16 +185,16 @@ class _Pending:
 
     def fail(self, error: BaseException | Failure) -> None:
         """End with ``error``: errback, or fire with ``otherwise(failure)``."""
-        otherwise = self.otherwise
-        if otherwise is None:
-            self.deferred.errback(error)
-        else:
-            _fire(self.deferred, otherwise, error)
+        _fail(self.deferred, self.otherwise, error)
 
 
-def _fire(d: defer.Deferred[Any], otherwise: Callable[[Failure], Any],
+def _fail(d: defer.Deferred[Any], otherwise: Callable[[Failure], Any] | None,
           error: BaseException | Failure) -> None:
-    """Fire ``d`` as ``d.addErrback(otherwise)`` then ``d.errback(error)`` would."""
+    """Fire ``d`` as ``d.addErrback(otherwise)`` (when given) then ``d.errback(error)``
+    would."""
+    if otherwise is None:
+        d.errback(error)
+        return
     try:
         result = otherwise(error if isinstance(error, Failure) else Failure(error))
     except Exception:
@@ -415,10 +415,8 @@ class DHTProtocol(DatagramProtocol):
     @staticmethod
     def _failed(error: BaseException, otherwise: Callable[[Failure], Any] | None
                 ) -> defer.Deferred[Any]:
-        if otherwise is None:
-            return defer.fail(error)
         d: defer.Deferred[Any] = defer.Deferred()
-        _fire(d, otherwise, error)
+        _fail(d, otherwise, error)
         return d
 
     def _encode_request(self, tid: bytes, body: codec.Body, rpc: codec.RPC,

@@ -557,16 +557,9 @@ class RoutingTable:
         top = ids.KEY_BITS - 1
         b = top - (own.bit_length() - 1)
         count = 0
-        skip = None
-        if excluding is not None:
-            d = excluding.key_int ^ self._key_int
-            if d:
-                j = top - (d.bit_length() - 1)
-                if j == b or (j > b and own >> (top - j) & 1):
-                    bucket = made.get(j)
-                    if bucket is not None and any(n.key == excluding.key
-                                                  for n in bucket._nodes):
-                        skip = j
+        skip = None  # the bucket of ``excluding``, when it is a contact
+        if excluding is not None and self.find(excluding.key) is not None:
+            skip = top - ((excluding.key_int ^ self._key_int).bit_length() - 1)
         for j, bucket in made.items():
             if j == b or (j > b and own >> (top - j) & 1):
                 count += len(bucket._nodes) - (j == skip)

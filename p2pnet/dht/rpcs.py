@@ -492,9 +492,9 @@ class GetValue(RPCCommand):
                 parts.append(ans.data)
         return b"".join(parts)
 
-    def size_of(self, body: codec.GetValueRequest) -> int | None:
-        """The bytes of data :meth:`answer` would send, from the metadata alone (None:
-        it would answer with an error)."""
+    def _held(self, body: codec.GetValueRequest) -> tuple[bytes | None, int]:
+        """The value being offered (or None: a held one) and its size; ``RequestRefused``
+        when neither is held or the offset is past the end."""
         net = self.net
         offered = net.offered(body.key, body.index)
         if offered is not None:
@@ -502,32 +502,34 @@ class GetValue(RPCCommand):
         else:
             record = net.kvp_table.get_record(body.key, body.index)
             if record is None or record.is_expired(net.clock.seconds()):
-                return None
+                raise RequestRefused(codec.ErrorCode.NOT_FOUND, "value not held")
             total = record.size
         if body.offset > total:
+            raise RequestRefused(codec.ErrorCode.BAD_REQUEST, "offset past the end")
+        return offered, total
+
+    def size_of(self, body: codec.GetValueRequest) -> int | None:
+        """The bytes of data :meth:`answer` would send, from the metadata alone (None:
+        it would answer with an error)."""
+        try:
+            _, total = self._held(body)
+        except RequestRefused:
             return None
         return min(body.length, MAX_CHUNK, total - body.offset)
 
     def answer(self, body: codec.GetValueRequest, sender: bytes, address: Address) -> Any:
         net = self.net
         length = min(body.length, MAX_CHUNK)
-        offered = net.offered(body.key, body.index)
+        offered, total = self._held(body)
         if offered is not None:
-            if body.offset > len(offered):
-                raise RequestRefused(codec.ErrorCode.BAD_REQUEST, "offset past the end")
-            return codec.GetValueResponse(len(offered), body.offset,
+            return codec.GetValueResponse(total, body.offset,
                                           offered[body.offset:body.offset + length])
-        record = net.kvp_table.get_record(body.key, body.index)
-        if record is None or record.is_expired(net.clock.seconds()):
-            raise RequestRefused(codec.ErrorCode.NOT_FOUND, "value not held")
-        if body.offset > record.size:
-            raise RequestRefused(codec.ErrorCode.BAD_REQUEST, "offset past the end")
         limits = net.limits
         source = source_key(address)
         if self._by_source[source] >= limits.read_max_pending_per_source:
             net.refused["read_source_busy"] += 1
             raise RequestRefused(codec.ErrorCode.BUSY, "busy: too many of your reads queued")
-        read = _Read(body, length, record.size, source)
+        read = _Read(body, length, total, source)
         if self.reading < limits.read_max_pending:
             self._start(read)
         else:

@@ -45,14 +45,6 @@ MAX_HOPS = 255
 MAX_ID = 64
 MAX_NETWORK_ID = 32
 MAX_CHANNEL = 64
-
-
-def check_channel(channel: object) -> None:
-    """``TypeError`` unless ``channel`` is bytes; ``ValueError`` if over MAX_CHANNEL."""
-    if not isinstance(channel, bytes):
-        raise TypeError("a channel must be bytes")
-    if len(channel) > MAX_CHANNEL:
-        raise ValueError(f"a channel is at most {MAX_CHANNEL} bytes")
 MAX_HOST = 255
 MAX_REASON = 1024
 MAX_PARTS = 64
@@ -85,6 +77,15 @@ class Refusal(enum.IntEnum):
 
 
 # -- validators -------------------------------------------------------------------------
+
+
+def check_channel(channel: object) -> None:
+    """``TypeError`` unless ``channel`` is bytes; ``ValueError`` if over MAX_CHANNEL."""
+    if not isinstance(channel, bytes):
+        raise TypeError("a channel must be bytes")
+    if len(channel) > MAX_CHANNEL:
+        raise ValueError(f"a channel is at most {MAX_CHANNEL} bytes")
+
 
 def _bounded_bytes(lo: int, hi: int) -> Callable[[Any, Any, bytes], None]:
     def check(_: object, attribute: attrs.Attribute[bytes], value: bytes) -> None:
