@@ -74,7 +74,10 @@ class Side:
 
     def request(self, address: tuple[str, int], body: codec.Body, **kw: Any
                 ) -> defer.Deferred[Any]:
-        d = self.proto.request(address, body, **kw)
+        if type(body) is codec.PingRequest and not kw:
+            d = self.proto.ping(address)  # the shortcut's lane (the generic side: request)
+        else:
+            d = self.proto.request(address, body, **kw)
         n = len(self.outcomes)
         self.outcomes.append("pending")
 
@@ -375,30 +378,38 @@ class PropertyTests(SynchronousTestCase):
 
 
 class ThenTests(ProtocolTestMixin, SynchronousTestCase):
-    """``request(..., then=f, then_args=...)`` fires with ``f(message, *args)``."""
+    """``request(..., then=f, then_args=...)`` fires with ``f(sender, body, *args)``."""
 
     def test_fires_with_the_result(self) -> None:
-        seen = []
+        seen: list[Any] = []
 
-        def then(msg: codec.Message, a: int, b: str) -> tuple[int, str, bytes]:
-            seen.append(msg)
-            return a, b, msg.sender
+        def then(sender: bytes, body: Any, a: int, b: str) -> tuple[int, str, bytes]:
+            seen.append(body)
+            return a, b, sender
 
-        d = self.proto.request(PEER, codec.PingRequest(), then=then, then_args=(1, "x"))
-        msg, _ = self.sent()
-        self.assertNoResult(d)
-        self.answer(msg, codec.PingResponse())
-        self.assertEqual(self.successResultOf(d), (1, "x", PEER_ID))
-        self.assertEqual(seen[0].tid, msg.tid)
+        for lane in (False, True):
+            self.setUp()
+            seen.clear()
+
+            if lane:
+                d = self.proto.ping(PEER, then=then, then_args=(1, "x"))
+            else:
+                d = self.proto.request(PEER, codec.PingRequest(), then=then,
+                                       then_args=(1, "x"))
+            msg, _ = self.sent()
+            self.assertNoResult(d)
+            self.answer(msg, codec.PingResponse())
+            self.assertEqual(self.successResultOf(d), (1, "x", PEER_ID))
+            self.assertEqual(seen, [codec.PingResponse()])
 
     def test_generic_answers_too(self) -> None:
         d = self.proto.request(PEER, codec.FindNodeRequest(OTHER_ID),
-                               then=lambda msg: msg.body)
+                               then=lambda sender, body: (sender, body))
         self.answer(self.sent()[0], codec.NodesResponse(()))
-        self.assertEqual(self.successResultOf(d), codec.NodesResponse(()))
+        self.assertEqual(self.successResultOf(d), (PEER_ID, codec.NodesResponse(())))
 
     def test_exception_fails_the_deferred(self) -> None:
-        def then(msg: codec.Message) -> None:
+        def then(sender: bytes, body: Any) -> None:
             raise ValueError("no")
 
         d = self.proto.request(PEER, codec.PingRequest(), then=then)
@@ -491,8 +502,11 @@ class DeadlineTests(ProtocolTestMixin, SynchronousTestCase):
 
 
 class OtherwiseTests(ProtocolTestMixin, SynchronousTestCase):
-    """``request(..., then=f, otherwise=g)`` ends as
-    ``request(...).addCallback(f).addErrback(g)`` does, in every way a request ends."""
+    """``request(..., then=f, otherwise=g)`` and ``ping(..., then=f, otherwise=g)`` end
+    as ``request(...).addCallback(lambda m: f(m.sender, m.body)).addErrback(g)`` does,
+    in every way a request ends."""
+
+    lane = False  # the first way through ping() instead of request()
 
     def outcome(self, d: defer.Deferred[Any]) -> Any:
         result: list[Any] = []
@@ -507,10 +521,14 @@ class OtherwiseTests(ProtocolTestMixin, SynchronousTestCase):
              ) -> tuple[Any, Any]:
         """The same request both ways; ``end`` answers, times out or stops them."""
         body = codec.PingRequest() if body is None else body
-        fast = self.proto.request(PEER, body, then=then, otherwise=otherwise, retries=0)
-        slow = self.proto.request(PEER, body, retries=0)
+        self.proto.retries = 0
+        if type(body) is codec.PingRequest and self.lane:
+            fast = self.proto.ping(PEER, then=then, otherwise=otherwise)
+        else:
+            fast = self.proto.request(PEER, body, then=then, otherwise=otherwise)
+        slow = self.proto.request(PEER, body)
         if then is not None:
-            slow.addCallback(then)
+            slow.addCallback(lambda m: then(m.sender, m.body))
         slow.addErrback(otherwise)
         end(self)
         return self.outcome(fast), self.outcome(slow)
@@ -530,13 +548,13 @@ class OtherwiseTests(ProtocolTestMixin, SynchronousTestCase):
         def stop(case: OtherwiseTests) -> None:
             case.proto.stopProtocol()
 
-        def sender(msg: codec.Message) -> bytes:
-            return msg.sender
+        def sender(sender: bytes, body: Any) -> bytes:
+            return sender
 
-        def broken(msg: codec.Message) -> bytes:
+        def broken(sender: bytes, body: Any) -> bytes:
             raise KeyError("then failed")
 
-        def returns_failure(msg: codec.Message) -> Failure:
+        def returns_failure(sender: bytes, body: Any) -> Failure:
             return Failure(IndexError("then returned a failure"))
 
         def describe(failure: Failure) -> str:
@@ -549,17 +567,17 @@ class OtherwiseTests(ProtocolTestMixin, SynchronousTestCase):
             raise LookupError("otherwise failed")
 
         seen = set()
-        for end in (answer, error, timeout, stop):
-            for then in (None, sender, broken, returns_failure):
-                for otherwise in (describe, passes_on, crashes):
-                    self.setUp()
-                    fast, slow = self.both(then, otherwise, end)
-                    self.assertEqual(fast, slow, (end, then, otherwise))
-                    seen.add(fast[0])
-                    if isinstance(fast[1], (str, bytes)):
-                        seen.add(fast[1])
-                    elif fast[0] == "failed":
-                        seen.add(fast[1].__name__)
+        for end, then, otherwise, self.lane in itertools.product(
+                (answer, error, timeout, stop), (None, sender, broken, returns_failure),
+                (describe, passes_on, crashes), (False, True)):
+            self.setUp()
+            fast, slow = self.both(then, otherwise, end)
+            self.assertEqual(fast, slow, (end, then, otherwise, self.lane))
+            seen.add(fast[0])
+            if isinstance(fast[1], (str, bytes)):
+                seen.add(fast[1])
+            elif fast[0] == "failed":
+                seen.add(fast[1].__name__)
         self.assertIn("RPCTimeoutError", seen)
         self.assertIn("RemoteError", seen)
         self.assertIn("ProtocolStoppedError", seen)

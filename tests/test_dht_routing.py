@@ -8,7 +8,7 @@ hypothesis invariants over arbitrary sequences of updates.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -480,9 +480,10 @@ def own_and_nodes() -> st.SearchStrategy[tuple[bytes, list[Node]]]:
     return st.tuples(keys, st.lists(st.builds(node, keys, st.integers(1, 3)), max_size=60))
 
 
-def table_with(own: bytes, nodes: list[Node]) -> tuple[RoutingTable, dict[bytes, Node]]:
+def table_with(own: bytes, nodes: list[Node], now: Callable[[], float] = lambda: 0.0
+               ) -> tuple[RoutingTable, dict[bytes, Node]]:
     """A table of big buckets (nothing evicted) and the model of what it holds by id."""
-    rt = RoutingTable(own, bucket_size=1000)
+    rt = RoutingTable(own, now, bucket_size=1000)
     model: dict[bytes, Node] = {}
     for n in nodes:
         try:
@@ -547,6 +548,36 @@ class HypothesisQueryTests(SynchronousTestCase):
         for k, n in model.items():
             self.assertIs(rt.find(k), n)
             self.assertIn(n, rt)
+
+    @given(own_and_nodes(), st.lists(st.tuples(st.integers(0, 59), st.integers(1, 3),
+                                               st.booleans()), max_size=30))
+    def test_refresh_and_find_at_vs_their_definition(
+            self, own_nodes: tuple[bytes, list[Node]], queries: list[tuple[int, int, bool]]
+    ) -> None:
+        """``refresh`` is find, compare the address, ``node_update``; ``find_at`` the
+        first two; on a table whose recent contact changes as they go."""
+        own, nodes = own_nodes
+        clock = task.Clock()
+        rt, model = table_with(own, nodes, clock.seconds)
+        reference, _ = table_with(own, nodes, clock.seconds)
+        known = list(model.values())
+        strangers = [node(bytes([i]) * 20, 1) for i in range(1, 4)]
+        for i, port, stranger in queries:
+            clock.advance(1)
+            pool = strangers if stranger or not known else known
+            key = pool[i % len(pool)].key
+            found = reference.find(key)
+            expected = found if found is not None and found.address == ("10.0.0.1", port) \
+                else None
+            self.assertIs(rt.find_at(key, "10.0.0.1", port), expected)
+            self.assertIs(rt.refresh(key, "10.0.0.1", port), expected)
+            if expected is not None:
+                reference.node_update(expected)
+            for ours, theirs in zip(rt.buckets, reference.buckets, strict=True):
+                self.assertEqual(ours.nodes, theirs.nodes)
+                self.assertEqual(ours.last_update, theirs.last_update)
+            for n in known:
+                self.assertEqual(rt.last_seen(n.key), reference.last_seen(n.key))
 
 
 # A pool crowded into a few buckets of OWN_H, so buckets fill up and lock.

@@ -113,8 +113,9 @@ class ContactBook:
     def contact_seen(self, node_id: bytes, address: Address) -> None:
         """A request arrived: refresh a contact at this address, or ping the sender back."""
         table = self.table
-        known = table.find(node_id)
-        if known is None:
+        if table.refresh(node_id, address[0], address[1]) is not None:
+            return  # a contact at its address: moved up
+        if table.find(node_id) is None:
             if not table.has_room(
                     node_id, self.clock.seconds() - self.limits.routing_evict_ping_after):
                 # its bucket is full of contacts heard from lately: proven, it could only
@@ -125,18 +126,15 @@ class ContactBook:
                 return
             # a stranger that could not be among our k closest: the far budget
             self._verify(address, far=not table.could_be_closest(node_id, self.host.k))
-        elif known.port == address[1] and known.host == address[0]:
-            table.node_update(known)  # the same instance: only moves it up
         else:
             self._verify(address)  # a known id at another address
 
     def contact_answered(self, node_id: bytes, address: Address) -> None:
         """A node answered our request from the address it went to: it may enter."""
-        self._failures.pop(node_id, None)
-        known = self.table.find(node_id)
-        if known is not None and known.port == address[1] and known.host == address[0]:
-            self.table.node_update(known)
-            return
+        if self._failures:
+            self._failures.pop(node_id, None)
+        if self.table.refresh(node_id, address[0], address[1]) is not None:
+            return  # a contact at its address: moved up
         try:
             # one instance per contact for the process (its host string interned): a
             # contact costs a table no copy of its id, host or number
@@ -151,10 +149,8 @@ class ContactBook:
 
     def node_for(self, node_id: bytes, address: Address) -> Node:
         """The contact's own instance when it is known at ``address``, else a new one."""
-        known = self.table.find(node_id)
-        if known is not None and known.port == address[1] and known.host == address[0]:
-            return known
-        return Node(node_id, address[0], address[1])
+        known = self.table.find_at(node_id, address[0], address[1])
+        return Node(node_id, address[0], address[1]) if known is None else known
 
     # -- admission ----------------------------------------------------------------
 

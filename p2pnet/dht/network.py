@@ -249,7 +249,9 @@ class DHTNetwork:
         host, port = address
         if ip_family(host):  # cached: Twisted's checks cost a ping's 3%
             # a failure goes to _false inside the protocol: one Deferred step fewer
-            return self.ping.call((host, int(port)), _false)
+            if type(address) is not tuple or type(port) is not int:
+                address = (host, int(port))  # answers are matched on (str, int)
+            return self.ping.call(address, _false)
         d = self._resolve(address).addCallback(self.ping.call)
         return d.addErrback(_false)
 

@@ -28,7 +28,9 @@ of exactly a ping's length that starts as this network's pings do is taken apart
 fixed offsets, with every check of the generic path in its order (``PING_SHORTCUTS``
 turns this off; tests compare both ways on mutated frames).  ``request(then=...,
 otherwise=...)`` applies the caller's callback and errback inside the protocol, one
-Deferred step each cheaper than ``addCallback``/``addErrback``.
+Deferred step each cheaper than ``addCallback``/``addErrback``; :meth:`DHTProtocol.ping`
+is ``request(PingRequest(), ...)`` without the generic checks, and a ping's answer
+builds no :class:`~p2pnet.dht.codec.Message` for a ``then``.
 
 :func:`tune_udp_port` sizes a listening port's read size (Twisted reads 8,192 bytes per
 datagram by default) and its receive buffer.
@@ -139,11 +141,12 @@ class _RandomPool:
         self._size = size
         self._buf = b""
         self._pos = 0
-        self._tids: list[bytes] = []
+        #: transaction ids cut from the last read, not yet taken (protocols pop from it)
+        self.tids: list[bytes] = []
 
     def take(self, n: int) -> bytes:
         if n == _TID_BYTES:
-            tids = self._tids
+            tids = self.tids
             if not tids:
                 buf = os.urandom(self._size - self._size % n)
                 tids.extend([buf[i:i + n] for i in range(0, len(buf), n)])
@@ -241,6 +244,10 @@ def ip_family(host: str) -> int:
     return 0
 
 
+#: :func:`~p2pnet.dht.limits.is_loopback`, cached for the whole process as ip_family is
+_loopback = functools.lru_cache(maxsize=4096)(is_loopback)
+
+
 def _body_size(body: Any) -> int:
     """Bytes of a findnode or findval request's body (what padding adds to)."""
     if type(body) is codec.FindNodeRequest:
@@ -309,7 +316,10 @@ class DHTProtocol(DatagramProtocol):
                              self._ping_frame[2], fixed + codec.TOKEN_BYTES)
         # bytes of a header without token, grant or padding
         self._head_size = 2 + len(network_id) + 2 + codec.TID_BYTES + codec.KEY + 1
-        self._tid = tid_source or _SHARED_POOL.take
+        # transaction ids: popped from the process's pool's list (one call fewer per
+        # request); an injected source is asked each time (its list stays empty)
+        self._tid_source = tid_source
+        self._tids = _SHARED_POOL.tids if tid_source is None else []
         # Deadlines of requests in flight, as (deadline, sequence, tid): a FIFO in that
         # order (every request with the usual timeout: an append and a popleft each; a
         # heap's pops cost a sift through every answered entry), and a heap for an entry
@@ -374,19 +384,21 @@ class DHTProtocol(DatagramProtocol):
         Fails with :class:`RPCTimeoutError`, :class:`RemoteError` (an error answer) or
         :class:`ProtocolStoppedError`.
 
-        ``then`` and ``otherwise`` give what ``addCallback(then, *then_args)`` and then
-        ``addErrback(otherwise)`` would, each one Deferred step cheaper: the Deferred
-        fires with ``then(message, *then_args)``, and a failure (an exception ``then``
-        raises too) is handed to ``otherwise``.  Both return plain values (or a
-        Failure), not Deferreds.
+        ``then`` and ``otherwise`` give what ``addCallback(lambda m: then(m.sender,
+        m.body, *then_args))`` and then ``addErrback(otherwise)`` would, each one
+        Deferred step cheaper (and a ping's answer builds no Message): the Deferred
+        fires with ``then(sender, body, *then_args)``, and a failure (an exception
+        ``then`` raises too) is handed to ``otherwise``.  Both return plain values (or
+        a Failure), not Deferreds.
         """
         if self._stopped or self.transport is None:
             return self._failed(ProtocolStoppedError("the DHT protocol is not running"),
                                 otherwise)
         pending = self._pending
-        tid = self._tid(_TID_BYTES)
+        tids = self._tids
+        tid = tids.pop() if tids else self._new_tid()
         while tid in pending:
-            tid = self._tid(_TID_BYTES)
+            tid = self._new_tid()
         frame = self._ping_frame
         if type(body) is _PING_REQUEST and frame is not None and len(tid) == _TID_BYTES:
             rpc = _PING
@@ -412,6 +424,31 @@ class DHTProtocol(DatagramProtocol):
         self._send_try(tid, p)
         return d
 
+    def _new_tid(self) -> bytes:
+        source = self._tid_source
+        return _SHARED_POOL.take(_TID_BYTES) if source is None else source(_TID_BYTES)
+
+    def ping(self, address: Address, then: Callable[..., Any] | None = None,
+             then_args: tuple[Any, ...] = (),
+             otherwise: Callable[[Failure], Any] | None = None) -> defer.Deferred[Any]:
+        """``request(address, PingRequest(), then=then, then_args=then_args,
+        otherwise=otherwise)``, by the shortest way: the hot path of the commonest RPC."""
+        frame = self._ping_frame
+        if frame is None or self._stopped or self.transport is None:
+            return self.request(address, _PING_BODY, None, None, then, then_args, otherwise)
+        tids = self._tids
+        tid = tids.pop() if tids else self._new_tid()
+        pending = self._pending
+        if tid in pending or len(tid) != _TID_BYTES:  # (a clash: one in 2^64)
+            return self.request(address, _PING_BODY, None, None, then, then_args, otherwise)
+        d: defer.Deferred[Any] = defer.Deferred()
+        p = _Pending(d, address, frame[0] + tid + frame[1], self.timeout, self.retries,
+                     _PING, _PING_BODY, then, then_args, otherwise)
+        pending[tid] = p
+        self.stats.requests_out += 1
+        self._send_try(tid, p)
+        return d
+
     @staticmethod
     def _failed(error: BaseException, otherwise: Callable[[Failure], Any] | None
                 ) -> defer.Deferred[Any]:
@@ -432,7 +469,7 @@ class DHTProtocol(DatagramProtocol):
         return codec.encode(self.network_id, tid, self.node_id, body, token=token, grant=grant)
 
     def _keep_token(self, address: Address, token: bytes) -> None:
-        if is_loopback(address[0]):
+        if _loopback(address[0]):
             # Proof is per IP, and every node on loopback shares 127.0.0.1: once any local
             # node answered a server, all are proven there.  Holding a token per local
             # server would cost ~200 bytes each and buy nothing (1,000 nodes a process).
@@ -615,8 +652,8 @@ class DHTProtocol(DatagramProtocol):
             self._send_try(msg.tid, p)
             return
         if type(body) is codec.NodesResponse:
-            msg.body = self._sane_contacts(body, address)
-        self._settle(msg.tid, p, msg, address)
+            msg.body = body = self._sane_contacts(body, address)
+        self._settle(msg.tid, p, msg.sender, body, address, msg)
 
     def _ping_request_in(self, datagram: bytes, address: Address) -> None:
         """A ping request without token, grant or padding, of this network (checked)."""
@@ -670,17 +707,25 @@ class DHTProtocol(DatagramProtocol):
             stats.from_self += 1
             return
         tid = datagram[at:sender_at]
-        p = self._matched(tid, address, _PING)
-        if p is None:
+        p = self._pending.get(tid)  # _matched, inline: the hot path
+        if p is None or p.address != address or p.rpc is not _PING:
+            self._matched(tid, address, _PING)  # counts why
             return
-        self.proof.answered(address[0])
+        host = address[0]
+        self.proof.answered(host)
         token = datagram[-_TOKEN_BYTES:]
-        self._keep_token(address, token)
-        self._settle(tid, p, codec.Message(self.network_id, _RESPONSE, _PING, tid, sender,
-                                           _PONG_BODY, token, 0, None), address)
+        if not _loopback(host):
+            self._keep_token(address, token)
+        # the Message only when the caller takes it (a ``then`` takes sender and body)
+        self._settle(tid, p, sender, _PONG_BODY, address,
+                     None if p.then is not None else
+                     codec.Message(self.network_id, _RESPONSE, _PING, tid, sender,
+                                   _PONG_BODY, token, 0, None))
 
-    def _settle(self, tid: bytes, p: _Pending, msg: codec.Message, address: Address) -> None:
-        """Fire the request ``tid`` with its accepted answer ``msg``."""
+    def _settle(self, tid: bytes, p: _Pending, sender: bytes, body: codec.Body,
+                address: Address, msg: codec.Message | None) -> None:
+        """Fire the request ``tid`` with its accepted answer from ``sender``: ``then``'s
+        result, or the answer's ``msg`` (which a request without ``then`` has)."""
         pending = self._pending
         del pending[tid]
         if not pending:
@@ -693,8 +738,7 @@ class DHTProtocol(DatagramProtocol):
             while queue and queue[0][2] not in pending:
                 queue.popleft()
         self.stats.responses_in += 1
-        self.handler.contact_answered(msg.sender, address)
-        body = msg.body
+        self.handler.contact_answered(sender, address)
         if type(body) is codec.ErrorResponse:
             p.fail(RemoteError(body.code, body.message))
             return
@@ -703,7 +747,7 @@ class DHTProtocol(DatagramProtocol):
             p.deferred.callback(msg)
             return
         try:
-            result = then(msg, *p.then_args)
+            result = then(sender, body, *p.then_args)
         except Exception:
             p.fail(Failure())
             return
@@ -717,10 +761,10 @@ class DHTProtocol(DatagramProtocol):
         """Drop our own id, the other family's addresses, and loopback addresses named
         by a non-loopback sender; count them with what the codec dropped."""
         own, ipv6 = self.node_id, self._ipv6
-        local = is_loopback(address[0])
+        local = _loopback(address[0])
         kept = [n for n in body.nodes
                 if n.key != own and (":" in n.host) == ipv6
-                and (local or not is_loopback(n.host))]
+                and (local or not _loopback(n.host))]
         dropped = body.dropped + len(body.nodes) - len(kept)
         if dropped:
             self.stats.bogus_contacts += dropped

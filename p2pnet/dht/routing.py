@@ -471,6 +471,33 @@ class RoutingTable:
             return False
         return node in self.get_bucket(node)
 
+    def find_at(self, key: bytes, host: str, port: int) -> Node | None:
+        """The contact with id ``key`` if it is known at ``(host, port)``."""
+        node = self._recent
+        if node is None or node.key != key:
+            node = self.find(key)
+            if node is None:
+                return None
+        return node if node.port == port and node.host == host else None
+
+    def refresh(self, key: bytes, host: str, port: int) -> Node | None:
+        """The contact with id ``key`` if it is known at ``(host, port)``, moved to the
+        most recent end of its bucket (:meth:`node_update`); None, changing nothing,
+        when it is not known there.  One call for the commonest message: a contact's."""
+        node = self._recent
+        if node is not None and node.key == key:  # the last contact seen (the hot path)
+            if node.port != port or node.host != host:
+                return None
+            bucket = self._recent_bucket
+            assert bucket is not None
+            bucket._seen[-1] = bucket._last_update = self._now()
+            return node
+        node = self.find(key)
+        if node is None or node.port != port or node.host != host:
+            return None
+        self.node_update(node)
+        return node
+
     def find(self, key: bytes) -> Node | None:
         """The contact with id ``key``, if known."""
         recent = self._recent
