@@ -1,11 +1,13 @@
 """The value table seam: KVPRecord, the acceptance rule, MemoryKVPTable."""
 
 import attrs
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from p2pnet import ids
-from p2pnet.dht.limits import Limits
+from p2pnet.dht.limits import Limits, prefix_key, source_key
 from p2pnet.dht.table import IKVPTable, KVPRecord, MemoryKVPTable, Usage, acceptable
 from p2pnet.models import MAX_VALUE_SIZE
 
@@ -184,3 +186,67 @@ class QuotaTests(SynchronousTestCase):
         for r in t.records():
             self.successResultOf(t.delete(r.key, r.index))
         self.assertEqual((t.by_source, t.by_prefix, t.total_bytes), ({}, {}, 0))
+
+
+_SOURCES = [("10.1.1.1", 4000), ("10.1.1.1", 4001), ("10.1.1.2", 4000), ("10.2.2.2", 4000),
+            ("127.0.0.1", 5000), ("127.0.0.1", 5001), None]
+_KEYS = [ids.key_for(b"k%d" % i) for i in range(3)]
+
+
+def model_refusal(t: MemoryKVPTable, key: bytes, index: bytes, size: int, ts: float,
+                  source: tuple[str, int] | None, lim: Limits) -> str | None:
+    """The quota rules, recounted from the records themselves."""
+    if not 0 <= size <= MAX_VALUE_SIZE:
+        return "store_too_large"
+    held = t.get_record(key, index)
+    if held is not None and ts <= held.timestamp:
+        return "store_not_newer"
+    others = [r for r in t.records() if r.kvpid != (key, index)]
+
+    def over(records: list[KVPRecord], max_records: int, max_bytes: int) -> str | None:
+        n = len(records) + 1
+        if n > max_records:
+            return "records"
+        if sum(r.size for r in records) + size + n * lim.store_record_overhead > max_bytes:
+            return "bytes"
+        return None
+
+    kind = over(others, lim.store_max_records, min(t.max_bytes, lim.store_max_bytes))
+    if kind:
+        return f"store_quota_{kind}"
+    if source is None:
+        return None
+    for name, keyed, max_records, max_bytes in (
+            ("source", source_key, lim.store_source_max_records, lim.store_source_max_bytes),
+            ("prefix", prefix_key, lim.store_prefix_max_records, lim.store_prefix_max_bytes)):
+        # a held copy from the same holder frees its share; from another it stays charged
+        mine = [r for r in t.records() if r.source and keyed(r.source) == keyed(source)
+                and (r.kvpid != (key, index))]
+        kind = over(mine, max_records, max_bytes)
+        if kind:
+            return f"store_{name}_quota_{kind}"
+    return None
+
+
+class QuotaModelTests(SynchronousTestCase):
+    @given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2), st.integers(0, 40),
+                              st.integers(1, 4), st.integers(0, len(_SOURCES) - 1)),
+                    max_size=25),
+           st.integers(1, 6), st.integers(0, 120), st.integers(0, 30))
+    def test_refusal_vs_recounting(self, ops: list[tuple[int, int, int, int, int]],
+                                   max_records: int, max_bytes: int, overhead: int) -> None:
+        """Every store offered is judged as recounting the held records judges it, and
+        the ones taken are held (so the counters the rule reads follow the records)."""
+        lim = Limits(store_source_max_records=max_records, store_source_max_bytes=max_bytes,
+                     store_prefix_max_records=max_records + 1,
+                     store_prefix_max_bytes=max_bytes + 40, store_max_records=3 * max_records,
+                     store_max_bytes=4 * max_bytes, store_record_overhead=overhead)
+        t = MemoryKVPTable(max_bytes=10**6)
+        for k, i, size, ts, s in ops:
+            key, index, source = _KEYS[k], _KEYS[i], _SOURCES[s]
+            got = t.refusal(key, index, size, float(ts), source, lim)
+            self.assertEqual(got, model_refusal(t, key, index, size, float(ts), source, lim))
+            if got is None:
+                value = b"v" * size
+                self.successResultOf(t.put(KVPRecord(key, index, size, float(ts),
+                                                     source=source), value))

@@ -14,6 +14,7 @@ address (:func:`~p2pnet.dht.limits.source_key`) and per /24 or /64
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -151,16 +152,27 @@ class Usage:
         return self.bytes + self.records * overhead
 
 
-def _over(usage: Usage | None, freed: Usage, size: int, max_records: int, max_bytes: int,
-          overhead: int) -> str | None:
-    """'records' or 'bytes' when adding a record of ``size`` in place of ``freed`` breaks
-    a quota of ``max_records`` records and ``max_bytes`` charged bytes, else None."""
-    records = (usage.records if usage else 0) - freed.records + 1
+def _over(records: int, value_bytes: int, freed: KVPRecord | None, size: int,
+          max_records: int, max_bytes: int, overhead: int) -> str | None:
+    """'records' or 'bytes' when adding a record of ``size`` in place of ``freed`` (None:
+    in place of nothing) to ``records`` holding ``value_bytes`` breaks a quota of
+    ``max_records`` records and ``max_bytes`` charged bytes, else None."""
+    if freed is not None:
+        records -= 1
+        value_bytes -= freed.size
+    records += 1
     if records > max_records:
         return "records"
-    if (usage.bytes if usage else 0) - freed.bytes + size + records * overhead > max_bytes:
+    if value_bytes + size + records * overhead > max_bytes:
         return "bytes"
     return None
+
+
+@functools.lru_cache(maxsize=8192)  # every store and every record held asks
+def quota_keys(address: Address) -> tuple[tuple[str, int], str]:
+    """The :func:`~p2pnet.dht.limits.source_key` and
+    :func:`~p2pnet.dht.limits.prefix_key` of a storing address."""
+    return source_key(address), prefix_key(address)
 
 
 class RecordIndex:
@@ -181,7 +193,7 @@ class RecordIndex:
     def _charge(self, record: KVPRecord, sign: int) -> None:
         if record.source is None:
             return
-        skey, pkey = source_key(record.source), prefix_key(record.source)
+        skey, pkey = quota_keys(record.source)
         usage = self.by_source.get(skey) or self.by_source.setdefault(skey, Usage())
         usage.records += sign
         usage.bytes += sign * record.size
@@ -262,23 +274,23 @@ class RecordIndex:
         if held is not None and timestamp <= held.timestamp:
             return "store_not_newer"
         over = lim.store_record_overhead
-        freed = Usage(1, held.size) if held is not None else Usage()
-        kind = _over(Usage(len(self._records), self.total_bytes), freed, size,
+        kind = _over(len(self._records), self.total_bytes, held, size,
                      lim.store_max_records, min(self.max_bytes, lim.store_max_bytes), over)
         if kind:
             return f"store_quota_{kind}"
         if source is None:
             return None
-        skey, pkey = source_key(source), prefix_key(source)
-        held_from = held.source if held is not None else None
-        none = Usage()
-        kind = _over(self.by_source.get(skey),
-                     freed if held_from and source_key(held_from) == skey else none,
+        skey, pkey = quota_keys(source)
+        held_keys = quota_keys(held.source) if held is not None and held.source else None
+        usage = self.by_source.get(skey)
+        kind = _over(usage.records if usage else 0, usage.bytes if usage else 0,
+                     held if held_keys and held_keys[0] == skey else None,
                      size, lim.store_source_max_records, lim.store_source_max_bytes, over)
         if kind:
             return f"store_source_quota_{kind}"
-        kind = _over(self.by_prefix.get(pkey),
-                     freed if held_from and prefix_key(held_from) == pkey else none,
+        usage = self.by_prefix.get(pkey)
+        kind = _over(usage.records if usage else 0, usage.bytes if usage else 0,
+                     held if held_keys and held_keys[1] == pkey else None,
                      size, lim.store_prefix_max_records, lim.store_prefix_max_bytes, over)
         if kind:
             return f"store_prefix_quota_{kind}"
