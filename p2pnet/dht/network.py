@@ -295,9 +295,8 @@ class DHTNetwork:
         """
         if len(bytes_) > self.MAX_VALUE_SIZE or not math.isfinite(timestamp) or timestamp < 0:
             return defer.fail(ValueError("value over the size limit or bad timestamp"))
-        d: defer.Deferred[Any] = self.store.call(node, key, index, bytes_, timestamp, age)
-        d.addCallback(lambda status: status != codec.StoreStatus.REFUSED)
-        return d.addErrback(self._failed_false, node)
+        return self.store.taken(node, key, index, bytes_, timestamp, age,
+                                functools.partial(self._failed_false, node=node))
 
     # -- lookups (p2pnet.dht.lookup) -------------------------------------------------
 

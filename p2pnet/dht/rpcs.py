@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import attrs
@@ -97,6 +98,20 @@ def _release(counts: Counter[Any], key: Any) -> None:
     counts[key] -= 1
     if counts[key] <= 0:
         del counts[key]
+
+
+def _status(sender: bytes, body: codec.StoreResponse) -> codec.StoreStatus:
+    return body.status
+
+
+def _taken(sender: bytes, body: codec.StoreResponse) -> bool:
+    return body.status != codec.StoreStatus.REFUSED
+
+
+def _failed(error: Exception, otherwise: Callable[[Failure], Any] | None
+            ) -> defer.Deferred[Any]:
+    d: defer.Deferred[Any] = defer.fail(error)
+    return d if otherwise is None else d.addErrback(otherwise)
 
 
 class RPCCommand:
@@ -241,26 +256,38 @@ class Store(RPCCommand):
              age: float = 0.0) -> defer.Deferred[codec.StoreStatus]:
         """Offer ``value``; ``age``: seconds since its publisher last published it (0 for
         a publish, the copy's age for a replication)."""
+        return self._offer(node, key, index, value, timestamp, age, _status, None)
+
+    def taken(self, node: Node, key: bytes, index: bytes, value: bytes, timestamp: float,
+              age: float, otherwise: Callable[[Failure], Any]) -> defer.Deferred[Any]:
+        """:meth:`call`, firing with whether the node holds the value afterwards (not
+        ``REFUSED``), a failure going to ``otherwise``: as ``addCallback`` and
+        ``addErrback`` would, two Deferred steps cheaper (a put makes k of these)."""
+        return self._offer(node, key, index, value, timestamp, age, _taken, otherwise)
+
+    def _offer(self, node: Node, key: bytes, index: bytes, value: bytes, timestamp: float,
+               age: float, then: Callable[[bytes, Any], Any],
+               otherwise: Callable[[Failure], Any] | None) -> defer.Deferred[Any]:
         size = len(value)
         if size > MAX_VALUE_SIZE:
-            return defer.fail(ValueError(f"value is over {MAX_VALUE_SIZE} bytes"))
+            return _failed(ValueError(f"value is over {MAX_VALUE_SIZE} bytes"), otherwise)
         if not (math.isfinite(timestamp) and timestamp >= 0):
-            return defer.fail(ValueError("timestamp must be finite and not negative"))
+            return _failed(ValueError("timestamp must be finite and not negative"), otherwise)
         if not (math.isfinite(age) and age >= 0):
-            return defer.fail(ValueError("age must be finite and not negative"))
+            return _failed(ValueError("age must be finite and not negative"), otherwise)
         inline = size <= self.net.inline_max
         req = codec.StoreRequest(key, index, size, float(timestamp), value if inline else None,
                                  min(math.ceil(age), 0xFFFFFFFF))
-        timeout = None
-        if not inline:
-            chunks = math.ceil(size / self.net.chunk_size)
-            timeout = self.net.protocol.timeout * (2 + chunks / self.net.window)
-            self.net.offer(key, index, value)
+        if inline:  # the answer goes through then/otherwise inside the protocol
+            return self.net.protocol.request(node.address, req, None, None, then, (),
+                                             otherwise)
+        chunks = math.ceil(size / self.net.chunk_size)
+        timeout = self.net.protocol.timeout * (2 + chunks / self.net.window)
+        self.net.offer(key, index, value)  # pulled with getvals, withdrawn once answered
         d: defer.Deferred[Any] = self.net.protocol.request(node.address, req, timeout=timeout)
-        d.addCallback(lambda msg: msg.body.status)
-        if not inline:
-            d.addBoth(self._withdraw, key, index)
-        return d
+        d.addBoth(self._withdraw, key, index)
+        d.addCallback(lambda msg: then(msg.sender, msg.body))
+        return d if otherwise is None else d.addErrback(otherwise)
 
     def _withdraw(self, result: Any, key: bytes, index: bytes) -> Any:
         self.net.withdraw(key, index)
