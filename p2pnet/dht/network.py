@@ -264,8 +264,9 @@ class DHTNetwork:
 
     def find_nodes_from_node(self, node: Node, key: bytes) -> defer.Deferred[NodeList | None]:
         """Ask ``node`` for the nodes closest to ``key``; None when it does not answer."""
-        d = self.find_node.call(node, key)
-        return d.addErrback(self._failed_none, node)
+        d: defer.Deferred[Any] = self.find_node.call(
+            node, key, functools.partial(self._failed_none, node=node))
+        return d  # (a NodeList, or None from otherwise)
 
     def _failed_none(self, failure: Failure, node: Node) -> None:
         self._failed(node, failure)
@@ -273,8 +274,9 @@ class DHTNetwork:
 
     def find_value_from_node(self, node: Node, key: bytes, index: bytes | None = None
                              ) -> defer.Deferred[rpcs.FindValueFromNodeResult | None]:
-        d = self.find_value.call(node, key, index)
-        return d.addErrback(self._failed_none, node)
+        d: defer.Deferred[Any] = self.find_value.call(
+            node, key, index, functools.partial(self._failed_none, node=node))
+        return d
 
     def get_value_from_node(self, node: Node, key: bytes, index: bytes,
                             offset: int = 0, size: int | None = None) -> defer.Deferred[bytes]:

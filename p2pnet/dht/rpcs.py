@@ -108,6 +108,17 @@ def _taken(sender: bytes, body: codec.StoreResponse) -> bool:
     return body.status != codec.StoreStatus.REFUSED
 
 
+def _node_list(sender: bytes, body: codec.NodesResponse) -> NodeList:
+    return NodeList(body.nodes)
+
+
+def _found(sender: bytes, body: codec.Body) -> FindValueFromNodeResult:
+    if isinstance(body, codec.ValuesResponse):
+        return FindValueFromNodeResult(values=body.values, data=body.data)
+    assert isinstance(body, codec.NodesResponse)
+    return FindValueFromNodeResult(nodes=NodeList(body.nodes))
+
+
 def _failed(error: Exception, otherwise: Callable[[Failure], Any] | None
             ) -> defer.Deferred[Any]:
     d: defer.Deferred[Any] = defer.fail(error)
@@ -159,10 +170,12 @@ class FindNode(RPCCommand):
 
     rpc = codec.RPC.FIND_NODE
 
-    def call(self, node: Node, key: bytes) -> defer.Deferred[NodeList]:
-        d: defer.Deferred[Any] = self.net.protocol.request(
-            node.address, codec.FindNodeRequest(ids.check_key(key)))
-        return d.addCallback(lambda msg: NodeList(msg.body.nodes))
+    def call(self, node: Node, key: bytes,
+             otherwise: Callable[[Failure], Any] | None = None) -> defer.Deferred[NodeList]:
+        """Fires with the nodes the node named; a failure goes to ``otherwise`` when given
+        (as ``addErrback(otherwise)`` would send it, one Deferred step cheaper)."""
+        return self.net.protocol.request(node.address, codec.FindNodeRequest(
+            ids.check_key(key)), None, None, _node_list, (), otherwise)
 
     def answer(self, body: codec.FindNodeRequest, sender: bytes, address: Address
                ) -> codec.NodesResponse:
@@ -174,18 +187,15 @@ class FindValue(RPCCommand):
 
     rpc = codec.RPC.FIND_VALUE
 
-    def call(self, node: Node, key: bytes, index: bytes | None = None
+    def call(self, node: Node, key: bytes, index: bytes | None = None,
+             otherwise: Callable[[Failure], Any] | None = None
              ) -> defer.Deferred[FindValueFromNodeResult]:
+        """Fires with what the node holds or names; a failure goes to ``otherwise`` when
+        given (as ``addErrback(otherwise)`` would send it, one Deferred step cheaper)."""
         req = codec.FindValueRequest(ids.check_key(key),
                                      None if index is None else ids.check_key(index, "index"))
-
-        def done(msg: codec.Message) -> FindValueFromNodeResult:
-            if isinstance(msg.body, codec.ValuesResponse):
-                return FindValueFromNodeResult(values=msg.body.values, data=msg.body.data)
-            assert isinstance(msg.body, codec.NodesResponse)
-            return FindValueFromNodeResult(nodes=NodeList(msg.body.nodes))
-
-        return self.net.protocol.request(node.address, req).addCallback(done)
+        return self.net.protocol.request(node.address, req, None, None, _found, (),
+                                         otherwise)
 
     def answer(self, body: codec.FindValueRequest, sender: bytes, address: Address
                ) -> codec.Body:
