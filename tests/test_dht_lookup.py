@@ -342,3 +342,36 @@ class UnreachableTests(SynchronousTestCase):
         failure = self.failureResultOf(self.sim.run(reader.get("never stored")),
                                        ValueNotFoundError)
         self.assertIsInstance(failure.value, KeyError)
+
+
+class BugTests(SynchronousTestCase):
+    """A bug in a lookup step ends the lookup with it (logged), instead of leaving the
+    lookup's Deferred waiting forever."""
+
+    def setUp(self) -> None:
+        self.sim = Sim(seed=5)
+        self.nodes = self.sim.add_many(10)
+        self.sim.join_all()
+
+    def test_step_that_raises(self) -> None:
+        lookup = Lookup(self.nodes[0], TARGET)
+
+        def broken(*a: Any, **kw: Any) -> None:
+            raise ZeroDivisionError("a bug")
+
+        from p2pnet.dht.shortlist import Shortlist
+        d = lookup.run()  # asks its first nodes; their answers arrive to the bug
+        self.patch(Shortlist, "add_nodes", broken)
+        self.sim.settle(1.0)
+        self.failureResultOf(d, ZeroDivisionError)
+        self.assertTrue(self.flushLoggedErrors(ZeroDivisionError))
+
+    def test_request_that_fails_unexpectedly(self) -> None:
+        from twisted.internet import defer
+        node = self.nodes[0]
+        node.find_nodes_from_node = (  # type: ignore[method-assign]
+            lambda n, k: defer.fail(KeyError("not the node's fault")))
+        d = Lookup(node, TARGET).run()
+        self.sim.settle(1.0)
+        self.failureResultOf(d, KeyError)
+        self.assertTrue(self.flushLoggedErrors(KeyError))

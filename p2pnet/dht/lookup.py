@@ -161,6 +161,12 @@ class Lookup:
             sl.mark_node(node, True)
         self._pump()
 
+    def _step(self, result: Any, node: Node) -> None:
+        try:
+            self._answered(result, node)
+        except Exception:
+            self._bug(Failure())
+
     def _bug(self, failure: Failure) -> None:
         log.failure("lookup step failed", failure=failure)
         self._finish(failure)
@@ -217,8 +223,9 @@ class Lookup:
                 d = self.net.find_value_from_node(node, self.key, self.index)
             else:
                 d = self.net.find_nodes_from_node(node, self.key)
-            d.addCallback(self._answered, node)
-            d.addErrback(self._bug)
+            # one step for both: an answer, or a failure that is a bug (a node's failure
+            # arrives as None)
+            d.addCallbacks(self._step, self._bug, callbackArgs=(node,))
 
     def _widen(self) -> bool:
         """Once per lookup, when it ends with no node in the key's own bucket (seen from
