@@ -244,10 +244,6 @@ def ip_family(host: str) -> int:
     return 0
 
 
-#: :func:`~p2pnet.dht.limits.is_loopback`, cached for the whole process as ip_family is
-_loopback = functools.lru_cache(maxsize=4096)(is_loopback)
-
-
 def _body_size(body: Any) -> int:
     """Bytes of a findnode or findval request's body (what padding adds to)."""
     if type(body) is codec.FindNodeRequest:
@@ -469,7 +465,7 @@ class DHTProtocol(DatagramProtocol):
         return codec.encode(self.network_id, tid, self.node_id, body, token=token, grant=grant)
 
     def _keep_token(self, address: Address, token: bytes) -> None:
-        if _loopback(address[0]):
+        if is_loopback(address[0]):
             # Proof is per IP, and every node on loopback shares 127.0.0.1: once any local
             # node answered a server, all are proven there.  Holding a token per local
             # server would cost ~200 bytes each and buy nothing (1,000 nodes a process).
@@ -714,7 +710,7 @@ class DHTProtocol(DatagramProtocol):
         host = address[0]
         self.proof.answered(host)
         token = datagram[-_TOKEN_BYTES:]
-        if not _loopback(host):
+        if not is_loopback(host):  # (what _keep_token checks first, one call sooner)
             self._keep_token(address, token)
         # the Message only when the caller takes it (a ``then`` takes sender and body)
         self._settle(tid, p, sender, _PONG_BODY, address,
@@ -761,10 +757,10 @@ class DHTProtocol(DatagramProtocol):
         """Drop our own id, the other family's addresses, and loopback addresses named
         by a non-loopback sender; count them with what the codec dropped."""
         own, ipv6 = self.node_id, self._ipv6
-        local = _loopback(address[0])
+        local = is_loopback(address[0])
         kept = [n for n in body.nodes
                 if n.key != own and (":" in n.host) == ipv6
-                and (local or not _loopback(n.host))]
+                and (local or not is_loopback(n.host))]
         dropped = body.dropped + len(body.nodes) - len(kept)
         if dropped:
             self.stats.bogus_contacts += dropped
