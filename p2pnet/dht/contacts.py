@@ -113,9 +113,8 @@ class ContactBook:
     def contact_seen(self, node_id: bytes, address: Address) -> None:
         """A request arrived: refresh a contact at this address, or ping the sender back."""
         table = self.table
-        if table.refresh(node_id, address[0], address[1]) is not None:
-            return  # a contact at its address: moved up
-        if table.find(node_id) is None:
+        known = table.find(node_id)
+        if known is None:
             if not table.has_room(
                     node_id, self.clock.seconds() - self.limits.routing_evict_ping_after):
                 # its bucket is full of contacts heard from lately: proven, it could only
@@ -126,6 +125,8 @@ class ContactBook:
                 return
             # a stranger that could not be among our k closest: the far budget
             self._verify(address, far=not table.could_be_closest(node_id, self.host.k))
+        elif known.port == address[1] and known.host == address[0]:
+            table.node_update(known)  # the same instance: only moves it up
         else:
             self._verify(address)  # a known id at another address
 

@@ -209,6 +209,15 @@ def _fail(d: defer.Deferred[Any], otherwise: Callable[[Failure], Any] | None,
         d.callback(result)
 
 
+def failed(error: BaseException, otherwise: Callable[[Failure], Any] | None = None
+           ) -> defer.Deferred[Any]:
+    """A Deferred already ended with ``error``, as ``addErrback(otherwise)`` (when
+    given) would have it: for callers of ``request(otherwise=)`` that fail before it."""
+    d: defer.Deferred[Any] = defer.Deferred()
+    _fail(d, otherwise, error)
+    return d
+
+
 #: requests whose answers may be large: they carry our token for the address
 _TOKEN_RPCS = frozenset({codec.RPC.FIND_NODE, codec.RPC.FIND_VALUE, codec.RPC.GET_VALUE})
 #: requests padded when we hold no token for the address (their answers are lists)
@@ -388,7 +397,7 @@ class DHTProtocol(DatagramProtocol):
         a Failure), not Deferreds.
         """
         if self._stopped or self.transport is None:
-            return self._failed(ProtocolStoppedError("the DHT protocol is not running"),
+            return failed(ProtocolStoppedError("the DHT protocol is not running"),
                                 otherwise)
         pending = self._pending
         tids = self._tids
@@ -409,7 +418,7 @@ class DHTProtocol(DatagramProtocol):
                 else:
                     data = self._encode_request(tid, body, rpc, address)
             except (TypeError, ValueError) as e:
-                return self._failed(e, otherwise)
+                return failed(e, otherwise)
         d: defer.Deferred[Any] = defer.Deferred()
         p = _Pending(d, address, data,
                      self.timeout if timeout is None else timeout,
@@ -443,13 +452,6 @@ class DHTProtocol(DatagramProtocol):
         pending[tid] = p
         self.stats.requests_out += 1
         self._send_try(tid, p)
-        return d
-
-    @staticmethod
-    def _failed(error: BaseException, otherwise: Callable[[Failure], Any] | None
-                ) -> defer.Deferred[Any]:
-        d: defer.Deferred[Any] = defer.Deferred()
-        _fail(d, otherwise, error)
         return d
 
     def _encode_request(self, tid: bytes, body: codec.Body, rpc: codec.RPC,
@@ -710,8 +712,7 @@ class DHTProtocol(DatagramProtocol):
         host = address[0]
         self.proof.answered(host)
         token = datagram[-_TOKEN_BYTES:]
-        if not is_loopback(host):  # (what _keep_token checks first, one call sooner)
-            self._keep_token(address, token)
+        self._keep_token(address, token)
         # the Message only when the caller takes it (a ``then`` takes sender and body)
         self._settle(tid, p, sender, _PONG_BODY, address,
                      None if p.then is not None else

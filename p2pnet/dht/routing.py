@@ -484,18 +484,9 @@ class RoutingTable:
         """The contact with id ``key`` if it is known at ``(host, port)``, moved to the
         most recent end of its bucket (:meth:`node_update`); None, changing nothing,
         when it is not known there.  One call for the commonest message: a contact's."""
-        node = self._recent
-        if node is not None and node.key == key:  # the last contact seen (the hot path)
-            if node.port != port or node.host != host:
-                return None
-            bucket = self._recent_bucket
-            assert bucket is not None
-            bucket._seen[-1] = bucket._last_update = self._now()
-            return node
-        node = self.find(key)
-        if node is None or node.port != port or node.host != host:
-            return None
-        self.node_update(node)
+        node = self.find_at(key, host, port)
+        if node is not None:
+            self.node_update(node)  # (the last contact seen: its time only)
         return node
 
     def find(self, key: bytes) -> Node | None:

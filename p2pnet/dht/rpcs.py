@@ -33,7 +33,7 @@ from p2pnet import ids
 from p2pnet.dht import codec
 from p2pnet.dht.errors import VerificationError
 from p2pnet.dht.limits import Limits, RefusalCounter, prefix_key, source_key
-from p2pnet.dht.protocol import Address, DHTProtocol, RequestRefused
+from p2pnet.dht.protocol import Address, DHTProtocol, RequestRefused, failed
 from p2pnet.dht.table import IKVPTable, KVPRecord
 from p2pnet.models import MAX_VALUE_SIZE, Node, NodeList
 from p2pnet.observer import OneShotObserver
@@ -117,12 +117,6 @@ def _found(sender: bytes, body: codec.Body) -> FindValueFromNodeResult:
         return FindValueFromNodeResult(values=body.values, data=body.data)
     assert isinstance(body, codec.NodesResponse)
     return FindValueFromNodeResult(nodes=NodeList(body.nodes))
-
-
-def _failed(error: Exception, otherwise: Callable[[Failure], Any] | None
-            ) -> defer.Deferred[Any]:
-    d: defer.Deferred[Any] = defer.fail(error)
-    return d if otherwise is None else d.addErrback(otherwise)
 
 
 class RPCCommand:
@@ -280,11 +274,11 @@ class Store(RPCCommand):
                otherwise: Callable[[Failure], Any] | None) -> defer.Deferred[Any]:
         size = len(value)
         if size > MAX_VALUE_SIZE:
-            return _failed(ValueError(f"value is over {MAX_VALUE_SIZE} bytes"), otherwise)
+            return failed(ValueError(f"value is over {MAX_VALUE_SIZE} bytes"), otherwise)
         if not (math.isfinite(timestamp) and timestamp >= 0):
-            return _failed(ValueError("timestamp must be finite and not negative"), otherwise)
+            return failed(ValueError("timestamp must be finite and not negative"), otherwise)
         if not (math.isfinite(age) and age >= 0):
-            return _failed(ValueError("age must be finite and not negative"), otherwise)
+            return failed(ValueError("age must be finite and not negative"), otherwise)
         inline = size <= self.net.inline_max
         req = codec.StoreRequest(key, index, size, float(timestamp), value if inline else None,
                                  min(math.ceil(age), 0xFFFFFFFF))
